@@ -1,0 +1,1 @@
+"""descore_sdk.export"""
