@@ -20,8 +20,31 @@ from .errors import (
     VideoDecodeError,
 )
 
+_LAZY = {
+    "Scorer": "scorer",
+    "ScoreResult": "results",
+    "PairResult": "results",
+    "ScoreOptions": "options",
+    "DescoreConfig": "config",
+}
+
+
+def __getattr__(name):
+    # Lazy so that `import descore_sdk` stays cheap (PyAV and onnxruntime load on first use).
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'descore_sdk' has no attribute {name!r}")
+
+
 __all__ = [
     "__version__",
+    "Scorer",
+    "ScoreResult",
+    "PairResult",
+    "ScoreOptions",
+    "DescoreConfig",
     "DescoreError",
     "InvalidInputError",
     "VideoDecodeError",

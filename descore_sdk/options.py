@@ -1,0 +1,69 @@
+"""Scoring options, passed to `Scorer.from_pretrained(**options)` as keyword arguments."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import InvalidInputError
+
+MODES = ("think", "fast")
+
+
+@dataclass
+class ScoreOptions:
+    """How a Scorer samples frames and generates the chain of thought.
+
+    Generation is greedy unless `temperature > 0`. `max_new_tokens=None` uses the checkpoint's limit
+    (4096 for DeScore). Frame options default to the checkpoint's `descore_config.json` sampling values.
+    """
+
+    mode: str = "think"
+    max_new_tokens: int | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop_tokens: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>")
+    fps: float | None = None
+    min_frames: int | None = None
+    max_frames: int | None = None
+    max_pixels: int | None = None
+
+    def __post_init__(self):
+        self.stop_tokens = tuple(self.stop_tokens)
+        self.validate()
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise InvalidInputError(f"mode must be one of {MODES}, got {self.mode!r}.")
+        if self.temperature < 0:
+            raise InvalidInputError(f"temperature must be ≥ 0 (0 = greedy), got {self.temperature}.")
+        if not 0 < self.top_p <= 1:
+            raise InvalidInputError(f"top_p must be in (0, 1], got {self.top_p}.")
+        if self.top_k < 0:
+            raise InvalidInputError(f"top_k must be ≥ 0 (0 = off), got {self.top_k}.")
+        if self.repetition_penalty <= 0:
+            raise InvalidInputError(f"repetition_penalty must be > 0, got {self.repetition_penalty}.")
+        if self.max_new_tokens is not None and self.max_new_tokens < 0:
+            raise InvalidInputError(f"max_new_tokens must be ≥ 0, got {self.max_new_tokens}.")
+        for name in ("fps",):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise InvalidInputError(f"{name} must be > 0, got {value}.")
+        for name in ("min_frames", "max_frames", "max_pixels"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InvalidInputError(f"{name} must be ≥ 1, got {value}.")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "ScoreOptions":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise InvalidInputError(f"Unknown scoring option(s) {unknown}; valid options are {sorted(known)}.")
+        return cls(**kwargs)
+
+    def replace(self, **changes) -> "ScoreOptions":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

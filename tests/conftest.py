@@ -1,0 +1,33 @@
+"""Shared fixtures: where the real sample videos live, and CPU thread settings for a 2-core machine."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sample_data_dir() -> Path:
+    env = os.environ.get("DESCORE_SAMPLE_DATA")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "videoalign_examples"
+
+
+@pytest.fixture(scope="session")
+def sample_data_dir() -> Path:
+    """The VideoAlign sample folder (example.csv + videos/). Tests that need it fail loudly if it is
+    missing: it is part of the project's test data, not an optional extra."""
+    path = _sample_data_dir()
+    if not (path / "example.csv").is_file():
+        pytest.fail(
+            f"Sample data not found at {path}. Clone the repo next to the 'shared' folder or set "
+            "DESCORE_SAMPLE_DATA to the videoalign_examples directory."
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_videos(sample_data_dir) -> list[Path]:
+    return sorted((sample_data_dir / "videos").glob("*.mp4"))
