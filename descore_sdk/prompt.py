@@ -8,9 +8,11 @@ Layout (ChatML, as the Qwen-VL chat templates render it; `N = t·h·w / merge²`
     <|im_start|>assistant\\n<Reward>                        fast mode: no CoT
 
 `{video}` is `<|vision_start|><|video_pad|>×N<|vision_end|>` for Qwen2-VL / Qwen2.5-VL. Qwen3-VL splits it
-per temporal patch group and puts the group's timestamp before each: `<0.8 seconds><|vision_start|>
-<|video_pad|>×(h·w/merge²)<|vision_end|>…`, the timestamp being the mean time of the frames in the group
-(one decimal). `{instruction}` is `DescoreConfig.prompt_template` with `{prompt}` replaced by the user's
+per temporal patch group and puts the group's timestamp before each, inside the template's outer pair:
+`<|vision_start|><0.2 seconds><|vision_start|><|video_pad|>×(h·w/merge²)<|vision_end|><1.2 seconds>…
+<|vision_end|>`, the timestamp being the mean time of the first and last frame of the group (one
+decimal). This is what transformers 5's Qwen3-VL processor produces from the chat template's
+`<|vision_start|><|video_pad|><|vision_end|>`; transformers 4.57 replaced the whole triple instead. `{instruction}` is `DescoreConfig.prompt_template` with `{prompt}` replaced by the user's
 prompt.
 """
 
@@ -117,7 +119,9 @@ class PromptBuilder:
         group_ts = group_timestamps(timestamps, self.config.vision.temporal_patch_size)
         if len(group_ts) != num_groups:
             raise InvalidInputError(f"{len(timestamps)} frame timestamps do not match {num_groups} temporal groups.")
-        return "".join(f"<{t:.1f} seconds>{block}" for t in group_ts)
+        # transformers 5 replaces only the template's <|video_pad|>, so the per-group blocks sit inside
+        # the template's own vision_start/vision_end pair (4.57 replaced the whole triple instead).
+        return "<|vision_start|>" + "".join(f"<{t:.1f} seconds>{block}" for t in group_ts) + "<|vision_end|>"
 
     def render(self, prompt: str, num_groups: int, timestamps: np.ndarray | None = None) -> str:
         """The prompt text up to and including the assistant header, one video_pad per group."""
