@@ -1,0 +1,188 @@
+"""Pairwise preference accuracy, with and without ties (numpy only).
+
+A pair has model rewards r_A, r_B and a human label: "A" (A preferred), "B" or "same" (tie). We write
+Δ = r_A − r_B and encode labels as +1 (A), −1 (B), 0 (same); numeric labels are read by their sign.
+
+* `pairwise_accuracy` — the usual "accuracy without ties": human ties are left out, and an exact
+  model tie (Δ == 0) counts as wrong (the model failed to pick the preferred video). NaN when every
+  label is a tie (nothing to score).
+
+* `accuracy_with_ties` — every pair counts. With a tie threshold ε ≥ 0 the model predicts "tie" when
+  |Δ| ≤ ε, else the sign of Δ; a pair is correct when the prediction equals the human label. This is
+  the pairwise accuracy with ties of Deutsch, Foster & Freitag, "Ties Matter" (EMNLP 2023):
+  (concordant + ties in both) / all pairs.
+
+* `calibrate_tie_threshold` — their tie calibration: the ε that maximises `accuracy_with_ties`. Only
+  the values 0 and the |Δ_i| can change the accuracy (it is a step function of ε that jumps right at
+  each |Δ_i|, the threshold being inclusive), so those are the candidates. Tie-break: among equally
+  accurate candidates we pick the SMALLEST ε, i.e. the model predicts as few ties as the data justify.
+
+* `evaluate` — per dimension: accuracy without ties, with-ties accuracy with ε fitted on the same
+  pairs (in-sample: optimistic, since ε is chosen with the answers in view), and, when a separate
+  calibration split is given, with ε fitted there and applied here (the honest number). Each dimension
+  gets its own ε, because the reward head's outputs have their own scales. The summary under "mean"
+  is the unweighted mean over dimensions (macro average), not a pooled count: pooling would weight a
+  dimension by how many pairs it has and mix reward scales. A dimension called "overall" (a human
+  overall judgement) is reported like any other but left out of the mean unless it is the only one or
+  `mean_over` names it; NaN entries (e.g. accuracy without ties on an all-tie dimension) are skipped.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from descore_sdk.errors import InvalidInputError
+
+_LABEL_CODES = {"a": 1, "b": -1, "same": 0, "tie": 0}
+
+
+def encode_labels(labels: Sequence) -> np.ndarray:
+    """"A"/"B"/"same" (any case; "tie" = "same") or numbers (by sign) → int array of +1 / −1 / 0."""
+    values = list(labels.tolist() if isinstance(labels, np.ndarray) else labels)
+    out = np.empty(len(values), dtype=np.int64)
+    for i, value in enumerate(values):
+        if isinstance(value, str):
+            code = _LABEL_CODES.get(value.strip().lower())
+            if code is None:
+                raise InvalidInputError(f"Label {value!r} at index {i} is not A, B or same.")
+            out[i] = code
+        elif isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and np.isfinite(value):
+            out[i] = int(np.sign(value))
+        else:
+            raise InvalidInputError(f"Label {value!r} at index {i} is neither A/B/same nor a finite number.")
+    return out
+
+
+def _deltas_and_labels(pred_a, pred_b, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Validated (Δ = r_A − r_B as float64 (N,), labels as +1/−1/0 (N,))."""
+    a = np.asarray(pred_a, dtype=np.float64).reshape(-1)
+    b = np.asarray(pred_b, dtype=np.float64).reshape(-1)
+    codes = encode_labels(labels)
+    if not (len(a) == len(b) == len(codes)):
+        raise InvalidInputError(f"pred_a, pred_b and labels must have the same length; got {len(a)}, {len(b)}, {len(codes)}.")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise InvalidInputError("Rewards contain NaN or infinity; check the model outputs.")
+    return a - b, codes
+
+
+def pairwise_accuracy(pred_a, pred_b, labels) -> float:
+    """Accuracy on the pairs whose label is not a tie; Δ == 0 counts as wrong. NaN if all are ties."""
+    delta, codes = _deltas_and_labels(pred_a, pred_b, labels)
+    decided = codes != 0
+    if not decided.any():
+        return float("nan")
+    return float(np.mean(np.sign(delta[decided]) == codes[decided]))
+
+
+def accuracy_with_ties(pred_a, pred_b, labels, epsilon: float = 0.0) -> float:
+    """Accuracy over all pairs when |Δ| ≤ epsilon predicts a tie. NaN for zero pairs."""
+    if not (np.isfinite(epsilon) and epsilon >= 0):
+        raise InvalidInputError(f"epsilon must be a finite number ≥ 0, got {epsilon}.")
+    delta, codes = _deltas_and_labels(pred_a, pred_b, labels)
+    if len(codes) == 0:
+        return float("nan")
+    predicted = np.where(np.abs(delta) <= epsilon, 0, np.sign(delta).astype(np.int64))
+    return float(np.mean(predicted == codes))
+
+
+def calibrate_tie_threshold(pred_a, pred_b, labels) -> tuple[float, float]:
+    """(ε, accuracy_with_ties at ε): the smallest ε among {0} ∪ {|Δ_i|} that maximises accuracy."""
+    delta, codes = _deltas_and_labels(pred_a, pred_b, labels)
+    if len(codes) == 0:
+        raise InvalidInputError("Cannot calibrate a tie threshold on zero pairs.")
+    gaps = np.abs(delta)
+    order = np.argsort(gaps, kind="stable")
+    gaps_sorted = gaps[order]
+    # At ε = gaps_sorted[k] the first k+1 sorted pairs (and any equal gaps after them) are predicted
+    # ties: correct when the human said "same". The rest keep their sign prediction.
+    tie_right = np.cumsum(codes[order] == 0)
+    sign_right = np.sign(delta[order]).astype(np.int64) == codes[order]
+    sign_right_after = sign_right.sum() - np.cumsum(sign_right)
+    last_of_value = np.r_[gaps_sorted[1:] != gaps_sorted[:-1], True]  # ε includes all equal gaps
+    candidates = np.r_[0.0, gaps_sorted[last_of_value]]
+    correct = np.r_[
+        # ε = 0: exact model ties (Δ == 0) are tie predictions, everything else keeps its sign.
+        np.sum((gaps == 0) & (codes == 0)) + np.sum((gaps > 0) & (np.sign(delta) == codes)),
+        (tie_right + sign_right_after)[last_of_value],
+    ]
+    best = int(np.argmax(correct))  # argmax returns the first maximum = the smallest ε
+    return float(candidates[best]), float(correct[best] / len(codes))
+
+
+def _dimension_report(pred_a, pred_b, labels, calib) -> dict:
+    delta, codes = _deltas_and_labels(pred_a, pred_b, labels)
+    report = {
+        "n_pairs": int(len(codes)),
+        "n_human_ties": int(np.sum(codes == 0)),
+        "n_model_exact_ties": int(np.sum(delta == 0)),
+        "accuracy_without_ties": pairwise_accuracy(pred_a, pred_b, labels),
+        "accuracy_with_ties_at_zero": accuracy_with_ties(pred_a, pred_b, labels, 0.0),
+    }
+    if len(codes):
+        eps, acc = calibrate_tie_threshold(pred_a, pred_b, labels)
+    else:
+        eps, acc = float("nan"), float("nan")
+    report["epsilon_in_sample"] = eps
+    report["accuracy_with_ties_in_sample"] = acc
+    if calib is not None:
+        calib_eps, _ = calibrate_tie_threshold(*calib)
+        report["epsilon_calibrated"] = calib_eps
+        report["accuracy_with_ties_calibrated"] = accuracy_with_ties(pred_a, pred_b, labels, calib_eps)
+    return report
+
+
+def evaluate(
+    pred_a: Mapping[str, Sequence[float]],
+    pred_b: Mapping[str, Sequence[float]],
+    labels: Mapping[str, Sequence],
+    calib: tuple[Mapping, Mapping, Mapping] | None = None,
+    *,
+    mean_over: Sequence[str] | None = None,
+) -> dict:
+    """Accuracy report per dimension plus the macro mean.
+
+    pred_a / pred_b / labels: {dimension: (N_dim,) array}; labels are A/B/same or signed numbers.
+    calib: optional (pred_a, pred_b, labels) of a separate calibration split, same dimensions, used to
+    fit ε for the honest with-ties accuracy. mean_over: dimensions to average (default: all except
+    "overall", or just "overall" when it is the only one).
+
+    Returns {"dims": {dim: {n_pairs, n_human_ties, n_model_exact_ties, accuracy_without_ties,
+    accuracy_with_ties_at_zero, epsilon_in_sample, accuracy_with_ties_in_sample[, epsilon_calibrated,
+    accuracy_with_ties_calibrated]}}, "mean": {metric: macro mean over `mean_over`}, "mean_over": [...]}.
+    """
+    dims = list(labels)
+    if not dims:
+        raise InvalidInputError("labels is empty: give at least one dimension.")
+    for name, preds in (("pred_a", pred_a), ("pred_b", pred_b)):
+        absent = [d for d in dims if d not in preds]
+        if absent:
+            raise InvalidInputError(f"{name} has no rewards for dimension(s) {absent}; it has {list(preds)}.")
+    if calib is not None:
+        if len(calib) != 3:
+            raise InvalidInputError("calib must be a (pred_a, pred_b, labels) triple of dicts.")
+        for part in calib:
+            absent = [d for d in dims if d not in part]
+            if absent:
+                raise InvalidInputError(f"The calibration split lacks dimension(s) {absent}.")
+
+    reports = {
+        dim: _dimension_report(
+            pred_a[dim], pred_b[dim], labels[dim],
+            None if calib is None else (calib[0][dim], calib[1][dim], calib[2][dim]),
+        )
+        for dim in dims
+    }
+
+    if mean_over is None:
+        mean_over = [d for d in dims if d != "overall"] or dims
+    unknown = [d for d in mean_over if d not in reports]
+    if unknown:
+        raise InvalidInputError(f"mean_over names dimension(s) {unknown} that are not in labels ({dims}).")
+    metrics = [k for k in reports[dims[0]] if k.startswith("accuracy")]
+    mean = {}
+    for metric in metrics:
+        values = [reports[d][metric] for d in mean_over if not np.isnan(reports[d][metric])]
+        mean[metric] = float(np.mean(values)) if values else float("nan")
+    return {"dims": reports, "mean": mean, "mean_over": list(mean_over)}
