@@ -33,7 +33,7 @@ class TorchBackend:
     def _vision_kwargs(self, inputs) -> dict:
         torch = self.torch
         kwargs = dict(
-            pixel_values_videos=torch.from_numpy(np.ascontiguousarray(inputs.patches)).to(self.device, self.model.dtype),
+            pixel_values_videos=torch.from_numpy(np.ascontiguousarray(inputs.patches)).to(self.device, self.model.backbone.dtype),
             video_grid_thw=torch.from_numpy(inputs.grid_thw.reshape(1, 3)).to(self.device),
         )
         if self.descore_config.family == "qwen2_5_vl":
