@@ -1,0 +1,260 @@
+"""Synthetic benchmark: videos decode, degradations are measurable in the decoded pixels, labels follow
+the factors, splits keep their factor sets apart, and the same seed writes the same bytes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from descore_sdk.errors import InvalidInputError
+from descore_sdk.training.data import read_pairs
+from descore_sdk.training.synth import (
+    COLORS,
+    Scene,
+    encode_mp4,
+    generate_benchmark,
+    realise_spec,
+    render_frames,
+)
+
+# Written independently of synth.py's tables: which dimension each factor hurts, and the split plan.
+DIMENSION_OF = {"blur": "VQ", "noise": "VQ", "color_cast": "VQ", "frame_drop": "MQ", "jitter": "MQ",
+                "wrong_color": "TA", "wrong_shape": "TA", "wrong_motion": "TA"}
+IN_DISTRIBUTION = {"blur", "noise", "frame_drop", "jitter", "wrong_color", "wrong_shape"}
+HELD_OUT = {"color_cast", "wrong_motion"}
+SIZE, FRAMES = 64, 8
+
+
+def decode(path: Path) -> np.ndarray:
+    """(T, H, W, 3) float RGB frames decoded with PyAV."""
+    import av
+
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]).astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    return out, generate_benchmark(out, n_train=14, n_test=8, n_heldout=8, seed=3)
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory):
+    """Decoded clean videos and degraded twins rendered from the same seed (same geometry)."""
+    folder = tmp_path_factory.mktemp("twins")
+
+    def make(scene: Scene, factors: dict, seed: int = 11):
+        spec = realise_spec(scene, factors, seed, FRAMES)
+        name = "_".join(f"{k}{v}" for k, v in factors.items()) or "clean"
+        path = folder / f"{scene.shape}_{scene.color}_{scene.background}_{name}_{seed}.mp4"
+        encode_mp4(render_frames(spec, width=SIZE, height=SIZE, num_frames=FRAMES), path, 4.0)
+        return spec, decode(path)
+
+    return make
+
+
+def high_frequency_energy(frames: np.ndarray) -> float:
+    """Mean squared difference between horizontally and vertically adjacent gray pixels."""
+    gray = frames.mean(axis=-1)
+    return float(np.mean(np.diff(gray, axis=1) ** 2) + np.mean(np.diff(gray, axis=2) ** 2))
+
+
+def color_mask(frames: np.ndarray, color: str, tolerance: float = 40.0) -> np.ndarray:
+    return np.linalg.norm(frames - np.array(COLORS[color], np.float64), axis=-1) < tolerance
+
+
+def centroids(mask: np.ndarray) -> np.ndarray:
+    """(T, 2) x, y centre of the mask per frame."""
+    out = []
+    for frame in mask:
+        ys, xs = np.nonzero(frame)
+        out.append((xs.mean(), ys.mean()))
+    return np.array(out)
+
+
+def shape_from_fill(mask: np.ndarray) -> str:
+    """Area / bounding-box area: circle π/4 ≈ 0.79, square 1, triangle 0.5 (measured 0.55-0.6 after
+    h264: the rasterised apex adds a little)."""
+    ratios = []
+    for frame in mask:
+        ys, xs = np.nonzero(frame)
+        ratios.append(frame.sum() / ((np.ptp(xs) + 1) * (np.ptp(ys) + 1)))
+    ratio = float(np.median(ratios))
+    return "triangle" if ratio < 0.67 else "circle" if ratio < 0.9 else "square"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The written benchmark
+
+
+def test_splits_decode_and_read_back(bench):
+    out, paths = bench
+    assert {k: p.name for k, p in paths.items()} == {
+        "train": "train.jsonl", "test_id": "test_id.jsonl", "test_heldout": "test_heldout.jsonl", "info": "benchmark.json"}
+    counts = {"train": 14, "test_id": 8, "test_heldout": 8}
+    for split, n in counts.items():
+        pairs = read_pairs(paths[split], on_missing="error", check_decodable=True)
+        assert len(pairs) == n
+        for pair in pairs:
+            assert pair.video_a != pair.video_b
+            assert pair.video_a.stat().st_size < 20_000  # "a few KB"
+            frames = decode(pair.video_a)
+            assert frames.shape == (FRAMES, SIZE, SIZE, 3)
+    info = json.loads(paths["info"].read_text())
+    assert set(info["heldout_factors"]) == HELD_OUT
+
+
+def test_labels_follow_the_factors(bench):
+    _, paths = bench
+    kinds = set()
+    for split in ("train", "test_id", "test_heldout"):
+        for pair in read_pairs(paths[split]):
+            bad = {}
+            for side in ("a", "b"):
+                factors = pair.meta[f"meta_{side}"]["factors"]
+                bad[side] = {dim: 0 for dim in ("VQ", "MQ", "TA")}
+                for name, severity in factors.items():
+                    bad[side][DIMENSION_OF[name]] += severity
+            expected = {}
+            for dim in ("VQ", "MQ", "TA"):
+                expected[dim] = "A" if bad["a"][dim] < bad["b"][dim] else "B" if bad["a"][dim] > bad["b"][dim] else "same"
+            total_a, total_b = sum(bad["a"].values()), sum(bad["b"].values())
+            expected["overall"] = "A" if total_a < total_b else "B" if total_a > total_b else "same"
+            assert pair.labels == expected, pair.row
+            # No pair contradicts itself: overall never goes against a decided dimension.
+            decided = {v for k, v in pair.labels.items() if k != "overall" and v != "same"}
+            assert decided in (set(), {pair.labels["overall"]})
+            kinds.add(pair.meta["kind"])
+            # Rationales describe what is actually drawn, and say so when it disagrees with the prompt.
+            for side, text in (("a", pair.rationale_a), ("b", pair.rationale_b)):
+                meta = pair.meta[f"meta_{side}"]
+                assert f"{meta['color']} {meta['shape']} moving {meta['motion']}" in text
+                mismatch = (meta["color"], meta["shape"], meta["motion"]) != tuple(
+                    pair.meta["scene"][k] for k in ("color", "shape", "motion"))
+                assert ("matches the prompt" in text) != mismatch
+    assert kinds == {"clean_vs_degraded", "degraded_vs_worse", "tie"}
+
+
+def test_split_factor_sets_are_disjoint_as_documented(bench):
+    _, paths = bench
+    used = {}
+    scenes = {}
+    for split in ("train", "test_id", "test_heldout"):
+        pairs = read_pairs(paths[split])
+        used[split] = {f for p in pairs for side in ("a", "b") for f in p.meta[f"meta_{side}"]["factors"]}
+        scenes[split] = {tuple(p.meta["scene"][k] for k in ("shape", "color", "motion", "background")) for p in pairs}
+    assert used["train"] <= IN_DISTRIBUTION and used["test_id"] <= IN_DISTRIBUTION
+    assert used["test_heldout"] <= HELD_OUT and used["test_heldout"]
+    assert not used["train"] & used["test_heldout"]
+    # New scenes in the test splits (far fewer scenes used here than combinations exist).
+    assert not scenes["train"] & scenes["test_id"] and not scenes["train"] & scenes["test_heldout"]
+
+
+def test_same_seed_same_bytes_other_seed_differs(bench, tmp_path):
+    out, paths = bench
+    again = generate_benchmark(tmp_path / "again", n_train=14, n_test=8, n_heldout=8, seed=3)
+    first_files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    second_files = sorted(p.relative_to(again["train"].parent) for p in again["train"].parent.rglob("*") if p.is_file())
+    assert first_files == second_files
+    for rel in first_files:
+        assert (out / rel).read_bytes() == (again["train"].parent / rel).read_bytes(), rel
+    other = generate_benchmark(tmp_path / "other", n_train=14, n_test=0, n_heldout=0, seed=4)
+    assert other["train"].read_text() != paths["train"].read_text()
+    assert other["test_id"].read_text() == ""
+
+
+def test_bad_arguments():
+    with pytest.raises(InvalidInputError):
+        generate_benchmark("/tmp/unused", size=(63, 64))
+    with pytest.raises(InvalidInputError):
+        generate_benchmark("/tmp/unused", num_frames=2)
+    with pytest.raises(InvalidInputError):
+        realise_spec(Scene("circle", "red", "left to right", "gray"), {"blur": 3}, 0, FRAMES)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Each degradation, measured in decoded pixels against its clean twin
+
+SCENE = Scene("circle", "red", "left to right", "gray")
+
+
+def test_blur_lowers_and_noise_raises_high_frequency_energy(twins):
+    _, clean = twins(SCENE, {})
+    base = high_frequency_energy(clean)
+    blur1, blur2 = (high_frequency_energy(twins(SCENE, {"blur": s})[1]) for s in (1, 2))
+    noise1, noise2 = (high_frequency_energy(twins(SCENE, {"noise": s})[1]) for s in (1, 2))
+    # Measured: clean ≈ 100, blur 23 / 9, noise 430 / 1430.
+    assert blur2 < blur1 < 0.5 * base
+    assert noise2 > noise1 > 2 * base
+
+
+@pytest.mark.parametrize("seed, tint", [(1, "warm"), (2, "cool"), (4, "green")])
+def test_color_cast_shifts_channel_means(twins, seed, tint):
+    _, clean = twins(SCENE, {}, seed)
+    spec, cast = twins(SCENE, {"color_cast": 2}, seed)
+    assert spec.tint == tint  # these seeds cover every tint
+    shift = (cast - clean).mean(axis=(0, 1, 2))
+    # Main channels of the severity-2 tints (±60, the others ±0-30), on a gray background that does
+    # not clip: warm = R up, B down; cool = R down, B up; green = G up, R and B down.
+    expected_sign = {"warm": (1, 0, -1), "cool": (-1, 0, 1), "green": (-1, 1, -1)}[spec.tint]
+    for channel, sign in enumerate(expected_sign):
+        if sign:
+            assert sign * shift[channel] > 20, (spec.tint, shift)
+    assert np.linalg.norm(shift) > 50
+
+
+def test_frame_drops_repeat_frames(twins):
+    _, clean = twins(SCENE, {})
+    spec, dropped = twins(SCENE, {"frame_drop": 2})
+    step = np.abs(np.diff(dropped, axis=0)).mean(axis=(1, 2, 3))  # (T-1,) change between frames
+    clean_step = np.abs(np.diff(clean, axis=0)).mean(axis=(1, 2, 3))
+    repeats = [t + 1 for t in range(len(step)) if step[t] < 0.5]
+    assert len(spec.dropped) == 4 and repeats == spec.dropped
+    assert clean_step.min() > 2.0  # the clean object moves every frame
+
+
+def test_jitter_shakes_the_path(twins):
+    def worst_deviation_from_straight_line(frames):
+        path = centroids(color_mask(frames, "red"))
+        t = np.arange(len(path))
+        return max(np.abs(path[:, k] - np.polyval(np.polyfit(t, path[:, k], 1), t)).max() for k in range(2))
+
+    clean = worst_deviation_from_straight_line(twins(SCENE, {})[1])
+    mild = worst_deviation_from_straight_line(twins(SCENE, {"jitter": 1})[1])
+    strong = worst_deviation_from_straight_line(twins(SCENE, {"jitter": 2})[1])
+    assert clean < 0.5 < 1.0 < mild < strong  # measured ≈ 0.15, 3.5, 6.6 px
+
+
+@pytest.mark.parametrize("scene", [SCENE, Scene("square", "green", "top to bottom", "black"),
+                                   Scene("triangle", "yellow", "bottom to top", "white")])
+def test_wrong_object_differs_in_colour_or_shape(twins, scene):
+    _, clean = twins(scene, {})
+    assert shape_from_fill(color_mask(clean, scene.color)) == scene.shape
+    assert color_mask(clean, scene.color).sum(axis=(1, 2)).min() > 100
+
+    spec, recoloured = twins(scene, {"wrong_color": 1})
+    assert spec.color != scene.color
+    assert color_mask(recoloured, scene.color).sum() == 0  # the prompt's colour is nowhere
+    assert color_mask(recoloured, spec.color).sum(axis=(1, 2)).min() > 100
+
+    spec, reshaped = twins(scene, {"wrong_shape": 1})
+    assert spec.shape != scene.shape
+    assert shape_from_fill(color_mask(reshaped, scene.color)) == spec.shape
+
+
+@pytest.mark.parametrize("seed", [1, 2, 4])  # → right to left, top to bottom, bottom to top
+def test_wrong_motion_moves_another_way(twins, seed):
+    unit = {"left to right": (1, 0), "right to left": (-1, 0), "top to bottom": (0, 1), "bottom to top": (0, -1)}
+    _, clean = twins(SCENE, {}, seed)
+    spec, moved = twins(SCENE, {"wrong_motion": 1}, seed)
+    assert spec.motion != SCENE.motion
+    for frames, motion in ((clean, SCENE.motion), (moved, spec.motion)):
+        path = centroids(color_mask(frames, "red"))
+        travel = path[-1] - path[0]
+        direction = travel / np.linalg.norm(travel)
+        assert np.dot(direction, unit[motion]) > 0.95, (motion, travel)
+        assert np.linalg.norm(travel) > 20

@@ -1,0 +1,475 @@
+"""A synthetic video-preference benchmark with known, controlled quality factors.
+
+Why: real preference data is scarce and noisy; here every label is known by construction, so a
+training recipe can be checked end to end (does the reward model learn blur < sharp? does it
+generalise to a factor it never saw?) on a laptop. ``descore data synth OUT_DIR`` calls
+`generate_benchmark`.
+
+Scenes
+------
+A scene is one object (circle / square / triangle; red / green / blue / yellow / purple) moving in one
+direction (left to right, right to left, top to bottom, bottom to top) over a gray, black or white
+background with a faint checker texture. Its prompt says exactly that: "a red circle moving left to
+right on a gray background". The clean video matches the prompt. Videos are tiny (default 64×64,
+8 frames at 4 fps), h264/yuv420p in MP4, a few KB each.
+
+Quality factors (each with a severity; a video's "badness" in a dimension is the sum of the
+severities of its factors in that dimension):
+
+=================  =====  ============================================================  ========
+factor             dim    what it does                                                  severity
+=================  =====  ============================================================  ========
+``blur``           VQ     Gaussian blur, sigma 1.0 / 2.0 px                              1, 2
+``noise``          VQ     Gaussian pixel noise, sigma 14 / 28 (of 255)                   1, 2
+``color_cast``     VQ     whole-frame warm / cool / green tint, ±30 / ±60 per channel    1, 2
+``frame_drop``     MQ     2 / 4 frames replaced by a repeat of the previous frame        1, 2
+``jitter``         MQ     object position shaken off its straight path, ±3 / ±6 px       1, 2
+``wrong_color``    TA     object drawn in another colour than the prompt says            1
+``wrong_shape``    TA     object drawn as another shape than the prompt says             1
+``wrong_motion``   TA     object moves in another direction than the prompt says         1
+=================  =====  ============================================================  ========
+
+Pairs and labels
+----------------
+Per pair, one of: clean vs one degraded twin (≈50 %); degraded vs more degraded (the same factors
+plus one more factor or one severity step, ≈30 %); a tie (≈20 %: two clean renders, or two renders
+with the same factors, that differ only in a small start offset and the random noise/tint draws).
+Labels per dimension (VQ, MQ, TA) prefer the video with the lower badness in that dimension, "same"
+when equal. ``overall`` prefers the lower total badness (sum over dimensions); since the second video
+of a pair always has a superset of the first one's factors, it never contradicts a dimension label.
+Which video is A and which is B is random.
+
+Each video also gets a templated rationale describing what is seen (object, colour, path, sharpness,
+noise, tint, smoothness) and whether that matches the prompt: the chain-of-thought target.
+
+Splits (DeScore JSONL, see ``training/data.py``; extra keys ``scene``, ``meta_a``, ``meta_b`` record the
+ground truth: actual shape/colour/motion/background, factors with severities, tint):
+
+* ``train.jsonl`` — factors ``blur, noise, frame_drop, jitter, wrong_color, wrong_shape``.
+* ``test_id.jsonl`` — the same factors on new scenes (scene combinations not used in train while
+  any are left; always new render seeds).
+* ``test_heldout.jsonl`` — only the held-out factors ``color_cast`` (VQ) and ``wrong_motion`` (TA),
+  which never appear in train or test_id.
+
+Videos go under ``OUT_DIR/videos/<split>/``; ``OUT_DIR/benchmark.json`` records the seed, sizes and
+the factor sets per split. Everything is a pure function of ``seed`` and the arguments: the same call
+writes byte-identical files (see `encode_mp4` for what that takes from x264).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from descore_sdk.errors import InvalidInputError
+
+from .data import PreferencePair, write_pairs_jsonl
+
+SHAPES = ("circle", "square", "triangle")
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (50, 80, 230),
+    "yellow": (235, 215, 40),
+    "purple": (150, 60, 190),
+}
+BACKGROUNDS = {"gray": (120, 120, 120), "black": (20, 20, 20), "white": (235, 235, 235)}
+# Unit direction (dx, dy) in image coordinates (y grows downwards).
+MOTIONS = {
+    "left to right": (1, 0),
+    "right to left": (-1, 0),
+    "top to bottom": (0, 1),
+    "bottom to top": (0, -1),
+}
+# Per-channel RGB offsets of a severity-1 cast; severity 2 doubles them.
+TINTS = {"warm": (30, 10, -30), "cool": (-30, 0, 30), "green": (-15, 30, -15)}
+
+FACTOR_DIMENSION = {
+    "blur": "VQ",
+    "noise": "VQ",
+    "color_cast": "VQ",
+    "frame_drop": "MQ",
+    "jitter": "MQ",
+    "wrong_color": "TA",
+    "wrong_shape": "TA",
+    "wrong_motion": "TA",
+}
+MAX_SEVERITY = {"blur": 2, "noise": 2, "color_cast": 2, "frame_drop": 2, "jitter": 2, "wrong_color": 1, "wrong_shape": 1, "wrong_motion": 1}
+DIMENSIONS = ("VQ", "MQ", "TA")
+BLUR_SIGMA = {1: 1.0, 2: 2.0}
+NOISE_SIGMA = {1: 14.0, 2: 28.0}
+DROPPED_FRAMES = {1: 2, 2: 4}
+JITTER_PX = {1: 3.0, 2: 6.0}
+
+HELDOUT_FACTORS = ("color_cast", "wrong_motion")
+TRAIN_FACTORS = tuple(f for f in FACTOR_DIMENSION if f not in HELDOUT_FACTORS)
+SPLIT_FACTORS = {"train": TRAIN_FACTORS, "test_id": TRAIN_FACTORS, "test_heldout": HELDOUT_FACTORS}
+SPLIT_FILES = {"train": "train.jsonl", "test_id": "test_id.jsonl", "test_heldout": "test_heldout.jsonl"}
+PAIRS_PER_SCENE = 4
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What the prompt describes."""
+
+    shape: str
+    color: str
+    motion: str
+    background: str
+
+    @property
+    def prompt(self) -> str:
+        return f"a {self.color} {self.shape} moving {self.motion} on a {self.background} background"
+
+
+@dataclass
+class VideoSpec:
+    """One video to render: the scene, its factors {name: severity} and the random draws."""
+
+    scene: Scene
+    factors: dict[str, int]
+    seed: int
+    shape: str = ""  # actually drawn (differs from scene.shape under wrong_shape)
+    color: str = ""
+    motion: str = ""
+    tint: str | None = None
+    start_offset: tuple[float, float] = (0.0, 0.0)
+    dropped: list[int] = field(default_factory=list)
+
+    def badness(self) -> dict[str, int]:
+        out = {dim: 0 for dim in DIMENSIONS}
+        for name, severity in self.factors.items():
+            out[FACTOR_DIMENSION[name]] += severity
+        return out
+
+    def meta(self) -> dict:
+        return {
+            "factors": dict(sorted(self.factors.items())),
+            "badness": self.badness(),
+            "shape": self.shape,
+            "color": self.color,
+            "motion": self.motion,
+            "background": self.scene.background,
+            "tint": self.tint,
+            "dropped_frames": list(self.dropped),
+        }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rendering (numpy, float32 RGB in [0, 255])
+
+
+def realise_spec(scene: Scene, factors: dict[str, int], seed: int, num_frames: int) -> VideoSpec:
+    """Draw every random choice of a video up front, so the spec alone determines its pixels."""
+    for name, severity in factors.items():
+        if name not in FACTOR_DIMENSION or not 1 <= severity <= MAX_SEVERITY[name]:
+            raise InvalidInputError(f"Unknown factor or severity {name}={severity}; factors: {MAX_SEVERITY}.")
+    rng = np.random.default_rng(seed)
+    spec = VideoSpec(scene=scene, factors=dict(factors), seed=seed, shape=scene.shape, color=scene.color, motion=scene.motion)
+    # Drawn first, so a clean video and a degraded twin with the same seed share their geometry.
+    spec.start_offset = tuple(float(v) for v in rng.uniform(-2.0, 2.0, size=2))
+    if "wrong_shape" in factors:
+        spec.shape = str(rng.choice([s for s in SHAPES if s != scene.shape]))
+    if "wrong_color" in factors:
+        spec.color = str(rng.choice([c for c in COLORS if c != scene.color]))
+    if "wrong_motion" in factors:
+        spec.motion = str(rng.choice([m for m in MOTIONS if m != scene.motion]))
+    if "color_cast" in factors:
+        spec.tint = str(rng.choice(list(TINTS)))
+    if "frame_drop" in factors:
+        count = min(DROPPED_FRAMES[factors["frame_drop"]], num_frames - 1)
+        spec.dropped = sorted(int(i) for i in rng.choice(np.arange(1, num_frames), size=count, replace=False))
+    return spec
+
+
+def _object_mask(shape: str, cx: float, cy: float, radius: float, height: int, width: int) -> np.ndarray:
+    """Boolean (height, width) mask of `shape` centred at (cx, cy) with half-size `radius` px."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5  # pixel centres
+    dx, dy = xs - cx, ys - cy
+    if shape == "circle":
+        return dx * dx + dy * dy <= radius * radius
+    if shape == "square":
+        return (np.abs(dx) <= radius) & (np.abs(dy) <= radius)
+    # Upward isosceles triangle in the same 2r × 2r box: half-width grows linearly from 0 at the apex.
+    frac_down = (dy + radius) / (2 * radius)
+    return (frac_down >= 0) & (frac_down <= 1) & (np.abs(dx) <= radius * frac_down)
+
+
+def _gaussian_blur(frames: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of (T, H, W, C) frames with edge replication."""
+    radius = max(1, int(round(3 * sigma)))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    for axis in (1, 2):
+        pad = [(0, 0)] * frames.ndim
+        pad[axis] = (radius, radius)
+        padded = np.pad(frames, pad, mode="edge")
+        size = frames.shape[axis]
+        frames = sum(w * np.take(padded, np.arange(i, i + size), axis=axis) for i, w in enumerate(taps))
+    return frames
+
+
+def render_frames(spec: VideoSpec, *, width: int, height: int, num_frames: int) -> np.ndarray:
+    """(num_frames, height, width, 3) uint8 RGB frames of `spec`."""
+    rng = np.random.default_rng(spec.seed + 1_000_003)  # pixel-level draws (jitter, noise)
+    background = np.empty((height, width, 3), np.float32)
+    background[:] = BACKGROUNDS[spec.scene.background]
+    ys, xs = np.mgrid[0:height, 0:width]
+    checker = ((ys // 8 + xs // 8) % 2) * 2 - 1  # faint texture so blur has more than edges to soften
+    background += 10.0 * checker[..., None]
+
+    radius = 0.15 * min(width, height)
+    margin = radius + 2
+    dx, dy = MOTIONS[spec.motion]
+    # Travel along the motion axis from one margin to the other; the cross axis stays centred.
+    start = np.array([width / 2, height / 2]) + np.array(spec.start_offset)
+    span = np.array([width - 2 * margin, height - 2 * margin])
+    start = start - np.array([dx, dy]) * span / 2
+    step = np.array([dx, dy]) * span / max(1, num_frames - 1)
+    jitter = JITTER_PX.get(spec.factors.get("jitter", 0), 0.0)
+
+    frames = np.empty((num_frames, height, width, 3), np.float32)
+    color = np.array(COLORS[spec.color], np.float32)
+    for t in range(num_frames):
+        cx, cy = start + t * step
+        if jitter:
+            cx, cy = np.array([cx, cy]) + rng.uniform(-jitter, jitter, size=2)
+        mask = _object_mask(spec.shape, cx, cy, radius, height, width)
+        frames[t] = np.where(mask[..., None], color, background)
+    for t in spec.dropped:  # a dropped frame shows the previous one again (the video "freezes")
+        frames[t] = frames[t - 1]
+
+    if "blur" in spec.factors:
+        frames = _gaussian_blur(frames, BLUR_SIGMA[spec.factors["blur"]])
+    if spec.tint is not None:
+        frames = frames + spec.factors["color_cast"] * np.array(TINTS[spec.tint], np.float32)
+    if "noise" in spec.factors:
+        frames = frames + rng.normal(0.0, NOISE_SIGMA[spec.factors["noise"]], size=frames.shape)
+    return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
+
+
+def encode_mp4(frames: np.ndarray, path: Path, fps: float) -> None:
+    """Write (T, H, W, 3) uint8 RGB frames as h264/yuv420p MP4, reproducibly.
+
+    x264 runs single-threaded and without its assembly kernels: with them, the same frames encoded
+    twice in one process gave different (decoded!) output now and then (measured with PyAV 18 /
+    FFmpeg 8: about 1 video in 4 over 10 repeats). The C path costs ~2x encode time, on 64x64 frames
+    a few ms per video.
+    """
+    import av  # lazy: PyAV loads FFmpeg
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.thread_count = 1
+        stream.options = {"crf": "18", "preset": "medium", "threads": "1", "x264-params": "asm=0"}
+        for array in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rationales
+
+
+def describe(spec: VideoSpec) -> str:
+    """Templated description of what the video shows and how it compares with its prompt."""
+    scene, factors = spec.scene, spec.factors
+    bg = scene.background
+    parts = [f"I see a {spec.color} {spec.shape} moving {spec.motion} across a {bg} background."]
+
+    visual = []
+    if "blur" in factors:
+        visual.append("the image is very blurry and the object's edges smear into the background"
+                      if factors["blur"] == 2 else "the image is slightly soft, with blurred edges")
+    if "noise" in factors:
+        visual.append("heavy grainy noise covers every frame" if factors["noise"] == 2 else "there is visible grain in every frame")
+    if spec.tint is not None:
+        tint_words = {"warm": "an orange", "cool": "a blue", "green": "a green"}[spec.tint]
+        strength = "strong" if factors["color_cast"] == 2 else "noticeable"
+        visual.append(f"the whole frame has a {strength} colour cast, {tint_words} tint")
+    parts.append("Visual quality: " + ("; ".join(visual) if visual else "sharp, clean and with natural colours") + ".")
+
+    motion = []
+    if spec.dropped:
+        motion.append(f"it stutters: {len(spec.dropped)} of the frames repeat the previous one, so the object freezes and then jumps")
+    if "jitter" in factors:
+        motion.append("the object shakes " + ("violently" if factors["jitter"] == 2 else "slightly")
+                      + " off its straight path")
+    parts.append("Motion: " + ("; ".join(motion) if motion else "smooth and steady along a straight path") + ".")
+
+    mismatches = []
+    if spec.color != scene.color or spec.shape != scene.shape:
+        mismatches.append(f"the prompt asks for a {scene.color} {scene.shape} but the object is a {spec.color} {spec.shape}")
+    if spec.motion != scene.motion:
+        mismatches.append(f"the prompt asks for movement {scene.motion} but the object moves {spec.motion}")
+    parts.append("Alignment: " + ("; ".join(mismatches) if mismatches else "the video matches the prompt") + ".")
+    return " ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pairs
+
+
+def _label(badness_a: int, badness_b: int) -> str:
+    return "A" if badness_a < badness_b else "B" if badness_b < badness_a else "same"
+
+
+def pair_labels(spec_a: VideoSpec, spec_b: VideoSpec) -> dict[str, str]:
+    """Per-dimension labels (lower badness wins) plus `overall` (lower total badness wins)."""
+    bad_a, bad_b = spec_a.badness(), spec_b.badness()
+    labels = {dim: _label(bad_a[dim], bad_b[dim]) for dim in DIMENSIONS}
+    labels["overall"] = _label(sum(bad_a.values()), sum(bad_b.values()))
+    return labels
+
+
+def _random_factor(rng: np.random.Generator, pool: tuple[str, ...], exclude=()) -> tuple[str, int]:
+    name = str(rng.choice([f for f in pool if f not in exclude]))
+    return name, int(rng.integers(1, MAX_SEVERITY[name] + 1))
+
+
+def _worsen(rng: np.random.Generator, factors: dict[str, int], pool: tuple[str, ...]) -> dict[str, int]:
+    """`factors` plus one severity step or one more factor (so it is strictly worse somewhere)."""
+    worse = dict(factors)
+    steppable = [f for f, s in factors.items() if s < MAX_SEVERITY[f]]
+    addable = [f for f in pool if f not in factors]
+    if steppable and (not addable or rng.random() < 0.5):
+        name = str(rng.choice(steppable))
+        worse[name] += 1
+    else:
+        name, severity = _random_factor(rng, pool, exclude=factors)
+        worse[name] = severity
+    return worse
+
+
+def _plan_pair(rng: np.random.Generator, pool: tuple[str, ...]) -> tuple[str, dict[str, int], dict[str, int]]:
+    """(kind, factors of the better video, factors of the worse one)."""
+    roll = rng.random()
+    if roll < 0.5:
+        name, severity = _random_factor(rng, pool)
+        return "clean_vs_degraded", {}, {name: severity}
+    if roll < 0.8:
+        name, severity = _random_factor(rng, pool)
+        base = {name: severity}
+        return "degraded_vs_worse", base, _worsen(rng, base, pool)
+    if rng.random() < 0.5:
+        return "tie", {}, {}
+    name, severity = _random_factor(rng, pool)
+    return "tie", {name: severity}, {name: severity}
+
+
+def _scenes_in_order(rng: np.random.Generator) -> list[Scene]:
+    combos = [Scene(*c) for c in itertools.product(SHAPES, COLORS, MOTIONS, BACKGROUNDS)]
+    return [combos[i] for i in rng.permutation(len(combos))]
+
+
+def generate_benchmark(
+    out_dir: str | os.PathLike,
+    *,
+    n_train: int = 160,
+    n_test: int = 40,
+    n_heldout: int = 40,
+    seed: int = 0,
+    size: tuple[int, int] = (64, 64),
+    num_frames: int = 8,
+    fps: float = 4.0,
+) -> dict[str, Path]:
+    """Write the synthetic benchmark under `out_dir`; return {"train", "test_id", "test_heldout",
+    "info"} → path of train.jsonl, test_id.jsonl, test_heldout.jsonl, benchmark.json.
+
+    size: (width, height) in pixels, both even (yuv420p) and ≥ 16. num_frames ≥ 5, so that with 4
+    dropped frames the object still visibly moves. n_*: pairs per split (0 writes an empty file).
+    Pairs come in groups of up to 4 per scene, sharing the scene's clean render.
+    """
+    width, height = (int(v) for v in size)
+    if width < 16 or height < 16 or width % 2 or height % 2:
+        raise InvalidInputError(f"size must be (width, height) with even sides ≥ 16 (h264 yuv420p), got {size}.")
+    if num_frames < 5:
+        raise InvalidInputError(f"num_frames must be ≥ 5 so frame drops leave visible motion, got {num_frames}.")
+    if not fps > 0:
+        raise InvalidInputError(f"fps must be positive, got {fps}.")
+    counts = {"train": n_train, "test_id": n_test, "test_heldout": n_heldout}
+    for split, n in counts.items():
+        if int(n) != n or n < 0:
+            raise InvalidInputError(f"n_{split} must be a non-negative integer, got {n}.")
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    scenes = _scenes_in_order(rng)
+    scene_cursor = 0  # splits take consecutive scene combinations, so test scenes are new while any are left
+    render_seed = itertools.count(int(rng.integers(0, 2**31)))  # one fresh seed per rendered video
+
+    paths: dict[str, Path] = {}
+    for split, n_pairs in counts.items():
+        pool = SPLIT_FACTORS[split]
+        split_rng = np.random.default_rng([seed, list(counts).index(split)])
+        pairs: list[PreferencePair] = []
+        while len(pairs) < n_pairs:
+            scene = scenes[scene_cursor % len(scenes)]
+            scene_cursor += 1
+            scene_id = f"s{scene_cursor:04d}"
+            cache: dict[tuple, tuple[VideoSpec, Path]] = {}
+
+            def video(factors: dict[str, int], variant: int = 0) -> tuple[VideoSpec, Path]:
+                key = (tuple(sorted(factors.items())), variant)
+                if key not in cache:
+                    spec = realise_spec(scene, factors, next(render_seed), num_frames)
+                    name = "clean" if not factors else "_".join(f"{f}{s}" for f, s in sorted(factors.items()))
+                    path = out_dir / "videos" / split / f"{scene_id}_{name}_v{variant}.mp4"
+                    encode_mp4(render_frames(spec, width=width, height=height, num_frames=num_frames), path, fps)
+                    cache[key] = (spec, path)
+                return cache[key]
+
+            for index in range(min(PAIRS_PER_SCENE, n_pairs - len(pairs))):
+                kind, better, worse = _plan_pair(split_rng, pool)
+                # The clean render is shared by the scene's pairs; every other video is new, so no two
+                # pairs are the same and a tie's two videos are distinct renders.
+                first = video(better, variant=0 if not better else 2 * index + 1)
+                second = video(worse, variant=2 * index + 2)
+                if split_rng.random() < 0.5:
+                    first, second = second, first
+                (spec_a, path_a), (spec_b, path_b) = first, second
+                pairs.append(
+                    PreferencePair(
+                        prompt=scene.prompt,
+                        video_a=path_a,
+                        video_b=path_b,
+                        labels=pair_labels(spec_a, spec_b),
+                        rationale_a=describe(spec_a),
+                        rationale_b=describe(spec_b),
+                        meta={
+                            "kind": kind,
+                            "scene": {"id": scene_id, "shape": scene.shape, "color": scene.color,
+                                      "motion": scene.motion, "background": scene.background},
+                            "meta_a": spec_a.meta(),
+                            "meta_b": spec_b.meta(),
+                        },
+                    )
+                )
+        paths[split] = write_pairs_jsonl(pairs, out_dir / SPLIT_FILES[split])
+
+    info = {
+        "seed": seed,
+        "size": [width, height],
+        "num_frames": num_frames,
+        "fps": fps,
+        "pairs": counts,
+        "factors": {split: list(pool) for split, pool in SPLIT_FACTORS.items()},
+        "heldout_factors": list(HELDOUT_FACTORS),
+        "factor_dimension": FACTOR_DIMENSION,
+    }
+    info_path = out_dir / "benchmark.json"
+    info_path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    paths["info"] = info_path
+    return paths
