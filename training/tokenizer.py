@@ -170,7 +170,8 @@ second, writes its reasoning, and then outputs one score for each dimension. Hig
 Scores: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10. Ratings: bad, poor, fair, average, good, great, excellent.
 Time stamps: 0.0 seconds, 0.5 seconds, 1.0 seconds, 1.5 seconds, 2.0 seconds, 2.5 seconds, 3 seconds.
 The clip is 4 seconds long, 8 frames, 448 x 448 pixels, 24 fps, 30 fps, 60 fps, 16:9, 1080p, 720p.
-It's clear that the video isn't perfect: it doesn't show the dog, we'll say it's weak, they're wrong, I'm sure, you'd agree, we've seen better.
+It's clear that the video isn't perfect: it doesn't show the dog, we'll say it's weak,
+they're wrong, I'm sure, you'd agree, we've seen better.
 Punctuation: commas, periods. Questions? Answers! Quotes "like this" and 'this'; (brackets) [lists]
 {braces} <tags> a/b a-b a_b a+b=c 50% #1 @user $5 & more...: - * ~ | \\ ^ `code`.
 """
