@@ -165,20 +165,17 @@ def test_unknown_family_is_rejected(tmp_path):
         save_tokenizer_files(tmp_path, "qwen4_vl")
 
 
-def test_build_is_deterministic_and_fast(tmp_path):
-    """Two fresh processes build byte-identical files, each in under 2 s."""
+def test_build_is_deterministic(tmp_path):
+    """Two fresh processes build byte-identical files (build time is not asserted: timings belong in
+    benchmarks, and CI machines are shared)."""
     script = (
-        "import sys, time;"
+        "import sys;"
         "from descore_sdk.training.tokenizer import build_tokenizer;"
-        "t = time.perf_counter();"
-        "build_tokenizer(sys.argv[1], 'qwen3_vl'); print(time.perf_counter() - t)"
+        "build_tokenizer(sys.argv[1], 'qwen3_vl')"
     )
-    seconds = []
     for name in ("a", "b"):
-        result = subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], capture_output=True, text=True, check=True)
-        seconds.append(float(result.stdout.strip().splitlines()[-1]))
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], capture_output=True, text=True, check=True)
     for filename in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         assert (tmp_path / "a" / filename).read_bytes() == (tmp_path / "b" / filename).read_bytes()
-    assert max(seconds) < 2.0, seconds
     # And the same as this process's build.
     assert Tokenizer.from_file(str(tmp_path / "a" / "tokenizer.json")).to_str() == build_tokenizer().to_str()
