@@ -10,13 +10,15 @@ How a file is decoded
    sorted, give the exact frame count and the presentation index of every frame, B-frame reordering and
    variable frame rate included; their keyframe flags give the keyframe positions. Container metadata
    (frame count, duration) is not trusted for this: it is missing in WebM/Matroska and can be wrong.
-2. Sampling: `sample_frame_indices` picks the target indices from the frame count and average fps.
+2. Sampling: `sample_frame_indices` picks the target indices from the frame count and average fps (the
+   container's average rate, unless the timestamps contradict it by more than 5%).
 3. Decode pass: for each target, the decoder seeks to the keyframe at/before it only when that keyframe
    lies beyond the current decode position; otherwise it decodes forward. A clip with one keyframe is
    therefore decoded once, front to back, and a long clip with regular keyframes only decodes the GOP
    stretches that lead up to each target. Decoded frames are matched to indices by their timestamps,
-   never by counting frames after a seek. A seek that lands after the target (some demuxers index by
-   decode time) is retried from the keyframe before.
+   never by counting frames after a seek. A seek that lands after its keyframe (MPEG-TS seeks by
+   decode time) is retried by decode time, then from earlier keyframes, then from the start; a
+   container that cannot seek is read forward.
 
 Only the target frames are converted to RGB (and resized); every other frame is dropped as soon as the
 decoder returns it.
@@ -26,8 +28,9 @@ Damaged input
 - A packet the decoder rejects is skipped; decoding continues with the next packet. If a target frame
   cannot be decoded, the next frame that does decode is used in its place (or, at the end of the file,
   the last one that decoded) and `frame_indices` reports the frame actually used.
-- If the packet timestamps are unusable (missing or duplicated, e.g. raw elementary streams), the file is
-  decoded sequentially twice instead: once to count frames, once to collect the targets by position.
+- If the timestamps cannot identify frames (missing or duplicated, e.g. raw elementary streams, or in
+  decode order, e.g. AVI with B-frames), the file is decoded sequentially twice instead: once to count
+  frames, once to collect the targets by position.
 - A file with a video stream but no decodable frame raises `VideoDecodeError`, as does anything that is
   not a readable video; FFmpeg's own exceptions never reach the caller.
 """
@@ -304,13 +307,17 @@ class _VideoSource:
             hint = "" if path.is_absolute() else f" (relative paths start at {os.getcwd()})"
             raise VideoDecodeError(f"Video file not found: '{path}'. Check the path{hint}.")
         if path.is_dir():
-            raise VideoDecodeError(f"'{path}' is a directory, not a video file; pass the path of a video file inside it.")
+            raise VideoDecodeError(
+                f"'{path}' is a directory, not a video file; pass the path of a video file inside it."
+            )
         try:
             size = path.stat().st_size
         except OSError as exc:
             raise VideoDecodeError(f"Cannot read {name}: {exc}.") from exc
         if size == 0:
-            raise VideoDecodeError(f"The {name} is empty (0 bytes); it was probably not written completely. Re-create it.")
+            raise VideoDecodeError(
+                f"The {name} is empty (0 bytes); it was probably not written completely. Re-create it."
+            )
         return cls(name, lambda: str(path))
 
     @classmethod
@@ -362,6 +369,9 @@ class _VideoSource:
             for other in container.streams:
                 if other.index != stream.index:
                     other.discard = Discard.all
+            # Slice threading only (PyAV's default): frame threading holds several frames in flight,
+            # which are decoded for nothing each time the reader seeks.
+            stream.thread_type = "SLICE"
         except BaseException:
             container.close()
             raise
@@ -388,6 +398,30 @@ class _TimestampsUnusable(Exception):
     """Packet/frame timestamps cannot identify frames; switch to counting frames."""
 
 
+class _ClipBuffer:
+    """The output frames, written in place as targets are found, so that peak memory is one clip (the
+    array is allocated once the first frame gives the size). A target may fill several rows (padding)."""
+
+    def __init__(self, targets: np.ndarray):
+        self._rows: dict[int, list[int]] = {}
+        for row, target in enumerate(targets.tolist()):
+            self._rows.setdefault(target, []).append(row)
+        self.frames: np.ndarray | None = None
+        self.used = np.full(len(targets), -1, dtype=np.int64)
+
+    @property
+    def targets(self) -> list[int]:
+        """Distinct targets, increasing."""
+        return sorted(self._rows)
+
+    def put(self, target: int, frame_index: int, rgb: np.ndarray) -> None:
+        if self.frames is None:
+            self.frames = np.empty((len(self.used),) + rgb.shape, dtype=np.uint8)
+        for row in self._rows[target]:
+            self.frames[row] = rgb
+            self.used[row] = frame_index
+
+
 def _decode_clip(source: _VideoSource, sampling: dict, fit: _FrameFitter) -> VideoClip:
     container, stream = source.open()
     try:
@@ -399,13 +433,12 @@ def _decode_clip(source: _VideoSource, sampling: dict, fit: _FrameFitter) -> Vid
 
     total = len(index.frame_pts)
     targets = sample_frame_indices(total, index.fps, **sampling)
+    buffer = _ClipBuffer(targets)
     try:
-        picked, decoded = _decode_by_timestamp(source, index, np.unique(targets), fit)
+        decoded = _decode_by_timestamp(source, index, buffer, fit)
     except _TimestampsUnusable:
         return _decode_by_counting(source, sampling, fit)
-    used = np.array([picked[t][0] for t in targets], dtype=np.int64)
-    frames = np.stack([picked[t][1] for t in targets])
-    return VideoClip(frames, used, index.fps, total / index.fps, decoded, total)
+    return VideoClip(buffer.frames, buffer.used, index.fps, total / index.fps, decoded, total)
 
 
 def _index_stream(container, stream, name: str, fallback_fps: float) -> _StreamIndex | None:
@@ -497,26 +530,25 @@ class _Decoder:
         return self._ready.popleft()
 
 
-def _decode_by_timestamp(source: _VideoSource, index: _StreamIndex, targets: np.ndarray, fit: _FrameFitter):
-    """{target index: (index of the frame used, RGB frame)} for sorted unique targets, and the number of
-    frames decoded. Raises _TimestampsUnusable when decoded frames do not carry the indexed timestamps."""
+def _decode_by_timestamp(source: _VideoSource, index: _StreamIndex, buffer: _ClipBuffer, fit: _FrameFitter) -> int:
+    """Fill `buffer` with the target frames; return how many frames were decoded. Raises
+    _TimestampsUnusable when decoded frames do not carry the indexed timestamps."""
     reader = _TimestampReader(source, index)
     try:
-        picked = {}
-        for target in targets.tolist():
+        for target in buffer.targets:
             found = reader.frame_at(target)
-            if found is None:
+            if found is None:  # nothing decoded at all so far, and the stream is over
                 break
-            picked[target] = (found[0], fit.from_av(found[1]))
+            buffer.put(target, found[0], fit.from_av(found[1]))
         decoded = reader.decoded
     finally:
         reader.close()
-    if not picked:
+    if buffer.frames is None:
         raise VideoDecodeError(
             f"No frame of {source.name} could be decoded; the video data is corrupt or truncated. "
             "Re-create or re-download the file."
         )
-    return picked, decoded
+    return decoded
 
 
 class _TimestampReader:
@@ -538,6 +570,7 @@ class _TimestampReader:
         self._end = None  # index after which a run hit the end of the stream
         self._keyframe_dts = index.keyframe_dts
         self._seek_by_dts = False  # set once a seek by presentation time lands past its keyframe
+        self._seekable = True  # cleared if the container refuses to seek: then only decode forward
 
     @property
     def decoded(self) -> int:
@@ -553,7 +586,7 @@ class _TimestampReader:
             return self._ahead
         if self._end is not None and target > self._end:
             return self._latest
-        key_slot = bisect.bisect_right(self._keyframes, target) - 1
+        key_slot = bisect.bisect_right(self._keyframes, target) - 1 if self._seekable else -1
         if target <= self._position or (key_slot >= 0 and self._keyframes[key_slot] > self._position + 1):
             found = self._reposition(key_slot)
             if found is not None and found[0] < target:
@@ -571,8 +604,11 @@ class _TimestampReader:
         A seek must land at or before the keyframe: frames decoded from a later landing point may miss
         their references. Demuxers disagree on whether their index is by presentation or decode time
         (MPEG-TS seeks by decode time), so a late landing is retried by the keyframe's decode time
-        (and that choice kept for later seeks), then from the keyframe before, then from the start.
+        (and that choice kept for later seeks), then from up to two earlier keyframes, then from the
+        start. A container that refuses to seek is read forward only from then on.
         """
+        import av
+
         failures = 0
         while True:
             self._ahead, self._position = None, -1
@@ -587,7 +623,12 @@ class _TimestampReader:
             key = self._keyframes[key_slot]
             key_dts = self._keyframe_dts[key_slot]
             use_dts = self._seek_by_dts and key_dts is not None
-            self._decoder.seek(key_dts if use_dts else int(self._frame_pts[key]))
+            try:
+                self._decoder.seek(key_dts if use_dts else int(self._frame_pts[key]))
+            except av.FFmpegError:
+                self._seekable = False
+                key_slot = -1
+                continue
             first = self._next()
             if first is not None and first[0] <= key:
                 return first
@@ -644,23 +685,23 @@ def _decode_by_counting(source: _VideoSource, sampling: dict, fit: _FrameFitter)
         video_fps = (total - 1) / (last_time - first_time)
     else:
         video_fps = float(sampling["fps"])
-    targets = sample_frame_indices(total, video_fps, **sampling)
-    wanted = set(targets.tolist())
-    picked: dict[int, np.ndarray] = {}
+    buffer = _ClipBuffer(sample_frame_indices(total, video_fps, **sampling))
+    pending = buffer.targets
     container, stream = source.open()
     try:
         decoder = _Decoder(container, stream)
-        position = -1
-        while len(picked) < len(wanted) and (frame := decoder.next_frame()) is not None:
-            position += 1
-            if position in wanted:
-                picked[position] = fit.from_av(frame)
+        position, last = -1, None
+        while pending and (frame := decoder.next_frame()) is not None:
+            position, last = position + 1, frame
+            if position == pending[0]:
+                buffer.put(pending.pop(0), position, fit.from_av(frame))
         decoded = total + decoder.decoded
+        if last is None:
+            raise VideoDecodeError(
+                f"No frame of {source.name} could be decoded on a second reading; the file is unreadable."
+            )
+        for target in pending:  # the second pass produced fewer frames than the first counted
+            buffer.put(target, position, fit.from_av(last))
     finally:
         container.close()
-    last = max(picked) if picked else None
-    if last is None:
-        raise VideoDecodeError(f"No frame of {source.name} could be decoded on the second pass; the file changed or is unreadable.")
-    used = np.array([t if t in picked else last for t in targets.tolist()], dtype=np.int64)
-    frames = np.stack([picked[i] for i in used.tolist()])
-    return VideoClip(frames, used, video_fps, total / video_fps, decoded, total)
+    return VideoClip(buffer.frames, buffer.used, video_fps, total / video_fps, decoded, total)

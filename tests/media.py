@@ -56,7 +56,8 @@ def read_index(frame: np.ndarray) -> int:
 
 
 def _encoder_options(codec: str, gop: int, bframes: int) -> dict[str, str]:
-    """Options that pin the keyframe interval (no scene-cut keyframes) and the B-frame count."""
+    """Options that pin the keyframe interval (no scene-cut keyframes) and the B-frame count (H.264 and
+    HEVC; VP9 and AV1 files carry one displayed frame per packet in presentation order either way)."""
     if codec == "h264":
         return {"preset": "veryfast", "crf": "18",
                 "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}"}
@@ -65,9 +66,9 @@ def _encoder_options(codec: str, gop: int, bframes: int) -> dict[str, str]:
         return {"preset": "ultrafast", "crf": "18",
                 "x265-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}:log-level=error"}
     if codec == "vp9":
-        # libvpx's alt-ref frames are hidden frames packed with visible ones: the VP9 analogue of reordering.
+        # One-pass libvpx emits no hidden alt-ref frames here, so `bframes` has no effect on VP9.
         return {"deadline": "realtime", "cpu-used": "8", "crf": "20", "b:v": "0", "g": str(gop),
-                "keyint_min": str(gop), "auto-alt-ref": "1" if bframes else "0", "lag-in-frames": "16" if bframes else "0"}
+                "keyint_min": str(gop)}
     if codec == "av1":
         return {"preset": "12", "crf": "30", "svtav1-params": f"keyint={gop}:scd=0"}
     raise ValueError(f"unknown codec {codec!r}")

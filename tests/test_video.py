@@ -120,7 +120,7 @@ def test_sample_frame_indices_rejects_bad_arguments(kwargs):
 # --------------------------------------------------------------------------------------------------
 # Synthetic videos: every codec, with and without reordering, regular and single keyframes
 
-# (codec, container, B-frames / alt-ref, keyframe interval)
+# (codec, container, B-frames, keyframe interval)
 SYNTHETIC = [
     ("h264", "mp4", 0, 8),
     ("h264", "mp4", 3, 8),
@@ -128,7 +128,7 @@ SYNTHETIC = [
     ("h264", "ts", 2, 8),  # MPEG-TS seeks by decode time
     ("hevc", "mp4", 3, 8),  # x265 open GOPs: CRA keyframes with leading pictures
     ("hevc", "mkv", 0, 1000),
-    ("vp9", "webm", 1, 8),
+    ("vp9", "webm", 0, 8),
     ("vp9", "webm", 0, 1000),
     ("av1", "mkv", 0, 8),
     ("av1", "mp4", 0, 1000),
@@ -144,7 +144,8 @@ def video_dir(tmp_path_factory) -> Path:
 def _synthetic(video_dir: Path, codec: str, container: str, bframes: int, gop: int, **kwargs) -> Path:
     path = video_dir / f"{codec}_b{bframes}_g{gop}_{'_'.join(f'{k}{v}' for k, v in kwargs.items())}.{container}"
     if not path.exists():
-        media.write_video(path, codec=codec, bframes=bframes, gop=gop, num_frames=kwargs.pop("num_frames", NUM_FRAMES), **kwargs)
+        num_frames = kwargs.pop("num_frames", NUM_FRAMES)
+        media.write_video(path, codec=codec, bframes=bframes, gop=gop, num_frames=num_frames, **kwargs)
     return path
 
 
@@ -236,6 +237,29 @@ def test_ten_minute_video_is_not_decoded_end_to_end(video_dir):
     _assert_matches_reference(path, clip)
 
 
+def test_single_frame_video_is_padded_to_the_temporal_patch(video_dir):
+    path = _synthetic(video_dir, "h264", "mp4", 0, 8, num_frames=1)
+    clip = load_video(path)
+    assert clip.frame_indices.tolist() == [0, 0] and clip.total_frames == 1
+    _, reference = media.reference_frames(path)
+    assert np.array_equal(clip.frames, np.stack([reference[0], reference[0]]))
+
+
+def test_container_that_refuses_to_seek_is_read_forward(video_dir, monkeypatch):
+    import descore_sdk.video as video_module
+
+    def refuse(self, pts):
+        raise av.error.PermissionError(1, "Operation not permitted", "seek")
+
+    monkeypatch.setattr(video_module._Decoder, "seek", refuse)
+    path = _synthetic(video_dir, "h264", "mp4", 3, 8)
+    clip = load_video(path, fps=2.0)
+    assert clip.frame_indices.tolist() == rule_indices(NUM_FRAMES, SOURCE_FPS, 2.0)
+    _assert_matches_reference(path, clip)
+    # one refused seek, then a single forward pass from the start
+    assert clip.decoded_frames == clip.frame_indices[-1] + 1 + 1
+
+
 def test_resize_while_decoding_matches_pillow_on_reference(video_dir):
     path = _synthetic(video_dir, "h264", "mp4", 3, 8, width=200, height=120)
     clip = load_video(path, max_pixels=64 * 64, factor=16)
@@ -323,7 +347,7 @@ def test_real_sample_resized_to_qwen_budget(sample_data_dir):
 
 
 def test_bytes_and_file_objects_give_the_same_clip(video_dir):
-    path = _synthetic(video_dir, "vp9", "webm", 1, 8)
+    path = _synthetic(video_dir, "vp9", "webm", 0, 8)
     expected = load_video(path, fps=6.0)
 
     class OneWayStream(io.RawIOBase):
