@@ -68,6 +68,7 @@ class ExportedGraphs:
     max_frames: int
     max_pixels: int
     max_vision_patches: int  # per vision call, for the whole video at max_frames × max_pixels
+    files: list[str] = field(default_factory=list)  # every file written, relative to out_dir
     timings_s: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -85,13 +86,16 @@ def export_onnx(
     max_frames: int | None = None,
     max_pixels: int | None = None,
     optimize: bool = True,
+    external_data: bool | None = None,
 ) -> ExportedGraphs:
     """Export `model` (a DeScoreModel, or a Qwen-VL backbone plus `reward_head`) to ONNX in `out_dir`.
 
     `max_frames` / `max_pixels` (per frame) bound the videos the bundle is meant for; they default to the
     model's DescoreConfig sampling (else the SDK defaults) and are recorded, not baked into the graphs
     (all sequence axes are dynamic). The model must be float32: the graphs are the fp32 reference that
-    any lower-precision build is later checked against.
+    any lower-precision build is later checked against. `external_data`: store weights next to each graph
+    (`<graph>.onnx.data`); None does so only for a graph over the 2 GB protobuf limit (any real backbone's
+    decoder). `optimize` runs the ONNX optimiser (constant folding, dead-node removal) after export.
     """
     backbone, head = split_model(model, reward_head)
     parts = backbone_parts(backbone)
@@ -116,7 +120,7 @@ def export_onnx(
             logger.info("[1/3] exporting the %s vision encoder → %s", parts.family, out / VISION_FILE)
             vision = vision_encoder_for_export(parts)
             _export(vision, _vision_example(vision, spec), _vision_dynamic_shapes(vision), out / VISION_FILE,
-                    list(vision.input_names), list(vision.output_names), opset, optimize, _VISION_AXES)
+                    list(vision.input_names), list(vision.output_names), opset, optimize, external_data, _VISION_AXES)
             timings["vision"] = time.perf_counter() - start
 
             start = time.perf_counter()
@@ -124,7 +128,7 @@ def export_onnx(
                         len(parts.text_model.layers), out / DECODER_FILE)
             decoder = decoder_for_export(parts, head)
             _export(decoder, _decoder_example(decoder, parts), _decoder_dynamic_shapes(decoder), out / DECODER_FILE,
-                    decoder.input_names, decoder.output_names, opset, optimize, _DECODER_AXES)
+                    decoder.input_names, decoder.output_names, opset, optimize, external_data, _DECODER_AXES)
             timings["decoder"] = time.perf_counter() - start
 
             start = time.perf_counter()
@@ -160,6 +164,8 @@ def export_onnx(
         max_frames=max_frames,
         max_pixels=max_pixels,
         max_vision_patches=-(-max_frames // spec.temporal_patch_size) * patches_per_frame,
+        files=[name for graph in (VISION_FILE, DECODER_FILE) for name in (graph, graph + ".data") if (out / name).is_file()]
+        + [EMBEDDING_FILE],
         timings_s={k: round(v, 2) for k, v in timings.items()},
     )
     logger.info("ONNX export done in %.1f s: %s", sum(timings.values()), ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
@@ -236,7 +242,7 @@ def _decoder_dynamic_shapes(decoder: DecoderWithCache) -> tuple:
 
 
 # -- export and post-processing ---------------------------------------------------------------------
-def _export(module, args, dynamic_shapes, path: Path, input_names, output_names, opset, optimize, axes) -> None:
+def _export(module, args, dynamic_shapes, path: Path, input_names, output_names, opset, optimize, external_data, axes) -> None:
     with _quiet_exporter_logs(), warnings.catch_warnings():
         # Naming one Dim on several inputs is the intended use; the exporter still warns about it.
         warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*")
@@ -253,19 +259,25 @@ def _export(module, args, dynamic_shapes, path: Path, input_names, output_names,
             verbose=False,
         )
     _rename_dynamic_axes(program.model, axes)
-    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
-    path.unlink(missing_ok=True)
-    # Weights go to an external file only when one protobuf cannot hold them (>2 GB).
-    program.save(path, external_data=weight_bytes > ONNX_PROTOBUF_LIMIT * 0.95)
+    if external_data is None:  # only when one protobuf cannot hold the weights (with some room for the graph)
+        weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+        external_data = weight_bytes > ONNX_PROTOBUF_LIMIT * 0.95
+    for stale in (path, path.with_name(path.name + ".data")):
+        stale.unlink(missing_ok=True)
+    program.save(path, external_data=external_data)
 
 
 @contextlib.contextmanager
 def _quiet_exporter_logs():
     """The ONNX optimiser logs every rewrite at INFO; keep our own progress lines readable."""
-    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export")]
+    quiet = {"onnxscript": logging.WARNING, "onnx_ir": logging.WARNING, "torch.onnx": logging.WARNING,
+             "torch.export": logging.WARNING,
+             # "torchvision is not installed. Skipping torchvision::nms" — we export no torchvision ops.
+             "torch.onnx._internal.exporter._registration": logging.ERROR}
+    loggers = [logging.getLogger(name) for name in quiet]
     levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(max(lg.level, logging.WARNING))
+    for lg, level in zip(loggers, quiet.values()):
+        lg.setLevel(max(lg.level, level))
     try:
         yield
     finally:
