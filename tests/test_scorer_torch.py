@@ -150,3 +150,12 @@ def test_errors_are_typed_and_say_what_to_do(checkpoints, tmp_path, sample_video
         Scorer.from_pretrained(checkpoints["qwen3_vl"], mode="slow")
     with pytest.raises(InvalidInputError, match="Unknown backend"):
         Scorer.from_pretrained(checkpoints["qwen3_vl"], backend="tensorflow")
+
+
+def test_prompt_longer_than_context_is_a_typed_error(checkpoints, sample_videos):
+    from descore_sdk.errors import ContextLengthError
+
+    scorer = Scorer.from_pretrained(checkpoints["qwen2_vl"], mode="fast")
+    assert scorer.config.max_context == scorer.backend.model.backbone.config.text_config.max_position_embeddings
+    with pytest.raises(ContextLengthError, match="lower max_frames / max_pixels"):
+        scorer.score(sample_videos[0], "word " * scorer.config.max_context)

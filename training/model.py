@@ -480,7 +480,12 @@ def descore_config_for(backbone_config, preprocessor_config: dict | None = None,
             if key in preprocessor_config:
                 vision[key] = tuple(float(x) for x in preprocessor_config[key])
     vision["image_mean"], vision["image_std"] = tuple(vision["image_mean"]), tuple(vision["image_std"])
-    return dataclasses.replace(config, vision=VisionConfig(**vision))
+    changes = dict(vision=VisionConfig(**vision))
+    # The prompt + CoT + <Reward> must fit the backbone's rope range; prompts past it get a typed error.
+    max_positions = (as_dict.get("text_config") or as_dict).get("max_position_embeddings")
+    if max_positions and "max_context" not in overrides:
+        changes["max_context"] = int(max_positions)
+    return dataclasses.replace(config, **changes)
 
 
 def default_processor_configs(descore_config: DescoreConfig) -> dict[str, dict]:

@@ -165,10 +165,10 @@ def build_tiny_model(
 
     The `<Reward>` token is added the way it is for a real Qwen checkpoint (one new embedding row).
     """
-    from .model import DeScoreModel
+    from .model import DeScoreModel, descore_config_for
 
     backbone = build_tiny_backbone(family, seed=seed, tie_word_embeddings=tie_word_embeddings)
-    descore_config = DescoreConfig.for_family(family, dimension_names=list(dimension_names))
+    descore_config = descore_config_for(backbone.config, dimension_names=list(dimension_names))
     model = DeScoreModel(backbone, build_tokenizer(family=family), descore_config, head_seed=seed)
     if out_dir is not None:
         model.save_pretrained(out_dir)
