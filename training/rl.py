@@ -1,0 +1,584 @@
+"""DeScore stage 3: dual-objective RL — GRPO on the sampled CoTs plus Bradley–Terry on the reward head.
+
+    python -m descore_sdk.training.rl --model COLD_START_CKPT --data train.jsonl --out DIR
+    descore train rl --model ... --data ... --out ...          (the CLI mounts `add_rl_subcommand`)
+
+One step, for each preference pair (prompt, video A, video B, per-dimension labels) of the step:
+
+1. Rollout. The current policy samples n CoTs for video A and n for video B (temperature sampling,
+   stopped by `<|im_end|>` / `<|endoftext|>` or `max_new_tokens`). Sample i is the pair (CoT_A_i, CoT_B_i).
+2. Rule reward (`grpo.rule_reward`): 0.7 · sub-dimension accuracy of the verdicts the two CoTs state,
+   against the pair's labels + 0.1 · format + 0.2 · length. Advantages are normalised within the
+   group of n samples (`grpo.group_advantages`); both CoTs of sample i share its advantage.
+3. One forward of prompt + CoT + `<Reward>` per sequence gives both the log-probabilities of the CoT
+   tokens (and of the stop token that ended it) and the head's rewards at `<Reward>`.
+4. Two losses on that one forward:
+     GRPO  clipped policy gradient on the CoT tokens + β · KL(π ‖ π_ref) (k3), β = 1e-5, to the frozen
+           reference policy (a copy of the starting model);
+     BT    −log σ(r_win − r_lose) per labelled dimension of the head (human ties dropped, or
+           Rao–Kupper with `bt_ties`), on the rewards the head gives the same sampled CoTs +
+           `<Reward>`, averaged over samples and dimensions, weighted by `bt_weight` (5e-3).
+
+What trains is set up as in cold start (`trainer.prepare_model`): all backbone weights or LoRA
+adapters, the vision tower only with `train_vision`, the LM head frozen, and of the input embeddings
+only the `<Reward>` row. The reward head always trains.
+
+How the two objectives stay independent (`bt_scope="head"`, the default). The gradients are taken
+separately with `torch.autograd.grad` from the shared forward:
+  * the policy (every trainable backbone weight) gets the GRPO gradient only;
+  * the reward head gets the BT gradient only (it is not in the GRPO graph at all), and so does the
+    `<Reward>` row of the input embeddings (BT's gradient on every other backbone weight is dropped;
+    GRPO's on that row is zero, since `<Reward>` comes after every scored token).
+So BT cannot rewrite the policy's CoTs and GRPO cannot move the head's calibration. Note that with
+AdamW (per-element, scale-free updates) a constant factor on a loss that alone drives a parameter
+barely changes its steps: under this scope `bt_weight` mostly matters through gradient clipping;
+the head's learning rate (`head_lr`) is the knob. `bt_scope="backbone"` instead backpropagates
+GRPO + bt_weight · BT through the whole model (one summed loss), where the weight balances the two
+on the shared backbone weights. Gradients are clipped per side (policy, head).
+
+Further choices: the model stays in eval mode (Qwen-VL has no dropout; sampling and training see the
+same network); sampling never emits vision placeholders or `<Reward>` (`SUPPRESSED_TOKENS`); the
+reference policy is a frozen deep copy (2× the weights in memory); `micro_batch` samples
+(2·micro_batch sequences) go through one forward, gradients being accumulated over micro-batches and
+pairs with step-wide normalisers, so micro-batching does not change the result. Each sequence's LM
+logits are computed in full (batch × length × vocab): keep `micro_batch` small for real models.
+Video inputs come from `descore_sdk.inputs` / `batching`, the code path the Scorer serves with.
+
+Output: the checkpoint in OUT (`checkpoint.export_model`: LoRA merged), plus `rl_log.jsonl` (one
+line of metrics per step) and `rl_config.json` (the settings used). There is no resumable mid-run
+checkpointing in this stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from descore_sdk.errors import ContextLengthError, DescoreError, InvalidInputError
+from descore_sdk.inputs import VideoFeatures, model_inputs
+from descore_sdk.options import ScoreOptions
+from descore_sdk.prompt import PromptBuilder
+
+from .batching import PAD_TOKEN, STOP_TOKEN, FeatureCache, Row, collate_rows, preference_codes
+from .checkpoint import export_model
+from .data import PreferencePair, read_pairs
+from .grpo import (
+    SUB_DIMENSIONS,
+    LengthTarget,
+    RewardWeights,
+    group_advantages,
+    grpo_policy_loss,
+    read_cot,
+    rule_reward,
+    sequence_log_probs,
+)
+from .losses import IGNORE_INDEX, TIE_MODES, preference_item_count, preference_loss
+from .model import DeScoreModel
+from .trainer import TrainConfig, prepare_model
+
+logger = logging.getLogger(__name__)
+
+STOP_TOKENS = ScoreOptions().stop_tokens  # what the Scorer stops a CoT on
+LOG_FILE = "rl_log.jsonl"
+CONFIG_FILE = "rl_config.json"
+BT_SCOPES = ("head", "backbone")
+
+
+@dataclass
+class RLConfig:
+    """Settings of the RL stage (paper defaults where the paper gives one)."""
+
+    num_samples: int = 8  # n: CoTs sampled per video of a pair (the GRPO group)
+    max_new_tokens: int = 1024  # generation budget per CoT
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    steps: int | None = None  # optimizer steps; None = one pass over the pairs
+    pairs_per_step: int = 1
+    micro_batch: int = 1  # samples (pairs of CoTs) per forward
+    updates_per_batch: int = 1  # policy updates per batch of samples (μ); > 1 makes the clipping bite
+    lr: float = 1e-6  # policy
+    head_lr: float = 1e-5  # reward head (BT)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # per side (policy / head); 0 = no clipping
+    clip_eps: float = 0.2
+    kl_coef: float = 1e-5
+    bt_weight: float = 5e-3
+    bt_scope: str = "head"  # "head": BT → head + <Reward> row only; "backbone": BT through the model too
+    bt_ties: str = "drop"  # "drop": plain BT, human ties skipped; "rao_kupper": BT with ties (losses.py)
+    length_min_tokens: int = 32
+    length_max_tokens: int = 1024
+    reward_weights: RewardWeights = field(default_factory=RewardWeights)
+    train_vision: bool = False
+    lora: bool = False  # LoRA adapters instead of all backbone weights (trainer.prepare_model)
+    lora_r: int = 64
+    lora_alpha: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.reward_weights, dict):
+            self.reward_weights = RewardWeights(**self.reward_weights)
+        positive = ("num_samples", "pairs_per_step", "micro_batch", "updates_per_batch")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise InvalidInputError(f"{name} must be ≥ 1, got {getattr(self, name)}.")
+        if self.steps is not None and self.steps < 1:
+            raise InvalidInputError(f"steps must be ≥ 1 (or None for one pass), got {self.steps}.")
+        if self.max_new_tokens < 1:
+            raise InvalidInputError(f"max_new_tokens must be ≥ 1 for the model to write a CoT, got {self.max_new_tokens}.")
+        if self.temperature <= 0:
+            raise InvalidInputError(f"temperature must be > 0: GRPO needs sampled, different CoTs; got {self.temperature}.")
+        if self.bt_ties not in TIE_MODES:
+            raise InvalidInputError(f"bt_ties must be one of {TIE_MODES}, got {self.bt_ties!r}.")
+        if self.bt_scope not in BT_SCOPES:
+            raise InvalidInputError(f"bt_scope must be one of {BT_SCOPES}, got {self.bt_scope!r}.")
+        for name in ("lr", "head_lr", "weight_decay", "max_grad_norm", "clip_eps", "kl_coef", "bt_weight"):
+            if getattr(self, name) < 0:
+                raise InvalidInputError(f"{name} must be ≥ 0, got {getattr(self, name)}.")
+        self.length_target  # validates the range
+
+    @property
+    def length_target(self) -> LengthTarget:
+        return LengthTarget(self.length_min_tokens, self.length_max_tokens)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class RLResult:
+    """What `run_rl` returns: the checkpoint folder and one dict of metrics per step."""
+
+    out_dir: Path
+    history: list[dict]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rollouts
+
+
+@dataclass
+class Rollout:
+    """One sampled CoT for one video.
+
+    prompt_ids: (P,) int64 think-layout prompt ids (`descore_sdk.inputs.model_inputs`, as the Scorer).
+    cot_ids:    the sampled CoT, stop token excluded.
+    stop_id:    the token that ended it; None when the generation budget cut it off.
+    """
+
+    features: VideoFeatures
+    prompt_ids: np.ndarray
+    cot_ids: list[int]
+    stop_id: int | None
+
+    @property
+    def finished(self) -> bool:
+        return self.stop_id is not None
+
+    def row(self, reward_id: int) -> Row:
+        """prompt + CoT + `<Reward>`, labelled (batching's "think" convention) with the CoT tokens and,
+        at the `<Reward>` position, the stop token that really ended the CoT (none if cut off)."""
+        ids = np.concatenate([self.prompt_ids, self.cot_ids, [reward_id]]).astype(np.int64)
+        labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int64)
+        labels[len(self.prompt_ids) : len(self.prompt_ids) + len(self.cot_ids)] = self.cot_ids
+        if self.finished:
+            labels[-1] = self.stop_id
+        return Row(ids, labels, self.features)
+
+
+def _to_model(batch: dict[str, torch.Tensor], model: DeScoreModel) -> dict[str, torch.Tensor]:
+    device, dtype = model.reward_head.weight.device, model.backbone.dtype
+    out = {k: v.to(device) for k, v in batch.items()}
+    out["pixel_values_videos"] = out["pixel_values_videos"].to(dtype)
+    if model.family != "qwen2_5_vl":
+        out.pop("second_per_grid_ts", None)
+    return out
+
+
+# Tokens a CoT must never contain: vision placeholders would be taken for video patches by the scoring
+# forward, and a `<Reward>` inside the CoT would be read as a reward position.
+SUPPRESSED_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def suppressed_ids(model: DeScoreModel) -> list[int]:
+    """Ids that sampling never emits (their logits are set to −inf during generation only; the policy's
+    log-probs in the loss are the model's own, unsuppressed ones)."""
+    vocab = model.tokenizer.get_vocab(with_added_tokens=True)
+    return sorted({vocab[t] for t in SUPPRESSED_TOKENS if t in vocab} | {model.reward_token_id})
+
+
+@torch.no_grad()
+def sample_cots(
+    model: DeScoreModel, features: VideoFeatures, prompt_ids: np.ndarray, n: int, config: "RLConfig", stop_ids: Sequence[int], pad_id: int
+) -> list[Rollout]:
+    """n CoTs for one video, sampled by the backbone's own `generate` (one batch of n identical prompts;
+    the video's patches are repeated per row, since generate's own expansion would interleave them)."""
+    room = model.descore_config.max_context - len(prompt_ids) - 1  # keep one slot for <Reward>
+    if room < 1:
+        raise ContextLengthError(
+            f"The prompt is {len(prompt_ids)} tokens, leaving no room for a CoT in the model's context of "
+            f"{model.descore_config.max_context}. Lower max_frames / max_pixels in descore_config.json."
+        )
+    batch = _to_model(collate_rows([Row(prompt_ids, None, features)] * n, pad_id), model)
+    ids = batch.pop("input_ids")
+    generated = model.backbone.generate(
+        input_ids=ids,
+        mm_token_type_ids=model.mm_token_type_ids(ids),
+        **batch,
+        max_new_tokens=min(config.max_new_tokens, room),
+        do_sample=True,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        eos_token_id=list(stop_ids),
+        pad_token_id=pad_id,
+        suppress_tokens=suppressed_ids(model),
+    )
+    stops = set(int(s) for s in stop_ids)
+    rollouts = []
+    for row in generated[:, ids.shape[1]:].tolist():
+        end = next((i for i, token in enumerate(row) if token in stops), None)
+        rollouts.append(Rollout(features, prompt_ids, row if end is None else row[:end], None if end is None else row[end]))
+    return rollouts
+
+
+# ----------------------------------------------------------------------------------------------------
+# Scoring sampled sequences
+
+
+@dataclass
+class ScoredBatch:
+    """Policy-side view of a batch of rollouts.
+
+    logp:    (B, L−1) log-prob of each scored token (the CoT tokens, then the stop token if any) at
+             the position that predicts it; 0 elsewhere.
+    mask:    (B, L−1) 1 at scored positions.
+    rewards: (B, K) the head's rewards for prompt + CoT + `<Reward>`.
+    """
+
+    logp: torch.Tensor
+    mask: torch.Tensor
+    rewards: torch.Tensor
+
+
+def score_rollouts(model: DeScoreModel, rollouts: Sequence[Rollout], pad_id: int) -> ScoredBatch:
+    """One forward over prompt + CoT + `<Reward>` for each rollout (a right-padded batch)."""
+    batch = _to_model(collate_rows([r.row(model.reward_token_id) for r in rollouts], pad_id), model)
+    labels = batch.pop("labels")
+    out = model(**batch, return_logits=True)
+    targets = labels[:, 1:]  # position j predicts token j + 1
+    mask = targets != IGNORE_INDEX
+    logp = sequence_log_probs(out.logits[:, :-1], targets.clamp(min=0)) * mask
+    return ScoredBatch(logp=logp, mask=mask.to(logp.dtype), rewards=out.rewards)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The trainer
+
+
+class DualObjectiveRL:
+    """Holds the policy, the frozen reference and the optimizer, and runs steps (see the module docstring).
+
+    `model` is trained in place. The reference policy is a frozen copy of it taken before training.
+    """
+
+    def __init__(self, model: DeScoreModel, config: RLConfig, cache: FeatureCache | None = None):
+        self.config = config
+        self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        self.prompts = PromptBuilder(model.tokenizer, model.descore_config)
+        self.cache = cache or FeatureCache(model.descore_config)
+        vocab = model.tokenizer.get_vocab(with_added_tokens=True)
+        self.stop_ids = [vocab[t] for t in STOP_TOKENS if t in vocab]
+        if STOP_TOKEN not in vocab or PAD_TOKEN not in vocab:
+            raise InvalidInputError(f"The tokenizer lacks {STOP_TOKEN} or {PAD_TOKEN}; it is not a Qwen-VL tokenizer.")
+        self.pad_id = vocab[PAD_TOKEN]
+
+        # What trains is set up as in the other stages (`trainer.prepare_model`): LoRA or all backbone
+        # weights, the vision tower per `train_vision`, the LM head frozen, and of the input embeddings
+        # only the `<Reward>` row (a gradient hook zeroes the others).
+        prepare_model(model, TrainConfig(lora=config.lora, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+                                         train_vision=config.train_vision, seed=config.seed))
+        self.model = model.eval()
+        self.embeddings = model.backbone.get_input_embeddings().weight
+        self.policy_params = [p for p in model.backbone.parameters() if p.requires_grad]
+        self.head_params = [model.reward_head.weight]
+        if not self.policy_params:
+            raise InvalidInputError("The backbone has no trainable weights; GRPO would not change the policy.")
+        # As `trainer.build_optimizer`: no weight decay on the embedding matrix (it would move the
+        # frozen rows), biases and norms.
+        decay = [p for p in self.policy_params if p.ndim >= 2 and p is not self.embeddings]
+        no_decay = [p for p in self.policy_params if p.ndim < 2 or p is self.embeddings]
+        groups = [
+            {"params": decay, "lr": config.lr, "weight_decay": config.weight_decay},
+            {"params": no_decay, "lr": config.lr, "weight_decay": 0.0},
+            {"params": self.head_params, "lr": config.head_lr, "weight_decay": 0.0},
+        ]
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
+
+    # -- gradients ------------------------------------------------------------------------------------
+    def accumulate_gradients(self, grpo_loss: torch.Tensor, bt_loss: torch.Tensor) -> None:
+        """Add one micro-batch's gradients to `.grad`, routed as the module docstring says.
+
+        bt_loss is the unweighted BT term; `config.bt_weight` is applied here.
+        """
+        weighted_bt = self.config.bt_weight * bt_loss
+        params = self.policy_params + self.head_params
+        if self.config.bt_scope == "backbone":
+            grads = list(torch.autograd.grad(grpo_loss + weighted_bt, params, allow_unused=True))
+        else:
+            grads = list(torch.autograd.grad(grpo_loss, self.policy_params, retain_graph=True, allow_unused=True))
+            row_trains = self.embeddings.requires_grad
+            bt_grads = torch.autograd.grad(weighted_bt, self.head_params + ([self.embeddings] if row_trains else []), allow_unused=True)
+            if row_trains and bt_grads[-1] is not None:
+                index = next(i for i, p in enumerate(self.policy_params) if p is self.embeddings)
+                reward_row = torch.zeros_like(self.embeddings)
+                reward_row[self.model.reward_token_id] = bt_grads[-1][self.model.reward_token_id]
+                grads[index] = reward_row if grads[index] is None else grads[index] + reward_row
+            grads += list(bt_grads[: len(self.head_params)])
+        for param, grad in zip(params, grads):
+            if grad is not None:
+                param.grad = grad.detach() if param.grad is None else param.grad + grad.detach()
+
+    def _clip_and_step(self) -> dict:
+        """Clip the policy's and the head's gradients separately (neither side's norm scales the
+        other's), then step. Returns the norms before clipping."""
+        norms = {}
+        limit = self.config.max_grad_norm if self.config.max_grad_norm > 0 else math.inf
+        for name, params in (("policy_grad_norm", self.policy_params), ("head_grad_norm", self.head_params)):
+            with_grad = [p for p in params if p.grad is not None]
+            norms[name] = float(torch.nn.utils.clip_grad_norm_(with_grad, limit)) if with_grad else 0.0
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norms
+
+    # -- one step -------------------------------------------------------------------------------------
+    def rollout(self, pair: PreferencePair) -> tuple[list[Rollout], list[Rollout], list]:
+        """n sampled CoTs per video of `pair` and the rule reward of each sample (CoT_A_i, CoT_B_i)."""
+        cfg = self.config
+        sampled = []
+        for video in (pair.video_a, pair.video_b):
+            features = self.cache(video)
+            prompt_ids = model_inputs(self.prompts, features, pair.prompt, "think").input_ids
+            sampled.append(sample_cots(self.model, features, prompt_ids, cfg.num_samples, cfg, self.stop_ids, self.pad_id))
+        rewards = []
+        for ra, rb in zip(*sampled):
+            reports = [
+                read_cot(self.prompts.decode(r.cot_ids), num_tokens=len(r.cot_ids), finished=r.finished, dimensions=SUB_DIMENSIONS)
+                for r in (ra, rb)
+            ]
+            rewards.append(rule_reward(*reports, pair.labels, weights=cfg.reward_weights, length_target=cfg.length_target))
+        return sampled[0], sampled[1], rewards
+
+    def step(self, pairs: Sequence[PreferencePair]) -> dict:
+        """One optimizer step (or `updates_per_batch` of them) on `pairs`: rollout → rule reward →
+        GRPO + BT. Returns the step's metrics."""
+        cfg, model, n = self.config, self.model, self.config.num_samples
+        started = time.perf_counter()
+        groups = []  # (pair, rollouts_a, rollouts_b, advantages (n,), preference (1, K))
+        rule_rewards, cot_tokens, finished = [], [], []
+        for pair in pairs:
+            rollouts_a, rollouts_b, rewards = self.rollout(pair)
+            advantages = group_advantages([r.total for r in rewards])
+            preference = torch.from_numpy(preference_codes([pair], model.dimension_names))
+            groups.append((pair, rollouts_a, rollouts_b, advantages, preference))
+            rule_rewards += rewards
+            cot_tokens += [len(r.cot_ids) for r in rollouts_a + rollouts_b]
+            finished += [r.finished for r in rollouts_a + rollouts_b]
+
+        # Micro-batches of samples; sample i contributes rows A_i and B_i, which share its advantage.
+        micro = []
+        for _, ra, rb, adv, pref in groups:
+            for i in range(0, n, cfg.micro_batch):
+                idx = list(range(i, min(i + cfg.micro_batch, n)))
+                micro.append(([ra[j] for j in idx] + [rb[j] for j in idx], torch.cat([adv[idx], adv[idx]]), pref.expand(len(idx), -1)))
+        # Normalisers over the whole step, so micro-batching does not change the losses: GRPO is a mean
+        # over sequences with at least one scored token, BT a mean over decided (sample, dimension) entries.
+        grpo_count = sum(len(r.cot_ids) + r.finished > 0 for rows, _, _ in micro for r in rows)
+        bt_count = sum(preference_item_count(pref, cfg.bt_ties) for _, _, pref in micro)
+
+        with torch.no_grad():
+            reference = [score_rollouts(self.reference, rows, self.pad_id).logp for rows, _, _ in micro]
+            behaviour = [score_rollouts(model, rows, self.pad_id).logp for rows, _, _ in micro] if cfg.updates_per_batch > 1 else None
+
+        for update in range(cfg.updates_per_batch):
+            totals = {"grpo_loss": 0.0, "bt_loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
+            for index, (rows, advantages, pref) in enumerate(micro):
+                scored = score_rollouts(model, rows, self.pad_id)
+                logp_old = scored.logp.detach() if behaviour is None else behaviour[index]
+                policy = grpo_policy_loss(
+                    scored.logp, logp_old, reference[index], advantages, scored.mask, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef
+                )
+                m = len(rows) // 2
+                with_tokens = int((scored.mask.sum(dim=1) > 0).sum())
+                grpo_part = policy.loss * (with_tokens / max(grpo_count, 1))
+                bt = preference_loss(scored.rewards[:m], scored.rewards[m:], pref.to(scored.rewards.device), ties=cfg.bt_ties)
+                bt_part = bt.total / max(bt_count, 1)
+                self.accumulate_gradients(grpo_part, bt_part)
+                share = len(rows) / (2 * n * len(groups))
+                totals["grpo_loss"] += grpo_part.item()
+                totals["bt_loss"] += bt_part.item()
+                totals["kl"] += policy.kl * share
+                totals["clip_fraction"] += policy.clip_fraction * share
+            norms = self._clip_and_step()
+        return {
+            "rule_reward": float(np.mean([r.total for r in rule_rewards])),
+            "rule_accuracy": float(np.mean([r.accuracy for r in rule_rewards])),
+            "rule_format": float(np.mean([r.format for r in rule_rewards])),
+            "rule_length": float(np.mean([r.length for r in rule_rewards])),
+            **totals,
+            **norms,
+            "cot_tokens": float(np.mean(cot_tokens)),
+            "finished": float(np.mean(finished)),
+            "seconds": time.perf_counter() - started,
+        }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def run_rl(
+    model: str | os.PathLike | DeScoreModel,
+    data: str | os.PathLike | Sequence[PreferencePair],
+    out_dir: str | os.PathLike,
+    config: RLConfig | None = None,
+) -> RLResult:
+    """Run the RL stage and save the checkpoint to `out_dir`.
+
+    model: a checkpoint folder (normally the cold-start one) or a loaded `DeScoreModel` (trained in place).
+    data:  a pairs file (`read_pairs` formats) or the pairs themselves.
+    """
+    config = config or RLConfig()
+    if not isinstance(model, DeScoreModel):
+        model = DeScoreModel.from_pretrained(model)
+    pairs = list(data) if not isinstance(data, (str, os.PathLike)) else read_pairs(data)
+    if not pairs:
+        raise InvalidInputError("No preference pairs to train on; check the data file.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    order = np.random.default_rng(config.seed)
+
+    trainer = DualObjectiveRL(model, config)
+    per_step = config.pairs_per_step
+    steps = config.steps if config.steps is not None else math.ceil(len(pairs) / per_step)
+    queue: list[int] = []
+    history = []
+    with open(out / LOG_FILE, "w", encoding="utf-8") as log:
+        for step in range(steps):
+            while len(queue) < per_step:
+                queue += order.permutation(len(pairs)).tolist()  # reshuffled every pass
+            batch, queue = [pairs[i] for i in queue[:per_step]], queue[per_step:]
+            metrics = {"step": step + 1, **trainer.step(batch)}
+            history.append(metrics)
+            log.write(json.dumps(metrics) + "\n")
+            log.flush()
+            logger.info(
+                "rl step %d/%d: rule reward %.3f (acc %.3f, format %.3f, length %.3f), kl %.2e, bt %.4f, %.1fs",
+                step + 1, steps, metrics["rule_reward"], metrics["rule_accuracy"], metrics["rule_format"],
+                metrics["rule_length"], metrics["kl"], metrics["bt_loss"], metrics["seconds"],
+            )
+    export_model(model, out)
+    (out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return RLResult(out_dir=out, history=history)
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    d = RLConfig()
+    p.add_argument("--model", required=True, help="DeScore checkpoint to start from (normally the cold-start one)")
+    p.add_argument("--data", required=True, help="preference pairs: VideoAlign CSV, GenAI-Bench JSON or DeScore JSONL")
+    p.add_argument("--out", required=True, help="folder for the RL checkpoint and rl_log.jsonl")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: one pass over the pairs)")
+    p.add_argument("--num-samples", type=int, default=d.num_samples, help="CoTs sampled per video (GRPO group size)")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--pairs-per-step", type=int, default=d.pairs_per_step)
+    p.add_argument("--micro-batch", type=int, default=d.micro_batch, help="samples per forward")
+    p.add_argument("--updates-per-batch", type=int, default=d.updates_per_batch)
+    p.add_argument("--lr", type=float, default=d.lr, help="policy learning rate")
+    p.add_argument("--head-lr", type=float, default=d.head_lr, help="reward head learning rate")
+    p.add_argument("--kl-coef", type=float, default=d.kl_coef)
+    p.add_argument("--clip-eps", type=float, default=d.clip_eps)
+    p.add_argument("--bt-weight", type=float, default=d.bt_weight)
+    p.add_argument("--bt-scope", default=d.bt_scope, choices=BT_SCOPES)
+    p.add_argument("--bt-ties", default=d.bt_ties, choices=TIE_MODES)
+    p.add_argument("--length-min-tokens", type=int, default=d.length_min_tokens)
+    p.add_argument("--length-max-tokens", type=int, default=d.length_max_tokens)
+    p.add_argument("--train-vision", action="store_true")
+    p.add_argument("--lora", action="store_true", help="train LoRA adapters (merged into the saved checkpoint)")
+    p.add_argument("--lora-r", type=int, default=d.lora_r)
+    p.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
+    p.add_argument("--seed", type=int, default=d.seed)
+
+
+def config_from_args(args: argparse.Namespace) -> RLConfig:
+    return RLConfig(
+        num_samples=args.num_samples,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        steps=args.steps,
+        pairs_per_step=args.pairs_per_step,
+        micro_batch=args.micro_batch,
+        updates_per_batch=args.updates_per_batch,
+        lr=args.lr,
+        head_lr=args.head_lr,
+        kl_coef=args.kl_coef,
+        clip_eps=args.clip_eps,
+        bt_weight=args.bt_weight,
+        bt_scope=args.bt_scope,
+        bt_ties=args.bt_ties,
+        length_min_tokens=args.length_min_tokens,
+        length_max_tokens=args.length_max_tokens,
+        train_vision=args.train_vision,
+        lora=args.lora,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        seed=args.seed,
+    )
+
+
+def cmd_rl(args: argparse.Namespace) -> int:
+    result = run_rl(args.model, args.data, args.out, config_from_args(args))
+    last = result.history[-1] if result.history else {}
+    print(
+        f"RL done: {len(result.history)} steps, last rule reward {last.get('rule_reward', float('nan')):.3f}; "
+        f"checkpoint in {result.out_dir}"
+    )
+    return 0
+
+
+def add_rl_subcommand(subparsers) -> argparse.ArgumentParser:
+    """Mount `rl` on an argparse subparsers object (for `descore train rl`); sets `func=cmd_rl`."""
+    p = subparsers.add_parser("rl", help="dual-objective RL: GRPO on sampled CoTs + Bradley–Terry on the head")
+    _add_arguments(p)
+    p.set_defaults(func=cmd_rl)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m descore_sdk.training.rl", description=__doc__.split("\n")[0])
+    _add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return cmd_rl(args)
+    except DescoreError as exc:
+        print(f"descore: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
