@@ -29,6 +29,13 @@ class TorchBackend:
         bb_config = self.model.backbone.config
         self.video_token_id = bb_config.video_token_id
         self.pad_token_id = self.model.reward_token_id  # never attended: batch size is 1
+        # A CoT must never contain vision placeholders (they would need pixels in the scoring pass) or
+        # <Reward> (it would be averaged into the score); random or undertrained models do emit them.
+        self.suppressed_ids = sorted(
+            {self.model.reward_token_id}
+            | {getattr(bb_config, name) for name in ("video_token_id", "image_token_id", "vision_start_token_id", "vision_end_token_id")
+               if getattr(bb_config, name, None) is not None}
+        )
 
     def _vision_kwargs(self, inputs) -> dict:
         torch = self.torch
@@ -67,6 +74,7 @@ class TorchBackend:
                     top_k=options.top_k if sample else None,
                     repetition_penalty=options.repetition_penalty,
                     eos_token_id=list(stop_ids),
+                    suppress_tokens=self.suppressed_ids,
                     pad_token_id=self.pad_token_id,
                 )
                 cot = generated[0, prompt.shape[1]:]

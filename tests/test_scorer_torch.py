@@ -159,3 +159,17 @@ def test_prompt_longer_than_context_is_a_typed_error(checkpoints, sample_videos)
     assert scorer.config.max_context == scorer.backend.model.backbone.config.text_config.max_position_embeddings
     with pytest.raises(ContextLengthError, match="lower max_frames / max_pixels"):
         scorer.score(sample_videos[0], "word " * scorer.config.max_context)
+
+
+def test_cot_never_contains_vision_placeholders_or_reward(checkpoints, sample_videos):
+    """Make the random model love <|video_pad|> and <Reward>: generation must still avoid them."""
+    scorer = Scorer.from_pretrained(checkpoints["qwen2_vl"], mode="think", max_new_tokens=8)
+    model = scorer.backend.model
+    banned = [model.backbone.config.video_token_id, model.reward_token_id]
+    with torch.no_grad():
+        model.backbone.lm_head.weight[banned] *= 0
+        model.backbone.lm_head.bias = None
+        model.backbone.lm_head.weight[banned] += 50 * model.backbone.lm_head.weight.abs().max()
+    inputs = scorer._prepare(scorer._load(sample_videos[0], scorer.options), PROMPT, scorer.options)
+    out = scorer.backend.score(inputs, scorer.options, scorer.stop_ids, 8)
+    assert len(out.cot_ids) > 0 and not np.isin(out.cot_ids, banned).any()
