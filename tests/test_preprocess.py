@@ -141,9 +141,12 @@ def decode_frames(path: Path, indices: tuple[int, ...]) -> np.ndarray:
 
 def ensure_reference_env() -> Path:
     """The 4.57 reference install; created with the setup script when missing (never skipped)."""
-    if not (REFERENCE_ENV / "transformers" / "__init__.py").is_file():
+    # The stamp is written last by the setup script and versioned with its requirement list, so an
+    # older or half-made install is redone rather than trusted.
+    if not (REFERENCE_ENV / "descore-reference-v2.txt").is_file():
         result = subprocess.run(
-            ["bash", str(REFERENCE_DIR / "setup_reference_env.sh"), str(REFERENCE_ENV)], capture_output=True, text=True
+            ["bash", str(REFERENCE_DIR / "setup_reference_env.sh"), str(REFERENCE_ENV)],
+            capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable},
         )
         if result.returncode != 0:
             pytest.fail(f"Could not install the preprocessing reference into {REFERENCE_ENV}:\n{result.stdout}\n{result.stderr}")
