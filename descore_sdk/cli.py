@@ -1,4 +1,7 @@
-"""The `descore` command line: score, compare, quickstart.
+"""The `descore` command line: score, compare, export, quickstart.
+
+To add a subcommand, write an `_add_<name>(subparsers)` function that registers its parser (with
+`set_defaults(func=...)`) and append it to `SUBCOMMANDS`.
 
 Errors the SDK raises on purpose (DescoreError) are printed as one line, without a traceback, and the
 command exits non-zero; when several videos are scored, the others still get their results.
@@ -19,13 +22,19 @@ EXIT_ERROR = 1
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint folder or exported bundle")
-    p.add_argument("--backend", default="auto", help="auto (default), torch")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--mode", default="think", choices=["think", "fast"])
+    p.add_argument("--backend", default="auto", help="auto (default: onnxruntime for a bundle, torch for a checkpoint), torch, onnxruntime")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (onnxruntime on GPU needs descore-sdk[gpu])")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: one per core)")
+    p.add_argument("--mode", default="think", choices=["think", "fast", "adaptive"])
+    p.add_argument("--adaptive-threshold", type=float, default=0.5,
+                   help="adaptive compare: write CoTs only when |r_A - r_B| is below this")
+    p.add_argument("--adaptive-band", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="adaptive score: write a CoT only when the fast reward lies in [LOW, HIGH]")
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object per video")
 
@@ -33,16 +42,21 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 def _scorer_from_args(args):
     from .scorer import Scorer
 
+    backend_options = {"threads": args.threads} if args.threads is not None else None
     return Scorer.from_pretrained(
         args.model,
         backend=args.backend,
         device=args.device,
+        backend_options=backend_options,
         mode=args.mode,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
         top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
         seed=args.seed,
+        adaptive_threshold=args.adaptive_threshold,
+        adaptive_band=tuple(args.adaptive_band) if args.adaptive_band else None,
     )
 
 
@@ -90,29 +104,67 @@ def default_cache_dir() -> Path:
     return Path(root) / "quickstart"
 
 
-def cmd_quickstart(args) -> int:
-    from importlib import resources
+def cmd_export(args) -> int:
+    from .errors import require
 
+    require("torch", "export", "descore export")
+    require("onnx", "export", "descore export")
+    from .export.bundle import export_bundle
+
+    export_bundle(
+        args.checkpoint,
+        args.out_dir,
+        opset=args.opset,
+        max_frames=args.max_frames,
+        max_pixels=args.max_pixels,
+        parity=not args.no_parity,
+        parity_video=args.parity_video,
+    )
+    return 0
+
+
+def _quickstart_model(args, out: Path) -> Path:
+    """The folder to score: the tiny checkpoint (torch), or its exported bundle in out/onnx (default)."""
+    from .bundle import MANIFEST_NAME
     from .config import CONFIG_NAME
-    from .scorer import Scorer
+    from .errors import require
 
-    out = Path(args.out) if args.out else default_cache_dir()
+    bundle = out / "onnx"
+    if args.backend != "torch" and (bundle / MANIFEST_NAME).is_file():
+        print(f"Using the tiny model already in {out} (bundle {bundle})")
+        return bundle
     if (out / CONFIG_NAME).is_file():
         print(f"Using the tiny model already in {out}")
     else:
-        from .errors import require
-
         require("torch", "train", "quickstart (it builds a tiny model)")
         from .training.tiny import build_tiny_model
 
         print(f"Building a tiny random-weight {args.family} DeScore model in {out} ...")
         out.mkdir(parents=True, exist_ok=True)
         build_tiny_model(args.family, seed=0, out_dir=out)
-    scorer = Scorer.from_pretrained(out, backend="auto", mode=args.mode, max_new_tokens=args.max_new_tokens)
+    if args.backend == "torch":
+        return out
+    require("onnx", "export", "quickstart (it exports the tiny model to ONNX)")
+    from .export.bundle import export_bundle
+
+    print(f"Exporting it to ONNX in {bundle} ...")
+    export_bundle(out, bundle)
+    return bundle
+
+
+def cmd_quickstart(args) -> int:
+    from importlib import resources
+
+    from .scorer import Scorer
+
+    out = Path(args.out) if args.out else default_cache_dir()
+    model_dir = _quickstart_model(args, out)
+    backend = "torch" if args.backend == "torch" else "onnxruntime"
+    scorer = Scorer.from_pretrained(model_dir, backend=backend, mode=args.mode, max_new_tokens=args.max_new_tokens)
     assets = resources.files("descore_sdk.assets")
     samples = json.loads(assets.joinpath("samples.json").read_text())
     print(f"\nScoring the shipped sample videos ({args.mode} mode, backend {scorer.backend.name}):\n")
-    header = f"{'pair':<5} {'video':<18} {'reward':>9} {'P(A better)':>12} {'human (VQ/MQ/TA)':>17} {'ms':>7}"
+    header = f"{'pair':<5} {'video':<18} {'reward':>9} {'P(A better)':>12} {'human (VQ/MQ/TA)':>17} {'path':>6} {'ms':>7}"
     print(header)
     print("-" * len(header))
     for i, pair in enumerate(samples["pairs"], 1):
@@ -122,21 +174,21 @@ def cmd_quickstart(args) -> int:
         for tag, r in (("A", result.a), ("B", result.b)):
             name = Path(pair[f"video_{tag.lower()}"]).name
             p = f"{result.prob_a_better:.3f}" if tag == "A" else ""
-            print(f"{i:<5} {name:<18} {r.reward:>+9.4f} {p:>12} {human if tag == 'A' else '':>17} {r.timings_ms['total']:>7.0f}")
-    print(f"\nThe model in {out} is a checkpoint: descore score VIDEO --prompt TEXT --model {out}")
+            print(f"{i:<5} {name:<18} {r.reward:>+9.4f} {p:>12} {human if tag == 'A' else '':>17} {r.mode:>6} {r.timings_ms['total']:>7.0f}")
+    kind = "a checkpoint (torch)" if backend == "torch" else "an ONNX bundle (onnxruntime, no torch needed)"
+    print(f"\nThe model in {model_dir} is {kind}: descore score VIDEO --prompt TEXT --model {model_dir}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="descore", description="DeScore video reward models: score, compare, quickstart.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_score(sub) -> None:
     p = sub.add_parser("score", help="score one or more videos against a prompt")
     p.add_argument("videos", nargs="+")
     p.add_argument("--prompt", required=True)
     _add_model_options(p)
     p.set_defaults(func=cmd_score)
 
+
+def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="compare two videos for one prompt")
     p.add_argument("video_a")
     p.add_argument("video_b")
@@ -144,12 +196,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("quickstart", help="build a tiny model (no downloads) and score the shipped sample videos")
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a checkpoint as a bundle (ONNX graphs, tokenizer, manifest, parity report)")
+    p.add_argument("checkpoint", help="DeScore checkpoint folder")
+    p.add_argument("out_dir", help="bundle folder to write")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="bundle format (onnx)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
+    p.add_argument("--max-frames", type=int, default=None, help="most frames per video the bundle is for (default: the checkpoint's)")
+    p.add_argument("--max-pixels", type=int, default=None, help="most pixels per frame (default: the checkpoint's, 448*448)")
+    p.add_argument("--parity-video", default=None, help="real video for the parity check (default: the packaged sample)")
+    p.add_argument("--no-parity", action="store_true", help="skip the ONNX-vs-torch parity check")
+    p.set_defaults(func=cmd_export)
+
+
+def _add_quickstart(sub) -> None:
+    p = sub.add_parser("quickstart", help="build a tiny model (no downloads), export it, and score the shipped sample videos")
     p.add_argument("--out", default=None, help=f"model folder (default: {default_cache_dir()})")
     p.add_argument("--family", default="qwen3_vl", choices=["qwen3_vl", "qwen2_5_vl", "qwen2_vl"])
-    p.add_argument("--mode", default="think", choices=["think", "fast"])
+    p.add_argument("--mode", default="think", choices=["think", "fast", "adaptive"])
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"],
+                   help="onnxruntime (default: exports the tiny model to OUT/onnx) or torch (scores the checkpoint)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="CoT length cap (a random tiny model rarely stops by itself)")
     p.set_defaults(func=cmd_quickstart)
+
+
+SUBCOMMANDS = [_add_score, _add_compare, _add_export, _add_quickstart]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="descore", description="DeScore video reward models: score, compare, export, quickstart.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
     return parser
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from .errors import InvalidInputError
 
-MODES = ("think", "fast")
+MODES = ("think", "fast", "adaptive")
 
 
 @dataclass
@@ -16,6 +16,16 @@ class ScoreOptions:
 
     Generation is greedy unless `temperature > 0`. `max_new_tokens=None` uses the checkpoint's limit
     (4096 for DeScore). Frame options default to the checkpoint's `descore_config.json` sampling values.
+
+    mode: "think" writes a CoT, then scores; "fast" scores from prompt + video alone; "adaptive" scores
+    fast first and writes the CoT only where the fast score leaves the question open:
+      - `compare(a, b)`: both videos think when |r_A − r_B| < `adaptive_threshold` (the pair is too
+        close to call from the fast scores); otherwise the fast scores are the answer.
+      - `score` / `score_batch`: a video thinks when its fast headline reward lies inside
+        `adaptive_band = (low, high)` — set it around the reward where your decision flips (e.g. a
+        keep/discard threshold ± margin). Rewards are Bradley–Terry logits with no absolute zero, so
+        there is no band that suits every model: without one, adaptive scoring returns fast scores.
+    `ScoreResult.mode` always says which path was taken ("think" or "fast").
     """
 
     mode: str = "think"
@@ -30,9 +40,13 @@ class ScoreOptions:
     min_frames: int | None = None
     max_frames: int | None = None
     max_pixels: int | None = None
+    adaptive_threshold: float = 0.5
+    adaptive_band: tuple[float, float] | None = None
 
     def __post_init__(self):
         self.stop_tokens = tuple(self.stop_tokens)
+        if self.adaptive_band is not None:
+            self.adaptive_band = tuple(self.adaptive_band)
         self.validate()
 
     def validate(self) -> None:
@@ -48,6 +62,12 @@ class ScoreOptions:
             raise InvalidInputError(f"repetition_penalty must be > 0, got {self.repetition_penalty}.")
         if self.max_new_tokens is not None and self.max_new_tokens < 0:
             raise InvalidInputError(f"max_new_tokens must be ≥ 0, got {self.max_new_tokens}.")
+        if self.adaptive_threshold < 0:
+            raise InvalidInputError(f"adaptive_threshold must be ≥ 0, got {self.adaptive_threshold}.")
+        if self.adaptive_band is not None:
+            band = self.adaptive_band
+            if len(band) != 2 or not all(isinstance(v, (int, float)) for v in band) or band[0] > band[1]:
+                raise InvalidInputError(f"adaptive_band must be (low, high) with low ≤ high, got {band!r}.")
         for name in ("fps",):
             value = getattr(self, name)
             if value is not None and value <= 0:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -48,12 +48,21 @@ class BackendOutput:
     rewards: np.ndarray  # (K,) float
     cot_ids: np.ndarray  # (C,) int64 generated CoT ids, stop token excluded
     timings_ms: dict
+    mode: str | None = None  # path taken ("think"/"fast"); None: the inputs' mode
+    fast_rewards: np.ndarray | None = None  # (K,) adaptive mode's first, fast reward
+    hidden: np.ndarray | None = None  # (H,) final hidden state at <Reward>, when the backend has it
+    step_logits: np.ndarray | None = None  # (C+1, V) logits of each CoT step, when asked for
 
 
-# File kind → backend. "auto" picks by what the folder holds; see `_resolve_backend`.
+# Backend name → class. "auto" picks by what the folder holds; see `_resolve_backend`.
+# A backend has `name`, `descore_config` and `score(inputs, options, stop_ids, max_new_tokens)`;
+# one that also has `score_batch(inputs_list, options, stop_ids, budgets, think_if=...)` and
+# `supports_batch = True` runs several videos per decoder call and adaptive mode in one pass.
 BACKENDS = {
     "torch": "descore_sdk.runtime.torch_backend:TorchBackend",
+    "onnxruntime": "descore_sdk.runtime.onnx_backend:OnnxBackend",
 }
+DEFAULT_BATCH_SIZE = 8
 
 
 def _load_backend_class(name: str):
@@ -90,7 +99,7 @@ def _describe(video) -> str:
 
 
 class Scorer:
-    """Scores videos with a DeScore checkpoint (torch backend) or exported bundle."""
+    """Scores videos with a DeScore checkpoint (torch backend) or exported bundle (onnxruntime)."""
 
     def __init__(self, backend, config: DescoreConfig, prompts: PromptBuilder, options: ScoreOptions):
         self.backend = backend
@@ -100,10 +109,24 @@ class Scorer:
         self.stop_ids = self._stop_ids(options.stop_tokens)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, *, backend: str = "auto", device: str = "cpu", **options) -> "Scorer":
-        """Load a checkpoint folder (torch) or exported bundle. `options` are `ScoreOptions` fields
-        (mode, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, stop_tokens, fps,
-        min_frames, max_frames, max_pixels)."""
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        backend: str = "auto",
+        device: str = "cpu",
+        family: str | None = None,
+        backend_options: dict | None = None,
+        **options,
+    ) -> "Scorer":
+        """Load a checkpoint folder (torch) or exported bundle (onnxruntime).
+
+        backend: "auto" (a folder with manifest.json is a bundle → onnxruntime; with config.json → torch),
+            or a name from `BACKENDS`. family: refuse a model of any other family. backend_options:
+            keyword arguments of the backend class (onnxruntime: threads, providers, verify, ...).
+        `options` are `ScoreOptions` fields (mode, max_new_tokens, temperature, top_p, top_k,
+        repetition_penalty, seed, stop_tokens, fps, min_frames, max_frames, max_pixels,
+        adaptive_threshold, adaptive_band)."""
         opts = ScoreOptions.from_kwargs(**options)
         path = Path(path)
         if not path.exists():
@@ -111,48 +134,135 @@ class Scorer:
         if not path.is_dir():
             raise ModelLoadError(f"Model path {path} is a file; pass the folder that holds {CONFIG_NAME}.")
         name = _resolve_backend(path, backend)
-        runner = _load_backend_class(name)(path, device=device)
+        kwargs = dict(backend_options or {})
+        if family is not None and name == "onnxruntime":
+            kwargs["family"] = family  # the bundle loader refuses a foreign family with BundleIntegrityError
+        runner = _load_backend_class(name)(path, device=device, **kwargs)
+        if family is not None and runner.descore_config.family != family:
+            raise ModelLoadError(f"{path} holds a {runner.descore_config.family} model, but a {family} model was requested.")
         return cls(runner, runner.descore_config, PromptBuilder.from_dir(path, runner.descore_config), opts)
 
     # -- public API ----------------------------------------------------------------------------------
     def score(self, video, prompt: str, **overrides) -> ScoreResult:
         """Score one video (path, bytes, binary file object or (T,H,W,3) uint8 array) for `prompt`."""
-        options = self.options.replace(**overrides) if overrides else self.options
-        timings = {}
-        t0 = time.perf_counter()
-        self.prompts.instruction(prompt)  # reject an empty prompt before decoding anything
-        clip = self._load(video, options)
-        t1 = time.perf_counter()
-        inputs = self._prepare(clip, prompt, options)
-        t2 = time.perf_counter()
-        out = self.backend.score(inputs, options, self.stop_ids, self._max_new_tokens(inputs, options))
-        t3 = time.perf_counter()
-        timings.update(decode=(t1 - t0) * 1e3, preprocess=(t2 - t1) * 1e3, **out.timings_ms, total=(t3 - t0) * 1e3)
-        rewards = {name: float(v) for name, v in zip(self.config.dimension_names, np.asarray(out.rewards).reshape(-1))}
-        return ScoreResult(
-            reward=headline_reward(rewards),
-            rewards=rewards,
-            rationale=self.prompts.decode(out.cot_ids) if options.mode == "think" else None,
-            mode=options.mode,
-            backend=self.backend.name,
-            num_prompt_tokens=int(len(inputs.input_ids)),
-            num_cot_tokens=int(len(out.cot_ids)),
-            num_frames=int(len(clip.frames)),
-            timings_ms={k: round(v, 3) for k, v in timings.items()},
-            video=_describe(video),
-        )
+        options = self._options(overrides)
+        return self._score_group([video], [prompt], options, self._band_rule(options))[0]
 
-    def score_batch(self, videos: Sequence, prompts: str | Sequence[str], **overrides) -> list[ScoreResult]:
-        """Score several videos; `prompts` is one prompt for all or one per video."""
+    def score_batch(self, videos: Sequence, prompts: str | Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE,
+                    **overrides) -> list[ScoreResult]:
+        """Score several videos; `prompts` is one prompt for all or one per video.
+
+        A backend that supports batching (onnxruntime) runs up to `batch_size` videos per decoder call,
+        left-padded and masked, with results equal to scoring each alone; others score one by one."""
         if isinstance(prompts, str):
             prompts = [prompts] * len(videos)
         if len(prompts) != len(videos):
             raise InvalidInputError(f"{len(videos)} videos but {len(prompts)} prompts; pass one prompt or one per video.")
-        return [self.score(v, p, **overrides) for v, p in zip(videos, prompts)]
+        if batch_size < 1:
+            raise InvalidInputError(f"batch_size must be ≥ 1, got {batch_size}.")
+        options = self._options(overrides)
+        step = batch_size if getattr(self.backend, "supports_batch", False) else 1
+        results = []
+        for first in range(0, len(videos), step):
+            group = slice(first, first + step)
+            results += self._score_group(list(videos[group]), list(prompts[group]), options, self._band_rule(options))
+        return results
 
     def compare(self, video_a, video_b, prompt: str, **overrides) -> PairResult:
-        """Score two videos for the same prompt; `PairResult.prob_a_better` = sigmoid(r_A − r_B)."""
-        return PairResult(a=self.score(video_a, prompt, **overrides), b=self.score(video_b, prompt, **overrides))
+        """Score two videos for the same prompt; `PairResult.prob_a_better` = sigmoid(r_A − r_B).
+
+        In adaptive mode both are scored fast first, and both write a CoT only when
+        |r_A − r_B| < `adaptive_threshold`."""
+        options = self._options(overrides)
+        threshold = options.adaptive_threshold
+
+        def close_call(fast: np.ndarray) -> np.ndarray:
+            heads = [self._headline(r) for r in fast]
+            return np.full(2, abs(heads[0] - heads[1]) < threshold)
+
+        # A and B go through the backend together (one decoder batch when it can batch).
+        a, b = self._score_group([video_a, video_b], [prompt, prompt], options, close_call)
+        return PairResult(a=a, b=b)
+
+    def prepare(self, video, prompt: str, **overrides) -> ModelInputs:
+        """The backend inputs of one video (decoded, sampled, patched, prompt ids), e.g. for parity checks."""
+        options = self._options(overrides)
+        self.prompts.instruction(prompt)
+        return self._prepare(self._load(video, options), prompt, options)
+
+    # -- scoring -------------------------------------------------------------------------------------
+    def _options(self, overrides: dict) -> ScoreOptions:
+        return self.options.replace(**overrides) if overrides else self.options
+
+    def _band_rule(self, options: ScoreOptions):
+        """Adaptive `score`: think where the fast headline reward lies inside `adaptive_band`."""
+        band = options.adaptive_band
+
+        def in_band(fast: np.ndarray) -> np.ndarray:
+            if band is None:
+                return np.zeros(len(fast), dtype=bool)
+            return np.array([band[0] <= self._headline(r) <= band[1] for r in fast], dtype=bool)
+
+        return in_band
+
+    def _headline(self, rewards) -> float:
+        return headline_reward(dict(zip(self.config.dimension_names, np.asarray(rewards, dtype=np.float64).reshape(-1))))
+
+    def _score_group(self, videos: list, prompts: list[str], options: ScoreOptions, think_if) -> list[ScoreResult]:
+        """Score videos together: one backend batch when the backend supports it, else one by one."""
+        start = time.perf_counter()
+        prepared = []
+        for video, prompt in zip(videos, prompts):
+            t0 = time.perf_counter()
+            self.prompts.instruction(prompt)  # reject an empty prompt before decoding anything
+            clip = self._load(video, options)
+            t1 = time.perf_counter()
+            inputs = self._prepare(clip, prompt, options)
+            t2 = time.perf_counter()
+            prepared.append((clip, inputs, {"decode": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3}))
+        inputs_list = [inputs for _, inputs, _ in prepared]
+        outputs = self._run_backend(inputs_list, options, think_if)
+        total = (time.perf_counter() - start) * 1e3
+        results = []
+        for video, (clip, inputs, timings), out in zip(videos, prepared, outputs):
+            mode = out.mode or inputs.mode
+            rewards = {name: float(v) for name, v in zip(self.config.dimension_names, np.asarray(out.rewards).reshape(-1))}
+            timings = {**timings, **out.timings_ms, "total": total}
+            results.append(
+                ScoreResult(
+                    reward=headline_reward(rewards),
+                    rewards=rewards,
+                    rationale=self.prompts.decode(out.cot_ids) if mode == "think" else None,
+                    mode=mode,
+                    backend=self.backend.name,
+                    num_prompt_tokens=int(len(inputs.input_ids)) + (1 if inputs.mode == "adaptive" and mode == "fast" else 0),
+                    num_cot_tokens=int(len(out.cot_ids)),
+                    num_frames=int(len(clip.frames)),
+                    timings_ms={k: round(float(v), 3) for k, v in timings.items()},
+                    video=_describe(video),
+                )
+            )
+        return results
+
+    def _run_backend(self, inputs_list: list[ModelInputs], options: ScoreOptions, think_if) -> list[BackendOutput]:
+        budgets = [self._max_new_tokens(inputs, options) for inputs in inputs_list]
+        if getattr(self.backend, "supports_batch", False):
+            extra = {"think_if": think_if} if options.mode == "adaptive" else {}
+            return self.backend.score_batch(inputs_list, options, self.stop_ids, budgets, **extra)
+        if options.mode != "adaptive":
+            return [self.backend.score(i, options, self.stop_ids, b) for i, b in zip(inputs_list, budgets)]
+        # Adaptive on a one-video-at-a-time backend: fast pass, then a think pass where the rule says so.
+        fast_inputs = [replace(i, input_ids=np.append(i.input_ids, self.prompts.ids.reward), mode="fast") for i in inputs_list]
+        fast = [self.backend.score(i, options, self.stop_ids, 0) for i in fast_inputs]
+        think = np.asarray(think_if(np.stack([np.asarray(o.rewards).reshape(-1) for o in fast])), dtype=bool)
+        outputs = []
+        for inputs, budget, first, again in zip(inputs_list, budgets, fast, think):
+            if again:
+                out = self.backend.score(replace(inputs, mode="think"), options, self.stop_ids, budget)
+                outputs.append(replace(out, mode="think", fast_rewards=first.rewards))
+            else:
+                outputs.append(replace(first, mode="fast", fast_rewards=first.rewards))
+        return outputs
 
     # -- steps ---------------------------------------------------------------------------------------
     def _load(self, video, options: ScoreOptions) -> VideoClip:
@@ -171,11 +281,11 @@ class Scorer:
     def _prepare(self, clip: VideoClip, prompt: str, options: ScoreOptions) -> ModelInputs:
         sampling = self.config.sampling
         if options.max_pixels:
-            from dataclasses import replace
-
             sampling = replace(sampling, max_pixels=options.max_pixels)
         patches, grid = preprocess_frames(clip.frames, self.config.vision, sampling)
-        ids = self.prompts.build(prompt, grid, timestamps=clip.timestamps, mode=options.mode)
+        # Adaptive prompts use the think layout: the fast score is read by appending <Reward> to it.
+        layout = "fast" if options.mode == "fast" else "think"
+        ids = self.prompts.build(prompt, grid, timestamps=clip.timestamps, mode=layout)
         return ModelInputs(
             input_ids=ids.input_ids,
             patches=patches,

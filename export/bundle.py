@@ -1,0 +1,236 @@
+"""Checkpoint → bundle: ONNX graphs, tokenizer, DeScore config, manifest.json and a parity report.
+
+    from descore_sdk.export.bundle import export_bundle
+    bundle = export_bundle("checkpoints/descore-8b", "bundles/descore-8b", max_frames=64)
+    scorer = Scorer.from_pretrained(bundle)              # onnxruntime, no torch
+
+or `descore export CHECKPOINT OUT_DIR --format onnx`. The folder layout and the manifest are described
+in `descore_sdk/bundle.py`, which also loads and verifies bundles (torch-free).
+
+Order matters: an old manifest in OUT_DIR is removed first and the new one is written only after every
+file it lists is complete, so an interrupted export never leaves a folder that loads as a bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from descore_sdk._version import __version__
+from descore_sdk.bundle import (
+    BUNDLE_FORMAT,
+    BUNDLE_FORMAT_VERSION,
+    MANIFEST_NAME,
+    PARITY_NAME,
+    file_record,
+    write_manifest,
+)
+from descore_sdk.config import CONFIG_NAME
+from descore_sdk.errors import BundleIntegrityError, InvalidInputError
+from descore_sdk.options import ScoreOptions
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json")
+
+
+def export_bundle(
+    checkpoint_dir_or_model,
+    out_dir: str | Path,
+    *,
+    opset: int | None = None,
+    max_frames: int | None = None,
+    max_pixels: int | None = None,
+    progress: bool = True,
+    parity: bool = True,
+    parity_video: str | Path | None = None,
+    parity_threads: int | None = None,
+    strict: bool = True,
+) -> Path:
+    """Export a DeScore checkpoint folder (or an in-memory float32 DeScoreModel) as a bundle in `out_dir`.
+
+    opset: ONNX opset (default 18). max_frames / max_pixels (per frame): the video bounds the bundle is
+    built for; they become its default frame sampling (default: the checkpoint's). parity: run the
+    teacher-forced ONNX-vs-torch check on `parity_video` (default: the packaged sample video) and save it
+    as parity.json; with `strict`, a check over 1e-4 raises BundleIntegrityError (the files stay for
+    inspection, but the folder is marked failed in the manifest). Returns the bundle folder.
+    """
+    from .onnx_export import DEFAULT_OPSET, export_onnx
+    from .parity import parity_report
+
+    say = _printer(progress)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (MANIFEST_NAME, PARITY_NAME):
+        (out / stale).unlink(missing_ok=True)
+
+    start = time.perf_counter()
+    model, source = _load_model(checkpoint_dir_or_model, say)
+    say(f"Exporting the {model.family} model from {source} to {out} (ONNX opset {opset or DEFAULT_OPSET}) ...")
+    graphs = export_onnx(model, out, opset=opset or DEFAULT_OPSET, max_frames=max_frames, max_pixels=max_pixels)
+    say(f"  graphs written: {', '.join(graphs.files)} ({sum(graphs.timings_s.values()):.1f} s)")
+
+    tokenizer_files = _write_tokenizer(model, out)
+    config = _bundle_config(model.descore_config, graphs.max_frames, graphs.max_pixels)
+    config.save(out)
+    manifest = build_manifest(out, graphs, model, config, tokenizer_files)
+    write_manifest(out, manifest)
+    say(f"  manifest written: {len(manifest['files'])} files with sha256")
+
+    if parity:
+        say("Checking the bundle against the torch model (teacher-forced, real video) ...")
+        report = parity_report(model, out, parity_video, threads=parity_threads, print_table=progress)
+        (out / PARITY_NAME).write_text(json.dumps(report, indent=2) + "\n")
+        manifest["files"][PARITY_NAME] = file_record(out, PARITY_NAME)
+        manifest["parity"] = {"passed": report["passed"], "max_abs_diff": report["max_abs_diff"], "tolerance": report["tolerance"]}
+        write_manifest(out, manifest)
+        if strict and not report["passed"]:
+            raise BundleIntegrityError(
+                f"The exported graphs differ from the torch model by up to {report['max_abs_diff']:.2e} "
+                f"(tolerance {report['tolerance']:.0e}); see {out / PARITY_NAME}. Do not deploy this bundle."
+            )
+    say(f"Bundle ready in {out} ({time.perf_counter() - start:.1f} s). Score with: descore score VIDEO --prompt TEXT --model {out}")
+    return out
+
+
+# -- pieces -----------------------------------------------------------------------------------------
+def _printer(progress: bool):
+    def say(message: str) -> None:
+        if progress:
+            print(message, file=sys.stdout, flush=True)
+
+    return say
+
+
+def _load_model(checkpoint_dir_or_model, say):
+    """(float32 DeScoreModel in eval mode, where it came from)."""
+    import torch
+
+    from descore_sdk.training.model import DeScoreModel
+
+    if isinstance(checkpoint_dir_or_model, DeScoreModel):
+        return checkpoint_dir_or_model.eval(), "memory"
+    if isinstance(checkpoint_dir_or_model, (str, Path)):
+        say(f"Loading the checkpoint {checkpoint_dir_or_model} (float32) ...")
+        return DeScoreModel.from_pretrained(checkpoint_dir_or_model, dtype=torch.float32), str(checkpoint_dir_or_model)
+    raise InvalidInputError(
+        f"export_bundle takes a checkpoint folder or a DeScoreModel, not {type(checkpoint_dir_or_model).__name__}."
+    )
+
+
+def _write_tokenizer(model, out: Path) -> list[str]:
+    """Copy the checkpoint's tokenizer files (byte for byte) when they match the model's tokenizer,
+    else write the in-memory tokenizer (e.g. `<Reward>` added since the last save). Returns the names."""
+    source = model.tokenizer_dir
+    if source is not None and (Path(source) / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        on_disk = Tokenizer.from_file(str(Path(source) / "tokenizer.json"))
+        if on_disk.token_to_id(model.descore_config.reward_token) == model.reward_token_id:
+            names = [name for name in TOKENIZER_FILES if (Path(source) / name).is_file()]
+            for name in names:
+                if Path(source).resolve() != out.resolve():
+                    shutil.copyfile(Path(source) / name, out / name)
+            return names
+    from descore_sdk.training.tokenizer import write_tokenizer_files
+
+    write_tokenizer_files(out, model.tokenizer, model.tokenizer_config, model.chat_template)
+    return [name for name in TOKENIZER_FILES if (out / name).is_file()]
+
+
+def _bundle_config(config, max_frames: int, max_pixels: int):
+    """The checkpoint's DescoreConfig with the bundle's video bounds as its frame-sampling defaults."""
+    sampling = dataclasses.replace(
+        config.sampling,
+        max_frames=max_frames,
+        max_pixels=max_pixels,
+        min_frames=min(config.sampling.min_frames, max_frames),
+        min_pixels=min(config.sampling.min_pixels, max_pixels),
+    )
+    return dataclasses.replace(config, sampling=sampling)
+
+
+def graph_io(path: Path) -> dict:
+    """Inputs/outputs (name, numpy dtype name, shape with dim names) and opsets of an ONNX file,
+    read without loading external weights."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    weights = {init.name for init in model.graph.initializer}
+
+    def describe(value) -> dict:
+        tensor = value.type.tensor_type
+        shape = [dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None) for dim in tensor.shape.dim]
+        return {"name": value.name, "dtype": np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name, "shape": shape}
+
+    return {
+        "inputs": [describe(v) for v in model.graph.input if v.name not in weights],
+        "outputs": [describe(v) for v in model.graph.output],
+        "opsets": {op.domain or "ai.onnx": int(op.version) for op in model.opset_import},
+        "ir_version": int(model.ir_version),
+    }
+
+
+def build_manifest(out: Path, graphs, model, config, tokenizer_files: list[str]) -> dict:
+    """manifest.json for the files now in `out` (see descore_sdk/bundle.py for the contract)."""
+    import onnx
+    import torch
+    import transformers
+
+    table = np.load(out / graphs.embedding_file, mmap_mode="r")
+    backbone_config = model.backbone.config
+    options = ScoreOptions()
+    stop_ids = [model.tokenizer.token_to_id(t) for t in options.stop_tokens]
+    files = sorted({*graphs.files, *tokenizer_files, CONFIG_NAME})
+    return {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "sdk_version": __version__,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "exporter": {"torch": torch.__version__, "transformers": transformers.__version__, "onnx": onnx.__version__},
+        "family": graphs.family,
+        "opset": graphs.opset,
+        "graphs": {
+            "vision": {"file": graphs.vision_file, **graph_io(out / graphs.vision_file)},
+            "decoder": {"file": graphs.decoder_file, **graph_io(out / graphs.decoder_file)},
+        },
+        "embedding": {"file": graphs.embedding_file, "dtype": table.dtype.name, "shape": list(table.shape)},
+        "tokenizer": {
+            "file": "tokenizer.json",
+            "config": "tokenizer_config.json" if "tokenizer_config.json" in tokenizer_files else None,
+            "chat_template": next((n for n in tokenizer_files if n.startswith("chat_template")), None),
+        },
+        "prompt": {"template": config.prompt_template, "system_prompt": config.system_prompt},
+        "reward_token": config.reward_token,
+        "reward_token_id": int(model.reward_token_id),
+        "dimension_names": list(config.dimension_names),
+        "sampling": dataclasses.asdict(config.sampling),
+        "generation": {
+            "stop_tokens": list(options.stop_tokens),
+            "stop_token_ids": stop_ids,
+            "max_new_tokens": config.max_new_tokens,
+            "max_context": config.max_context,
+        },
+        "model": {
+            "num_layers": graphs.num_layers,
+            "num_attention_heads": graphs.num_attention_heads,
+            "num_key_value_heads": graphs.num_key_value_heads,
+            "head_dim": graphs.head_dim,
+            "hidden_size": graphs.hidden_size,
+            "vocab_size": graphs.vocab_size,
+            "num_rewards": graphs.num_rewards,
+            "num_deepstack": graphs.num_deepstack,
+            "video_token_id": int(backbone_config.video_token_id),
+            "image_token_id": int(backbone_config.image_token_id),
+            "tokens_per_second": getattr(backbone_config.vision_config, "tokens_per_second", None),
+            "vision": graphs.vision.to_dict(),
+            "max_vision_patches": graphs.max_vision_patches,
+        },
+        "files": {name: file_record(out, name) for name in files},
+    }

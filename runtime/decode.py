@@ -1,0 +1,393 @@
+"""THE decode loop of every non-reference backend: prefill once, decode with the KV cache, read the reward.
+
+For a batch of B videos (each its own prompt, patches and settings) one call to `decode`:
+
+1. encodes each video with the backend's vision graph and splices the visual embeddings (and Qwen3-VL
+   DeepStack features) into the prompt's token embeddings at the `<|video_pad|>` positions;
+2. prefills all prompts together, left-padded to one length (so every row's last column is real), in
+   chunks of at most `prefill_chunk` columns to bound attention memory;
+3. decodes token by token, every row at its own M-RoPE position (`descore_sdk.rope`), reusing the cache;
+4. when a row stops (a stop token is drawn, or `max_new_tokens` CoT tokens are written, or its
+   teacher-forced CoT is used up) its next input is `<Reward>` — in place of the stop token, which
+   the reward model never sees — and the reward head output of that step is the row's reward.
+   The prompt is never encoded twice. A finished row leaves the batch (its cache rows are dropped,
+   and columns that are padding in every remaining row are trimmed), so late rows do not pay for
+   early ones.
+
+Modes: "fast" prompts already end with `<Reward>`: the prefill output is the reward. "think" prompts
+end with the assistant header: a CoT is written first. "adaptive" prompts are think prompts: after the
+prefill every row feeds `<Reward>` once (the fast reward, exactly what fast mode computes); `think_if`
+sees those rewards and picks the rows that should think; their `<Reward>` column is cut from the cache
+and they continue from the prefill's logits as in think mode.
+
+The loop only needs a `DecoderModel` (below): each backend (ONNX Runtime, TensorRT, ...) implements
+those few methods, and gets batching, sampling, stopping and reward reading from here. numpy only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+from descore_sdk.errors import InvalidInputError
+from descore_sdk.rope import decode_position_ids, mrope_position_ids
+
+from .sampling import SamplingParams, next_tokens, row_generators
+
+MODES = ("think", "fast", "adaptive")
+DEFAULT_PREFILL_CHUNK = 2048
+
+
+@dataclass(frozen=True)
+class RopeSpec:
+    """What M-RoPE positions need besides the ids (see `descore_sdk.rope.mrope_position_ids`)."""
+
+    family: str
+    video_token_id: int
+    image_token_id: int
+    spatial_merge_size: int
+    tokens_per_second: float = 2.0
+
+
+@dataclass
+class StepOutput:
+    """Last-position outputs of one decoder call: logits (B, V), hidden (B, H), reward (B, K)."""
+
+    logits: np.ndarray
+    hidden: np.ndarray
+    reward: np.ndarray
+
+
+class DecoderModel(Protocol):
+    """The backend side of the loop. The cache is opaque to the loop; only the model slices it."""
+
+    rope: RopeSpec
+    num_deepstack: int  # DeepStack levels the decoder takes (0: no deepstack input)
+
+    def encode_video(self, patches: np.ndarray, grid_thw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """patches (N, D), grid (3,) → visual (N/m², H) float32 [, deepstack (levels, N/m², H)]."""
+
+    def embed(self, ids: np.ndarray) -> np.ndarray:
+        """Token embeddings: ids (...) int64 → (..., H) float32."""
+
+    def new_cache(self, batch: int):
+        """An empty cache (past length 0) for `batch` rows."""
+
+    def slice_cache(self, cache, rows: np.ndarray, start: int, stop: int | None = None):
+        """The cache of `rows` (indices into the batch), sequence columns [start, stop)."""
+
+    def step(self, inputs_embeds, attention_mask, position_ids, deepstack_embeds, cache) -> tuple[StepOutput, object]:
+        """One decoder call. inputs_embeds (B, S, H) f32; attention_mask (B, P+S) i64; position_ids
+        (3, B, S) i64; deepstack_embeds (levels, B, S, H) f32 or None (= zeros). Returns the outputs and
+        the cache grown by S columns."""
+
+
+@dataclass
+class DecodeRequest:
+    """One video to score.
+
+    input_ids: (L,) prompt ids; patches (N, D) float32; grid_thw (3,) int64; second_per_grid: seconds
+    per temporal patch (Qwen2.5-VL rope); max_new_tokens: CoT budget; forced_cot: teacher-forced CoT
+    ids (fed instead of sampled ones; None: generate).
+    """
+
+    input_ids: np.ndarray
+    patches: np.ndarray
+    grid_thw: np.ndarray
+    second_per_grid: float = 1.0
+    max_new_tokens: int = 0
+    forced_cot: np.ndarray | None = None
+
+
+@dataclass
+class DecodeSettings:
+    mode: str
+    reward_token_id: int
+    stop_ids: tuple[int, ...] = ()
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    seed: int | None = None
+    think_if: Callable[[np.ndarray], np.ndarray] | None = None  # adaptive: fast rewards (B, K) → (B,) bool
+    record_logits: bool = False  # keep every row's logits before each CoT choice (parity checks)
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise InvalidInputError(f"mode must be one of {MODES}, got {self.mode!r}.")
+        if self.prefill_chunk < 1:
+            raise InvalidInputError(f"prefill_chunk must be ≥ 1, got {self.prefill_chunk}.")
+
+
+@dataclass
+class DecodeResult:
+    """rewards (K,) and hidden (H,) at `<Reward>`; cot_ids (C,) without the stop token; mode: the path
+    taken ("think" or "fast"); fast_rewards (K,): adaptive mode's first, fast reward; step_logits
+    (C+1, V) when recorded: the logits each CoT token was chosen from, then those after the last one."""
+
+    rewards: np.ndarray
+    hidden: np.ndarray
+    cot_ids: np.ndarray
+    mode: str
+    fast_rewards: np.ndarray | None = None
+    step_logits: np.ndarray | None = None
+    timings_ms: dict = field(default_factory=dict)
+
+
+# -- per-row state ----------------------------------------------------------------------------------
+_COT, _REWARD, _PROBE, _DONE = "cot", "reward", "probe", "done"
+
+
+class _Row:
+    """Bookkeeping of one request while it decodes."""
+
+    def __init__(self, request: DecodeRequest, positions: np.ndarray, delta: int, video: dict):
+        self.request = request
+        self.ids = np.asarray(request.input_ids, dtype=np.int64)
+        self.positions = positions  # (3, L)
+        self.delta = delta
+        self.video = video  # {"at": (Nv,) video-token indices, "visual": (Nv, H), "deepstack": (levels, Nv, H) | None}
+        self.cot: list[int] = []
+        self.pending: int | None = None  # the token this row feeds next
+        self.phase = _COT
+        self.real_length = len(self.ids)  # real tokens in the cache
+        self.rewards = self.hidden = self.fast_rewards = None
+        self.logits: list[np.ndarray] = []
+        self.mode = "think"
+
+    @property
+    def forced(self) -> np.ndarray | None:
+        return self.request.forced_cot
+
+
+def decode(model: DecoderModel, requests: list[DecodeRequest], settings: DecodeSettings) -> list[DecodeResult]:
+    """Score `requests` as one batch (see module docstring). Results are in request order."""
+    if not requests:
+        return []
+    timings = {}
+    start = time.perf_counter()
+    rows = [_prepare_row(model, request, settings) for request in requests]
+    timings["vision"] = (time.perf_counter() - start) * 1e3
+
+    start = time.perf_counter()
+    output, cache, mask = _prefill(model, rows, settings.prefill_chunk)
+    timings["prefill"] = (time.perf_counter() - start) * 1e3
+
+    start = time.perf_counter()
+    generators = row_generators(settings.seed, len(rows)) if not settings.sampling.greedy else None
+    seen = _seen_tokens(model, rows, output.logits.shape[1]) if settings.sampling.repetition_penalty != 1.0 else None
+    active = np.arange(len(rows))  # batch row b of the cache is request active[b]
+
+    if settings.mode == "fast":
+        for b, row in enumerate(rows):
+            _finish(row, output, b)
+            row.mode = "fast"
+        active = active[:0]
+    elif settings.mode == "adaptive":
+        prefill_logits = output.logits
+        for row in rows:
+            row.pending, row.phase = settings.reward_token_id, _PROBE
+        output, cache, mask = _decode_step(model, rows, active, cache, mask)
+        fast = np.stack([output.reward[b] for b in range(len(rows))])
+        think = np.asarray(settings.think_if(fast) if settings.think_if else np.zeros(len(rows), bool), dtype=bool).reshape(-1)
+        if think.shape != (len(rows),):
+            raise InvalidInputError(f"think_if must return one bool per row ({len(rows)}), got shape {think.shape}.")
+        for b, row in enumerate(rows):
+            row.fast_rewards = fast[b]
+            row.mode = "think" if think[b] else "fast"
+            if not think[b]:
+                _finish(row, output, b)
+            else:  # forget the probe: its <Reward> is the cache's last column
+                row.real_length -= 1
+                row.phase = _COT
+        keep = np.flatnonzero(think)
+        cache = model.slice_cache(cache, keep, 0, mask.shape[1] - 1)
+        mask = mask[keep, :-1]
+        active = active[keep]
+        _choose(rows, active, prefill_logits[keep], settings, generators, seen)
+    else:
+        _choose(rows, active, output.logits, settings, generators, seen)
+
+    while len(active):
+        cache, mask, active = _compact(model, rows, active, cache, mask)
+        if not len(active):
+            break
+        output, cache, mask = _decode_step(model, rows, active, cache, mask)
+        continuing = []
+        for b, index in enumerate(active):
+            row = rows[index]
+            if row.phase == _COT:
+                row.cot.append(row.pending)
+                if seen is not None:
+                    seen[index, row.pending] = True
+                continuing.append(b)
+            else:  # _REWARD
+                _finish(row, output, b)
+        if continuing:
+            keep = np.asarray(continuing)
+            _choose(rows, active[keep], output.logits[keep], settings, generators, seen)
+    timings["generate"] = (time.perf_counter() - start) * 1e3  # CoT steps and <Reward>
+
+    results = []
+    for row in rows:
+        results.append(
+            DecodeResult(
+                rewards=row.rewards,
+                hidden=row.hidden,
+                cot_ids=np.asarray(row.cot, dtype=np.int64),
+                mode=row.mode,
+                fast_rewards=row.fast_rewards,
+                step_logits=np.stack(row.logits) if settings.record_logits and row.logits else None,
+                timings_ms=dict(timings),
+            )
+        )
+    return results
+
+
+# -- steps ------------------------------------------------------------------------------------------
+def _prepare_row(model: DecoderModel, request: DecodeRequest, settings: DecodeSettings) -> _Row:
+    ids = np.asarray(request.input_ids, dtype=np.int64).reshape(-1)
+    rope = model.rope
+    grid = np.asarray(request.grid_thw, dtype=np.int64).reshape(3)
+    at = np.flatnonzero(ids == rope.video_token_id)
+    visual, deepstack = model.encode_video(request.patches, grid)
+    if len(at) != len(visual):
+        raise InvalidInputError(
+            f"The prompt has {len(at)} video placeholder tokens but the video gives {len(visual)} visual tokens "
+            f"(grid {grid.tolist()}); build the ids with PromptBuilder from the same grid."
+        )
+    if settings.mode == "fast" and (len(ids) == 0 or ids[-1] != settings.reward_token_id):
+        raise InvalidInputError("Fast-mode prompt ids must end with the reward token (PromptBuilder.build(mode='fast')).")
+    if settings.mode != "fast" and len(ids) and ids[-1] == settings.reward_token_id:
+        raise InvalidInputError(f"{settings.mode}-mode prompt ids must end before the reward token (build them with mode='think').")
+    positions, deltas = mrope_position_ids(
+        ids[None],
+        family=rope.family,
+        image_token_id=rope.image_token_id,
+        video_token_id=rope.video_token_id,
+        video_grid_thw=grid[None],
+        second_per_grid_ts=[request.second_per_grid] if rope.family == "qwen2_5_vl" else None,
+        spatial_merge_size=rope.spatial_merge_size,
+        tokens_per_second=rope.tokens_per_second,
+    )
+    if request.max_new_tokens < 0:
+        raise InvalidInputError(f"max_new_tokens must be ≥ 0, got {request.max_new_tokens}.")
+    return _Row(request, positions[:, 0], int(deltas[0, 0]), {"at": at, "visual": visual, "deepstack": deepstack})
+
+
+def _prefill(model: DecoderModel, rows: list[_Row], chunk: int):
+    """All prompts, left-padded to one length, through the decoder in column chunks."""
+    batch, length = len(rows), max(len(r.ids) for r in rows)
+    pad = [length - len(r.ids) for r in rows]
+    mask = np.zeros((batch, length), dtype=np.int64)
+    for b, p in enumerate(pad):
+        mask[b, p:] = 1
+    cache = model.new_cache(batch)
+    output = None
+    for begin in range(0, length, chunk):
+        end = min(begin + chunk, length)
+        embeds, positions, deepstack = _prefill_chunk(model, rows, pad, begin, end)
+        output, cache = model.step(embeds, mask[:, :end], positions, deepstack, cache)
+    return output, cache, mask
+
+
+def _prefill_chunk(model: DecoderModel, rows: list[_Row], pad: list[int], begin: int, end: int):
+    """Padded columns [begin, end): embeddings (B, S, H), positions (3, B, S), DeepStack (levels, B, S, H) | None."""
+    batch, width = len(rows), end - begin
+    embeds = positions = deepstack = None
+    for b, row in enumerate(rows):
+        lo, hi = max(begin - pad[b], 0), max(end - pad[b], 0)  # the row's own token range in this chunk
+        if hi <= lo:
+            continue
+        offset = pad[b] + lo - begin  # column of token `lo` inside the chunk
+        row_embeds = model.embed(row.ids[lo:hi])
+        if embeds is None:
+            embeds = np.zeros((batch, width, row_embeds.shape[-1]), dtype=np.float32)
+            positions = np.zeros((3, batch, width), dtype=np.int64)
+        at = row.video["at"]
+        inside = (at >= lo) & (at < hi)
+        if inside.any():
+            row_embeds[at[inside] - lo] = row.video["visual"][inside]
+            if row.video["deepstack"] is not None:
+                if deepstack is None:
+                    deepstack = np.zeros((model.num_deepstack, batch, width, embeds.shape[-1]), dtype=np.float32)
+                deepstack[:, b, at[inside] - lo + offset] = row.video["deepstack"][:, inside]
+        embeds[b, offset : offset + hi - lo] = row_embeds
+        positions[:, b, offset : offset + hi - lo] = row.positions[:, lo:hi]
+    return embeds, positions, deepstack
+
+
+def _decode_step(model: DecoderModel, rows: list[_Row], active: np.ndarray, cache, mask: np.ndarray):
+    """Feed every active row its pending token (all real, so the new mask column is all ones)."""
+    ids = np.asarray([rows[i].pending for i in active], dtype=np.int64)
+    embeds = model.embed(ids)[:, None, :]
+    lengths = np.asarray([rows[i].real_length for i in active], dtype=np.int64)
+    deltas = np.asarray([[rows[i].delta] for i in active], dtype=np.int64)
+    positions = decode_position_ids(lengths, deltas, 1)
+    mask = np.concatenate([mask, np.ones((len(active), 1), dtype=np.int64)], axis=1)
+    output, cache = model.step(embeds.astype(np.float32, copy=False), mask, positions, None, cache)
+    for i in active:
+        rows[i].real_length += 1
+    return output, cache, mask
+
+
+def _choose(rows, indices, logits, settings: DecodeSettings, generators, seen) -> None:
+    """Decide each row's next input from its last logits (B', V): a CoT token or `<Reward>`."""
+    sample = []
+    for b, index in enumerate(indices):
+        row = rows[index]
+        if settings.record_logits:
+            row.logits.append(np.array(logits[b], dtype=np.float32))
+        if row.forced is not None:
+            if len(row.cot) < len(row.forced):
+                row.pending, row.phase = int(row.forced[len(row.cot)]), _COT
+            else:
+                row.pending, row.phase = settings.reward_token_id, _REWARD
+        elif len(row.cot) >= row.request.max_new_tokens:
+            row.pending, row.phase = settings.reward_token_id, _REWARD
+        else:
+            sample.append(b)
+    if not sample:
+        return
+    picked = np.asarray(sample)
+    chosen = [indices[b] for b in sample]
+    tokens = next_tokens(
+        logits[picked],
+        settings.sampling,
+        None if generators is None else [generators[i] for i in chosen],
+        None if seen is None else seen[chosen],
+    )
+    stops = set(settings.stop_ids)
+    for index, token in zip(chosen, tokens.tolist()):
+        row = rows[index]
+        if token in stops:
+            row.pending, row.phase = settings.reward_token_id, _REWARD
+        else:
+            row.pending, row.phase = token, _COT
+
+
+def _finish(row: _Row, output: StepOutput, b: int) -> None:
+    row.rewards = np.array(output.reward[b], dtype=np.float32)
+    row.hidden = np.array(output.hidden[b], dtype=np.float32)
+    row.phase = _DONE
+
+
+def _compact(model: DecoderModel, rows: list[_Row], active: np.ndarray, cache, mask: np.ndarray):
+    """Drop finished rows from the batch, and leading columns that are padding in every remaining row."""
+    keep = np.asarray([b for b, i in enumerate(active) if rows[i].phase != _DONE], dtype=np.int64)
+    if len(keep) == len(active):
+        return cache, mask, active
+    if not len(keep):
+        return cache, mask[:0], active[:0]
+    mask = mask[keep]
+    first = int(np.argmax(mask.any(axis=0)))  # leading all-padding columns
+    return model.slice_cache(cache, keep, first), mask[:, first:], active[keep]
+
+
+def _seen_tokens(model: DecoderModel, rows: list[_Row], vocab: int) -> np.ndarray:
+    """(B, V) bool: tokens in each row's prompt, for the repetition penalty (as HF, padding excluded)."""
+    seen = np.zeros((len(rows), vocab), dtype=bool)
+    for b, row in enumerate(rows):
+        seen[b, row.ids[row.ids < vocab]] = True
+    return seen

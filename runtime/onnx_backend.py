@@ -1,0 +1,190 @@
+"""The onnxruntime Scorer backend: an exported bundle driven by the shared decode loop.
+
+    scorer = Scorer.from_pretrained("bundle/")                        # backend "auto" → onnxruntime
+    scorer = Scorer.from_pretrained("bundle/", device="cuda")         # with onnxruntime-gpu
+    scorer = Scorer.from_pretrained("bundle/", backend_options={"threads": 4})
+
+`OnnxDecoderModel` adapts the bundle's two graphs and its embedding table to `decode.DecoderModel`;
+`OnnxBackend` is what the Scorer talks to. The bundle is verified when loaded (`descore_sdk.bundle`),
+and each graph's I/O is checked against the manifest once its session is up. No torch anywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from descore_sdk.bundle import Bundle, load_bundle
+from descore_sdk.errors import BundleIntegrityError
+
+from .decode import DEFAULT_PREFILL_CHUNK, DecodeRequest, DecodeSettings, RopeSpec, StepOutput, decode
+from .onnxruntime_runner import OnnxRuntimeRunner
+from .sampling import SamplingParams
+from .vision_inputs import VisionGraphSpec, vision_graph_inputs
+
+# Patches per vision call: whole temporal steps up to this many patches (attention there is per frame,
+# so this bounds activations, not correctness). A frame larger than this still goes in one call.
+DEFAULT_VISION_CHUNK_PATCHES = 16384
+
+
+class OnnxDecoderModel:
+    """vision.onnx + decoder.onnx + embed_tokens.npy of one bundle, as the decode loop's `DecoderModel`."""
+
+    def __init__(self, bundle: Bundle, *, device: str = "cpu", providers: list | None = None, threads: int | None = None,
+                 vision_chunk_patches: int = DEFAULT_VISION_CHUNK_PATCHES):
+        self.bundle = bundle
+        model = bundle.model
+        self.rope = RopeSpec(
+            family=bundle.family,
+            video_token_id=int(model["video_token_id"]),
+            image_token_id=int(model["image_token_id"]),
+            spatial_merge_size=int(model["vision"]["merge_size"]),
+            tokens_per_second=float(model.get("tokens_per_second") or 2.0),
+        )
+        self.num_deepstack = int(model["num_deepstack"])
+        self.vision_spec = VisionGraphSpec.from_dict(model["vision"])
+        self.vision_chunk_patches = int(vision_chunk_patches)
+        self.vision = OnnxRuntimeRunner(bundle.graph_path("vision"), device=device, providers=providers, threads=threads)
+        self.decoder = OnnxRuntimeRunner(bundle.graph_path("decoder"), device=device, providers=providers, threads=threads)
+        self.table = np.load(bundle.embedding_path, mmap_mode="r")  # pages in only the rows used
+        self._cache_names = [n for n in bundle.graph("decoder")["inputs"] if n["name"].startswith("past_key_values.")]
+        self.activate()
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def activate(self) -> None:
+        for kind, runner in (("vision", self.vision), ("decoder", self.decoder)):
+            runner.activate()
+            _check_io(self.bundle, kind, runner)
+
+    def deactivate(self) -> None:
+        self.vision.deactivate()
+        self.decoder.deactivate()
+
+    # -- DecoderModel --------------------------------------------------------------------------------
+    def encode_video(self, patches: np.ndarray, grid_thw) -> tuple[np.ndarray, np.ndarray | None]:
+        t, h, w = (int(v) for v in np.asarray(grid_thw).reshape(3))
+        per_step = h * w
+        steps_per_call = max(1, self.vision_chunk_patches // per_step)
+        visual, deepstack = [], []
+        for first in range(0, t, steps_per_call):
+            last = min(first + steps_per_call, t)
+            feed = vision_graph_inputs(self.vision_spec, patches[first * per_step : last * per_step], (last - first, h, w))
+            out = self.vision.infer(feed)
+            visual.append(out["visual_embeds"])
+            if "deepstack_embeds" in out:
+                deepstack.append(out["deepstack_embeds"])
+        return np.concatenate(visual), (np.concatenate(deepstack, axis=1) if deepstack else None)
+
+    def embed(self, ids: np.ndarray) -> np.ndarray:
+        return np.array(self.table[np.asarray(ids, dtype=np.int64)], dtype=np.float32)
+
+    def new_cache(self, batch: int) -> dict[str, np.ndarray]:
+        cache = {}
+        for meta in self._cache_names:
+            _, kv_heads, _, head_dim = meta["shape"]
+            cache[meta["name"]] = np.zeros((batch, int(kv_heads), 0, int(head_dim)), dtype=np.float32)
+        return cache
+
+    def slice_cache(self, cache: dict, rows: np.ndarray, start: int, stop: int | None = None) -> dict:
+        rows = np.asarray(rows, dtype=np.int64)
+        return {name: np.ascontiguousarray(value[rows][:, :, start:stop]) for name, value in cache.items()}
+
+    def step(self, inputs_embeds, attention_mask, position_ids, deepstack_embeds, cache):
+        feed = {
+            "inputs_embeds": np.ascontiguousarray(inputs_embeds, dtype=np.float32),
+            "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
+            "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64),
+            **cache,
+        }
+        if self.num_deepstack:
+            if deepstack_embeds is None:  # text-only columns: DeepStack adds zeros
+                deepstack_embeds = np.zeros((self.num_deepstack, *feed["inputs_embeds"].shape), dtype=np.float32)
+            feed["deepstack_embeds"] = np.ascontiguousarray(deepstack_embeds, dtype=np.float32)
+        out = self.decoder.infer(feed)
+        new_cache = {name.replace("present.", "past_key_values.", 1): value for name, value in out.items() if name.startswith("present.")}
+        return StepOutput(out["logits"], out["hidden"], out["reward"]), new_cache
+
+
+def _check_io(bundle: Bundle, kind: str, runner: OnnxRuntimeRunner) -> None:
+    """The loaded graph's I/O names and dtypes must be the manifest's (a swapped file of the same size
+    and a re-hashed manifest would otherwise fail later with an obscure shape error)."""
+    declared = bundle.graph(kind)
+    for direction, actual in (("inputs", runner.input_metadata()), ("outputs", runner.output_metadata())):
+        expected = [(io["name"], io["dtype"]) for io in declared[direction]]
+        got = [(name, np.dtype(meta.dtype).name) for name, meta in actual.items()]
+        if expected != got:
+            raise BundleIntegrityError(
+                f"{bundle.graph_path(kind)} has {direction} {got}, but the manifest declares {expected}; "
+                "the graph does not belong to this bundle. Re-export it."
+            )
+
+
+class OnnxBackend:
+    """Scorer backend over an exported bundle (see module docstring)."""
+
+    name = "onnxruntime"
+    supports_batch = True
+    supports_adaptive = True
+
+    def __init__(self, path: str | Path, *, device: str = "cpu", family: str | None = None, verify: bool = True,
+                 providers: list | None = None, threads: int | None = None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+                 vision_chunk_patches: int = DEFAULT_VISION_CHUNK_PATCHES):
+        self.bundle = load_bundle(path, family=family, verify=verify)
+        self.descore_config = self.bundle.descore_config
+        self.model = OnnxDecoderModel(self.bundle, device=device, providers=providers, threads=threads,
+                                      vision_chunk_patches=vision_chunk_patches)
+        self.reward_token_id = int(self.bundle.manifest["reward_token_id"])
+        self.prefill_chunk = int(prefill_chunk)
+
+    def score(self, inputs, options, stop_ids, max_new_tokens: int):
+        """One video (the Scorer backend contract)."""
+        return self.score_batch([inputs], options, stop_ids, [max_new_tokens])[0]
+
+    def score_batch(self, inputs_list, options, stop_ids, max_new_tokens, *, think_if=None, forced_cots=None,
+                    record_logits: bool = False):
+        """Several videos in one decode loop. All inputs share one mode ("think", "fast" or "adaptive").
+
+        max_new_tokens: one budget per video; think_if (adaptive): fast rewards (B, K) → (B,) bool;
+        forced_cots: teacher-forced CoT ids per video (parity checks); record_logits: keep the logits of
+        every CoT step in `BackendOutput.step_logits`.
+        """
+        from descore_sdk.scorer import BackendOutput
+
+        modes = {inputs.mode for inputs in inputs_list}
+        if len(modes) != 1:
+            raise ValueError(f"score_batch needs one mode per call, got {sorted(modes)}")  # an SDK bug, not user input
+        forced_cots = forced_cots or [None] * len(inputs_list)
+        requests = [
+            DecodeRequest(
+                input_ids=inputs.input_ids,
+                patches=inputs.patches,
+                grid_thw=inputs.grid_thw,
+                second_per_grid=inputs.second_per_grid,
+                max_new_tokens=int(budget),
+                forced_cot=None if forced is None else np.asarray(forced, dtype=np.int64),
+            )
+            for inputs, budget, forced in zip(inputs_list, max_new_tokens, forced_cots)
+        ]
+        settings = DecodeSettings(
+            mode=modes.pop(),
+            reward_token_id=self.reward_token_id,
+            stop_ids=tuple(stop_ids),
+            sampling=SamplingParams.from_options(options),
+            seed=options.seed,
+            think_if=think_if,
+            record_logits=record_logits,
+            prefill_chunk=self.prefill_chunk,
+        )
+        return [
+            BackendOutput(
+                rewards=result.rewards,
+                cot_ids=result.cot_ids,
+                timings_ms=result.timings_ms,
+                mode=result.mode,
+                fast_rewards=result.fast_rewards,
+                hidden=result.hidden,
+                step_logits=result.step_logits,
+            )
+            for result in decode(self.model, requests, settings)
+        ]

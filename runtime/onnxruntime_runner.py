@@ -1,0 +1,136 @@
+"""ONNX Runtime runner: one `.onnx` graph in an `onnxruntime.InferenceSession`.
+
+    runner = OnnxRuntimeRunner("bundle/decoder.onnx", device="cpu", threads=4)
+    runner = OnnxRuntimeRunner("bundle/decoder.onnx", device="cuda:0")       # needs onnxruntime-gpu
+    runner = OnnxRuntimeRunner(path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+
+CPU works with the base install (`onnxruntime`). The CUDA execution provider ships in the separate
+`onnxruntime-gpu` wheel (`pip install 'descore-sdk[gpu]'`); asking for it without that wheel raises
+MissingDependencyError instead of silently running on the CPU. `InferenceSession.run` is thread-safe,
+so one runner serves concurrent scoring threads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from descore_sdk.errors import InvalidInputError, MissingDependencyError, ModelLoadError
+
+from .base import Runner, TensorMeta
+
+# ONNX Runtime's type strings → numpy dtypes (the types our graphs and likely lower-precision builds use).
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as exc:  # pragma: no cover - onnxruntime is a base dependency
+        raise MissingDependencyError(
+            "The onnxruntime backend needs the 'onnxruntime' package; install it with: pip install descore-sdk "
+            "(or pip install 'descore-sdk[gpu]' for CUDA)."
+        ) from exc
+    return onnxruntime
+
+
+def resolve_providers(device: str = "cpu", providers: list | None = None) -> list:
+    """Execution providers for `device` ("cpu", "cuda", "cuda:N"), or `providers` as given.
+
+    Raises MissingDependencyError when CUDA is asked for but this onnxruntime build lacks it."""
+    ort = _onnxruntime()
+    available = ort.get_available_providers()
+    if providers is not None:
+        names = [p[0] if isinstance(p, tuple) else p for p in providers]
+        unknown = [n for n in names if n not in available]
+        if unknown:
+            _raise_unavailable(unknown, available)
+        return list(providers)
+    kind, _, index = str(device).partition(":")
+    if kind == "cpu":
+        return ["CPUExecutionProvider"]
+    if kind == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            _raise_unavailable(["CUDAExecutionProvider"], available)
+        options = {"device_id": int(index or 0)}
+        return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
+    raise InvalidInputError(f"Unknown device {device!r} for onnxruntime; use 'cpu', 'cuda' or 'cuda:N'.")
+
+
+def _raise_unavailable(wanted: list[str], available: list[str]) -> None:
+    hint = " Install the GPU build with: pip install 'descore-sdk[gpu]' (it provides onnxruntime-gpu)." if any(
+        "CUDA" in name or "Tensorrt" in name for name in wanted
+    ) else ""
+    raise MissingDependencyError(
+        f"onnxruntime execution provider(s) {wanted} are not available in this install (available: {available}).{hint}"
+    )
+
+
+def _meta(node) -> TensorMeta:
+    dtype = _ORT_TYPES.get(node.type)
+    if dtype is None:
+        raise ModelLoadError(f"Graph value {node.name!r} has type {node.type}, which the SDK does not handle.")
+    shape = tuple(d if isinstance(d, (int, str)) else None for d in node.shape)
+    return TensorMeta(node.name, np.dtype(dtype), shape)
+
+
+class OnnxRuntimeRunner(Runner):
+    """One ONNX graph in onnxruntime.
+
+    device: "cpu" (default), "cuda" or "cuda:N"; providers: an explicit provider list instead.
+    threads: intra-op threads (None: onnxruntime's default, one per physical core).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, *, device: str = "cpu", providers: list | None = None, threads: int | None = None):
+        super().__init__()
+        self.path = Path(path)
+        self.device = device
+        self.providers = providers
+        self.threads = threads
+        self.session = None
+        self.name = f"onnxruntime:{self.path.name}"
+
+    def _activate(self) -> None:
+        ort = _onnxruntime()
+        providers = resolve_providers(self.device, self.providers)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # warnings such as "some nodes run on CPU" are noise for users
+        if self.threads is not None:
+            options.intra_op_num_threads = int(self.threads)
+            options.inter_op_num_threads = 1
+        if not self.path.is_file():
+            raise ModelLoadError(f"ONNX graph {self.path} not found; re-export the bundle.")
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph classes
+            raise ModelLoadError(f"onnxruntime could not load {self.path}: {exc}") from None
+
+    def _deactivate(self) -> None:
+        self.session = None
+
+    def _metadata(self):
+        inputs = {node.name: _meta(node) for node in self.session.get_inputs()}
+        outputs = {node.name: _meta(node) for node in self.session.get_outputs()}
+        return inputs, outputs
+
+    @property
+    def active_providers(self) -> list[str]:
+        self._require_active()
+        return self.session.get_providers()
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [node.name for node in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, feed)))
