@@ -234,10 +234,15 @@ print("RESULT " + json.dumps({{"loaded": loaded, "backend": result.backend, "mod
 def test_batch_equals_one_at_a_time(qwen3, sample_videos):
     """Videos of different sizes with prompts of different lengths (so rows are left-padded) give the
     results they get alone, in think mode (greedy and seeded sampling) and fast mode."""
+    from descore_sdk.video import load_video
+
     _, bundle = qwen3
     scorer = Scorer.from_pretrained(bundle, **RUNTIME, mode="think", max_new_tokens=6)
-    videos = [sample_videos[0], sample_videos[2], sample_videos[5]]
+    square = load_video(sample_videos[2], fps=2.0, max_frames=MAX_FRAMES).frames[:, :, 100:484]  # a real clip, cropped square
+    videos = [sample_videos[5], sample_videos[2], square]
     prompts = [PROMPT, "A dark corridor.", PROMPT + " The camera does not move at all, and the light is warm."]
+    grids = {tuple(scorer.prepare(v, p).grid_thw) for v, p in zip(videos, prompts)}
+    assert len(grids) == 2  # two video sizes in one batch
     for overrides in ({}, {"temperature": 1.0, "top_p": 0.9, "seed": 3}, {"mode": "fast"}):
         alone = [scorer.score(v, p, **overrides) for v, p in zip(videos, prompts)]
         together = scorer.score_batch(videos, prompts, batch_size=3, **overrides)
@@ -254,7 +259,7 @@ def test_batch_equals_one_at_a_time(qwen3, sample_videos):
 def test_threads_give_the_serial_results(qwen3, sample_videos):
     _, bundle = qwen3
     scorer = Scorer.from_pretrained(bundle, **RUNTIME, mode="think", max_new_tokens=5)
-    jobs = [(sample_videos[i % 3], PROMPT if i % 2 else "A dark corridor.") for i in range(12)]
+    jobs = [(sample_videos[(5, 2, 1)[i % 3]], PROMPT if i % 2 else "A dark corridor.") for i in range(12)]
     serial = [scorer.score(v, p) for v, p in jobs]
     results: dict[int, object] = {}
     errors: list[BaseException] = []
@@ -280,7 +285,7 @@ def test_threads_give_the_serial_results(qwen3, sample_videos):
 def test_adaptive_compare_thinks_only_for_close_pairs(qwen3, sample_videos):
     _, bundle = qwen3
     scorer = Scorer.from_pretrained(bundle, **RUNTIME, max_new_tokens=5)
-    a, b = sample_videos[0], sample_videos[3]
+    a, b = sample_videos[0], sample_videos[5]
     fast = scorer.compare(a, b, PROMPT, mode="fast")
     think = scorer.compare(a, b, PROMPT, mode="think")
     gap = abs(fast.a.reward - fast.b.reward)
