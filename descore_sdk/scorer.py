@@ -5,7 +5,14 @@
     result.reward, result.rewards, result.rationale, result.timings_ms
 
 The Scorer owns everything that is the same for every backend — frame sampling, patching, the prompt —
-and hands the backend token ids and patches. Backends only run the model.
+and hands the backend token ids and patches. Backends only run the model: "torch" (the reference, a
+checkpoint folder) or "onnxruntime" (an exported bundle, no torch; `runtime/onnx_backend.py`).
+
+A backend that can batch (onnxruntime) gets several videos per call: `score_batch` groups up to
+`batch_size` videos and `compare` sends A and B together; results equal scoring each video alone.
+Timings of the backend stages (vision, prefill, generate) and "total" are then those of the whole
+group. Adaptive mode (see `ScoreOptions`) runs in one pass on such a backend; on others it is a fast
+pass followed by a think pass where needed.
 """
 
 from __future__ import annotations

@@ -65,6 +65,8 @@ def export_bundle(
 
     say = _printer(progress)
     out = Path(out_dir)
+    if isinstance(checkpoint_dir_or_model, (str, Path)) and Path(checkpoint_dir_or_model).resolve() == out.resolve():
+        raise InvalidInputError(f"Export into a new folder, not into the checkpoint {out} itself.")
     out.mkdir(parents=True, exist_ok=True)
     for stale in (MANIFEST_NAME, PARITY_NAME):
         (out / stale).unlink(missing_ok=True)
