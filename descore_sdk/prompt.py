@@ -62,6 +62,17 @@ def load_tokenizer(directory: str | Path):
         raise ModelLoadError(f"{path} could not be read as a tokenizers file ({exc}); re-export the checkpoint.") from None
 
 
+# Tokens a generated CoT must never contain: vision placeholders would need pixels the scoring pass does
+# not have, and a sampled <Reward> would be read as a score. Random or undertrained models do emit them.
+_NEVER_GENERATED = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def blocked_generation_ids(tokenizer, config: DescoreConfig) -> tuple[int, ...]:
+    """Ids every backend masks out while sampling a CoT (vision placeholders and the reward token)."""
+    ids = {tokenizer.token_to_id(t) for t in (*_NEVER_GENERATED, config.reward_token)}
+    return tuple(sorted(i for i in ids if i is not None))
+
+
 def group_timestamps(timestamps: np.ndarray, temporal_patch_size: int) -> np.ndarray:
     """Mean timestamp (seconds) of each temporal patch group; the last group repeats its final frame
     when the frame count is not a multiple of the patch size, as Qwen3-VL's processor does."""

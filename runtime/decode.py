@@ -107,6 +107,7 @@ class DecodeSettings:
     mode: str
     reward_token_id: int
     stop_ids: tuple[int, ...] = ()
+    blocked_ids: tuple[int, ...] = ()  # never sampled into a CoT (vision placeholders, <Reward>)
     sampling: SamplingParams = field(default_factory=SamplingParams)
     seed: int | None = None
     think_if: Callable[[np.ndarray], np.ndarray] | None = None  # adaptive: fast rewards (B, K) → (B,) bool
@@ -352,8 +353,12 @@ def _choose(rows, indices, logits, settings: DecodeSettings, generators, seen) -
         return
     picked = np.asarray(sample)
     chosen = [indices[b] for b in sample]
+    candidates = logits[picked]
+    if settings.blocked_ids:
+        candidates = candidates.copy()
+        candidates[:, list(settings.blocked_ids)] = -np.inf
     tokens = next_tokens(
-        logits[picked],
+        candidates,
         settings.sampling,
         None if generators is None else [generators[i] for i in chosen],
         None if seen is None else seen[chosen],

@@ -135,6 +135,7 @@ class OnnxBackend:
         self.model = OnnxDecoderModel(self.bundle, device=device, providers=providers, threads=threads,
                                       vision_chunk_patches=vision_chunk_patches)
         self.reward_token_id = int(self.bundle.manifest["reward_token_id"])
+        self.blocked_ids = blocked_generation_ids(load_tokenizer(self.bundle.path), self.bundle.descore_config)
         self.prefill_chunk = int(prefill_chunk)
 
     def score(self, inputs, options, stop_ids, max_new_tokens: int):
@@ -170,6 +171,7 @@ class OnnxBackend:
             mode=modes.pop(),
             reward_token_id=self.reward_token_id,
             stop_ids=tuple(stop_ids),
+            blocked_ids=self.blocked_ids,
             sampling=SamplingParams.from_options(options),
             seed=options.seed,
             think_if=think_if,

@@ -29,13 +29,9 @@ class TorchBackend:
         bb_config = self.model.backbone.config
         self.video_token_id = bb_config.video_token_id
         self.pad_token_id = self.model.reward_token_id  # never attended: batch size is 1
-        # A CoT must never contain vision placeholders (they would need pixels in the scoring pass) or
-        # <Reward> (it would be averaged into the score); random or undertrained models do emit them.
-        self.suppressed_ids = sorted(
-            {self.model.reward_token_id}
-            | {getattr(bb_config, name) for name in ("video_token_id", "image_token_id", "vision_start_token_id", "vision_end_token_id")
-               if getattr(bb_config, name, None) is not None}
-        )
+        from descore_sdk.prompt import blocked_generation_ids
+
+        self.suppressed_ids = list(blocked_generation_ids(self.model.tokenizer, self.descore_config))
 
     def _vision_kwargs(self, inputs) -> dict:
         torch = self.torch

@@ -168,3 +168,49 @@ def test_malformed_requests_are_refused(setup):
         decode(model, [cut], _settings(scorer, mode="fast"))
     with pytest.raises(InvalidInputError, match="mode must be"):
         _settings(scorer, mode="slow")
+
+
+class _PrefersBlockedTokens:
+    """A stand-in decoder whose logits always rank a blocked id first and token 7 second."""
+
+    num_deepstack = 0
+
+    def __init__(self, vocab=16, hidden=4, blocked=(3, 5)):
+        from descore_sdk.runtime.decode import RopeSpec
+
+        self.rope = RopeSpec(family="qwen2_vl", video_token_id=15, image_token_id=14, spatial_merge_size=2)
+        self.vocab, self.hidden, self.blocked = vocab, hidden, blocked
+
+    def encode_video(self, patches, grid_thw):
+        return np.zeros((len(patches) // 4, self.hidden), np.float32), None
+
+    def embed(self, ids):
+        return np.zeros((*np.shape(ids), self.hidden), np.float32)
+
+    def new_cache(self, batch):
+        return np.zeros((batch, 0))
+
+    def slice_cache(self, cache, rows, start, stop=None):
+        return cache[rows][:, start:stop]
+
+    def step(self, inputs_embeds, attention_mask, position_ids, deepstack_embeds, cache):
+        from descore_sdk.runtime.decode import StepOutput
+
+        b, s, _ = inputs_embeds.shape
+        logits = np.zeros((b, self.vocab), np.float32)
+        logits[:, 7] = 5.0
+        logits[:, list(self.blocked)] = [10.0, 9.0]
+        out = StepOutput(logits=logits, hidden=np.zeros((b, self.hidden), np.float32), reward=np.ones((b, 1), np.float32))
+        return out, np.zeros((b, cache.shape[1] + s))
+
+
+def test_blocked_ids_are_never_generated():
+    from descore_sdk.runtime.decode import DecodeRequest, DecodeSettings, decode
+
+    model = _PrefersBlockedTokens()
+    ids = np.array([1, 2, 15, 15, 4], np.int64)
+    request = DecodeRequest(input_ids=ids, patches=np.zeros((8, 6), np.float32), grid_thw=np.array([1, 2, 4]), max_new_tokens=5)
+    free = decode(model, [request], DecodeSettings(mode="think", reward_token_id=12))[0]
+    assert free.cot_ids.tolist() == [3] * 5  # the stand-in really prefers a blocked id
+    blocked = decode(model, [request], DecodeSettings(mode="think", reward_token_id=12, blocked_ids=(3, 5)))[0]
+    assert blocked.cot_ids.tolist() == [7] * 5
