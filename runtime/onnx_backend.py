@@ -17,6 +17,7 @@ import numpy as np
 
 from descore_sdk.bundle import Bundle, load_bundle
 from descore_sdk.errors import BundleIntegrityError
+from descore_sdk.prompt import blocked_generation_ids, load_tokenizer
 
 from .decode import DEFAULT_PREFILL_CHUNK, DecodeRequest, DecodeSettings, RopeSpec, StepOutput, decode
 from .onnxruntime_runner import OnnxRuntimeRunner
