@@ -221,7 +221,37 @@ def _add_quickstart(sub) -> None:
     p.set_defaults(func=cmd_quickstart)
 
 
-SUBCOMMANDS = [_add_score, _add_compare, _add_export, _add_quickstart]
+def cmd_bench(args) -> int:
+    from .bench import format_report, run_bench
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    report = run_bench(model=args.model, bundle=args.bundle, videos=args.videos, prompt=args.prompt,
+                       cot_tokens=args.cot_tokens, repeats=args.repeats, batch_sizes=args.batch_sizes,
+                       threads=args.threads, work_dir=args.work_dir, progress=progress)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _add_bench(sub) -> None:
+    from .bench import DEFAULT_BATCH_SIZES, DEFAULT_COT_TOKENS, DEFAULT_REPEATS
+
+    p = sub.add_parser("bench", help="measure speed and memory (torch vs onnxruntime, batching) in one run")
+    p.add_argument("--model", default=None, help="torch checkpoint folder (default: a tiny random model built for the run)")
+    p.add_argument("--bundle", default=None, help="exported bundle folder for onnxruntime")
+    p.add_argument("--videos", nargs="+", default=None, help="videos to score (default: the packaged sample videos)")
+    p.add_argument("--prompt", default=None, help="one prompt for all videos (default: the samples' own prompts)")
+    p.add_argument("--cot-tokens", type=int, default=DEFAULT_COT_TOKENS, help="CoT tokens every think run writes (stop tokens off)")
+    p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="measured runs after one warm-up")
+    p.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)), help="score_batch sizes, e.g. 1,4,8")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads for both backends (default: usable CPUs)")
+    p.add_argument("--work-dir", default=None, help="keep the tiny model here and reuse it (default: a temporary folder)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (keys: descore_sdk/bench.py)")
+    p.set_defaults(func=cmd_bench)
+
+
+SUBCOMMANDS = [_add_score, _add_compare, _add_export, _add_quickstart, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
