@@ -128,6 +128,24 @@ def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> LossSum:
     return LossSum(total=total, count=int(keep.sum()))
 
 
+def selected_token_cross_entropy(hidden: torch.Tensor, labels: torch.Tensor, output_layer) -> LossSum:
+    """`token_cross_entropy` computed from final hidden states, projecting only the positions that
+    have a target through `output_layer` (the LM head) — a rationale is a fraction of each row, and
+    full-vocabulary logits at every position would dominate the step's cost.
+
+    hidden: (B, L, H) post-norm hidden states; labels: (B, L) as in `token_cross_entropy`.
+    """
+    if hidden.shape[:2] != labels.shape:
+        raise InvalidInputError(f"hidden {tuple(hidden.shape)} and labels {tuple(labels.shape)} must share (batch, length).")
+    targets = labels[:, 1:].to(hidden.device)
+    keep = targets != IGNORE_INDEX
+    if not bool(keep.any()):
+        return LossSum(total=hidden.sum() * 0.0, count=0)
+    logits = output_layer(hidden[:, :-1][keep]).float()  # (T, V)
+    total = F.cross_entropy(logits, targets[keep], reduction="sum")
+    return LossSum(total=total, count=int(keep.sum()))
+
+
 def label_token_count(labels: torch.Tensor | None) -> int:
     """How many terms `token_cross_entropy` sums for these labels."""
     if labels is None:

@@ -92,7 +92,7 @@ from .losses import (
     pair_accuracy,
     preference_item_count,
     preference_loss,
-    token_cross_entropy,
+    selected_token_cross_entropy,
 )
 
 logger = logging.getLogger(__name__)
@@ -245,6 +245,28 @@ def parameter_digest(model) -> str:
     return digest.hexdigest()
 
 
+def unwrap(model):
+    """The DeScoreModel inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def forward_with_hidden(model, inputs: dict):
+    """(DeScoreOutput, (B, L, H) final post-norm hidden states) from one forward pass.
+
+    DeScoreModel.forward returns only the `<Reward>` hidden state; the full sequence is captured
+    from the language model's final norm (the tensor the model reads the reward from), so the LM
+    loss can project just the rationale positions instead of asking for full logits.
+    """
+    norm = unwrap(model)._multimodal_model().language_model.norm
+    captured = {}
+    handle = norm.register_forward_hook(lambda module, args, output: captured.__setitem__("hidden", output))
+    try:
+        out = model(**inputs)
+    finally:
+        handle.remove()
+    return out, captured["hidden"]
+
+
 # -- objective --------------------------------------------------------------------------------------
 class PreferenceObjective:
     """Preference loss on the rewards (+ `lm_weight` × rationale LM loss when the batch has labels).
@@ -266,14 +288,18 @@ class PreferenceObjective:
     def __call__(self, model, batch: PairBatch, global_counts: Sequence[float]) -> tuple[torch.Tensor, dict]:
         inputs = {k: v for k, v in batch.inputs.items() if k != "labels"}
         want_lm = self.lm_weight > 0 and batch.labels is not None
-        out = model(**inputs, return_logits=want_lm)
+        if want_lm:
+            out, hidden = forward_with_hidden(model, inputs)
+        else:
+            out = model(**inputs)
         b = batch.num_pairs
         rewards_a, rewards_b = out.rewards[:b].float(), out.rewards[b:].float()
         pref = preference_loss(rewards_a, rewards_b, batch.preference, ties=self.ties, theta=self.theta)
         loss = pref.total / max(global_counts[0], 1.0)
         lm_sum = torch.zeros(())
         if want_lm:
-            lm = token_cross_entropy(out.logits, batch.labels)
+            lm_head = unwrap(model).backbone.get_output_embeddings()
+            lm = selected_token_cross_entropy(hidden, batch.labels, lm_head)
             loss = loss + self.lm_weight * lm.total / max(global_counts[1], 1.0)
             lm_sum = lm.total.detach()
         correct, decided = pair_accuracy(rewards_a.detach(), rewards_b.detach(), batch.preference)
