@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -124,7 +125,8 @@ def run(args) -> int:
         cot_drop=args.cot_drop, lm_weight=args.lm_weight, ties=args.ties, tie_theta=args.tie_theta,
         eval_data=args.eval_data, dimensions=args.dimensions, on_missing=args.on_missing, resume=args.resume,
     )
-    print(f"Trained model: {final}")
+    if os.environ.get("RANK", "0") == "0":  # one line per job, not per torchrun process
+        print(f"Trained model: {final}")
     return 0
 
 
