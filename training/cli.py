@@ -324,6 +324,17 @@ def format_report(report: dict, header: str) -> str:
     return "\n".join(lines)
 
 
+def _without_nan(value):
+    """NaN (e.g. accuracy without ties when every label is a tie) → null, so the output is strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _without_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_nan(v) for v in value]
+    return value
+
+
 def cmd_eval(args) -> int:
     from descore_sdk.scorer import Scorer
 
@@ -338,7 +349,7 @@ def cmd_eval(args) -> int:
     if args.json:
         meta = {"model": str(args.model), "data": str(args.data), "calib": args.calib, "mode": mode,
                 "backend": scorer.backend.name, "n_pairs": len(pairs)}
-        print(json.dumps({**meta, **report}, allow_nan=True))
+        print(json.dumps(_without_nan({**meta, **report})))
     else:
         header = f"{args.data}: {len(pairs)} pairs, model {args.model} ({mode} mode, {scorer.backend.name} backend)"
         print(format_report(report, header))
