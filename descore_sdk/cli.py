@@ -1,4 +1,4 @@
-"""The `descore` command line: score, compare, export, quickstart.
+"""The `descore` command line: score, compare, export, quickstart, bench, data, train, eval.
 
 To add a subcommand, write an `_add_<name>(subparsers)` function that registers its parser (with
 `set_defaults(func=...)`) and append it to `SUBCOMMANDS`.
@@ -251,11 +251,18 @@ def _add_bench(sub) -> None:
     p.set_defaults(func=cmd_bench)
 
 
-SUBCOMMANDS = [_add_score, _add_compare, _add_export, _add_quickstart, _add_bench]
+def _add_training(sub) -> None:
+    """`data synth`, `train cold-start|jrm|rl` and `eval` (their module imports torch only when run)."""
+    from .training.cli import add_subcommands
+
+    add_subcommands(sub)
+
+
+SUBCOMMANDS = [_add_score, _add_compare, _add_export, _add_quickstart, _add_bench, _add_training]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="descore", description="DeScore video reward models: score, compare, export, quickstart.")
+    parser = argparse.ArgumentParser(prog="descore", description="DeScore video reward models: score, compare, export, quickstart, bench, data synth, train, eval.")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)
