@@ -202,3 +202,36 @@ def test_metrics_log_and_eval_records(q2_checkpoint, bench, tmp_path):
     assert records[-1]["event"] == "end" and len(records[-1]["param_sha256_per_rank"]) == 1
     saved = json.loads((tmp_path / "run" / "model" / "descore_config.json").read_text())
     assert saved["method"] == "descore" and saved["dimension_names"] == list(DIMS)
+
+
+@pytest.mark.slow
+def test_quick_train_learns_visual_quality_within_minutes(tmp_path):
+    """`quick_train` from nothing: the trained model ranks a clean clip above its blurred / noisy twin.
+
+    Reference: the benchmark's ground truth (which video carries which degradation), scored here with
+    the Scorer in fast mode; plus the run's own held-in evaluation for the other dimensions (printed).
+    """
+    import time
+
+    from descore_sdk.training.cold_start import quick_train
+
+    started = time.perf_counter()
+    model_dir = quick_train(tmp_path / "quick")
+    elapsed = time.perf_counter() - started
+    records = [json.loads(line) for line in (tmp_path / "quick" / "run" / "metrics.jsonl").read_text().splitlines()]
+    report = [r for r in records if "eval" in r][-1]["eval"]
+    print(f"quick_train: {elapsed:.0f} s; test_id accuracy without ties:",
+          {d: round(v["accuracy_without_ties"], 3) for d, v in report["dims"].items()})
+
+    scorer = Scorer.from_pretrained(model_dir, backend="torch", mode="fast")
+    wins = []
+    for pair in read_pairs(tmp_path / "quick" / "data" / "test_id.jsonl"):
+        factors_a, factors_b = pair.meta["meta_a"]["factors"], pair.meta["meta_b"]["factors"]
+        if pair.meta["kind"] != "clean_vs_degraded" or not set(factors_a) | set(factors_b) <= {"blur", "noise"}:
+            continue
+        clean, degraded = (pair.video_a, pair.video_b) if not factors_a else (pair.video_b, pair.video_a)
+        wins.append(scorer.score(clean, pair.prompt).reward > scorer.score(degraded, pair.prompt).reward)
+    assert len(wins) >= 3
+    assert np.mean(wins) >= 0.9, wins
+    assert report["dims"]["VQ"]["accuracy_without_ties"] >= 0.9
+    assert elapsed < 600  # ~2-3 min on 2 idle cores; generous for a loaded CI machine

@@ -260,7 +260,9 @@ def score_pairs(scorer, pairs, *, mode: str, progress: bool = False) -> dict:
 def pair_rewards(pairs, results, dimension_names) -> tuple[dict, dict, dict, dict]:
     """(pred_a, pred_b, labels, scored_with) per label dimension. A dimension the model outputs is
     read from its own reward; any other from the headline reward."""
-    dims = sorted({d for p in pairs for d in p.labels}, key=lambda d: (d not in dimension_names, d))
+    labelled = {d for p in pairs for d in p.labels}
+    # The model's own dimensions in its order, then the others alphabetically.
+    dims = [d for d in dimension_names if d in labelled] + sorted(labelled - set(dimension_names))
     pred_a, pred_b, labels, scored_with = {}, {}, {}, {}
     for dim in dims:
         own = dim in dimension_names

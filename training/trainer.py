@@ -100,6 +100,8 @@ logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 RUN_CONFIG_FILE = "run_config.json"
 FINAL_MODEL_DIR = "model"
+
+
 # -- distributed ------------------------------------------------------------------------------------
 @dataclass
 class DistContext:
@@ -532,10 +534,10 @@ class Trainer:
             self._check_resumable(state.get("run", {}))
             state = manager.load(latest, model, optimizer, scheduler)
             start = int(state["step"])
-            log.truncate_after(start)
             logger.info("Resumed from %s at step %d.", latest, start)
         elif resume:
             logger.info("No checkpoint in %s; starting a new run.", self.out_dir)
+        log.truncate_after(start)  # steps a killed run logged past its last checkpoint
         manager.remove_partial()
         if ctx.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -545,7 +547,11 @@ class Trainer:
         if ctx.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            ddp_model = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+            # find_unused_parameters: a trainable LM head gets no gradient in a step whose pairs all
+            # dropped their rationales; DDP must not wait for it.
+            ddp_model = DistributedDataParallel(
+                model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=True
+            )
 
         progress = None
         if cfg.progress and ctx.is_main:
