@@ -19,13 +19,13 @@ PROMPT = "a girl sits on a chair"
 @pytest.fixture(scope="module")
 def quickstart_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("quickstart")
-    assert main(["quickstart", "--out", str(out), "--mode", "fast"]) == 0
+    assert main(["quickstart", "--out", str(out), "--mode", "fast", "--untrained"]) == 0
     return out
 
 
 def test_quickstart_prints_a_table_and_reuses_its_model(quickstart_dir, capsys):
     capsys.readouterr()
-    assert main(["quickstart", "--out", str(quickstart_dir), "--mode", "fast"]) == 0
+    assert main(["quickstart", "--out", str(quickstart_dir), "--mode", "fast", "--untrained"]) == 0
     out = capsys.readouterr().out
     assert "Using the tiny model already in" in out
     assert "example_1_A.mp4" in out and "example_3_B.mp4" in out and "P(A better)" in out
