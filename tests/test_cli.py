@@ -60,3 +60,15 @@ def test_cli_errors_exit_nonzero_without_traceback(tmp_path):
     )
     assert out.returncode == 1
     assert "does not exist" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_train_rl_is_mounted_and_unknown_options_are_still_refused(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["train", "rl", "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "descore train rl" in out and "--kl-coef" in out and "--num-samples" in out
+    with pytest.raises(SystemExit) as done:
+        main(["compare", "a.mp4", "b.mp4", "--prompt", "x", "--model", "m", "--bogus"])
+    assert done.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

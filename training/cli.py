@@ -226,6 +226,12 @@ def cmd_train_cold_start(args) -> int:
     return run(args)
 
 
+def cmd_train_rl(args) -> int:
+    from .rl import main as rl_main
+
+    return rl_main(list(args.extra_args), prog="descore train rl")
+
+
 def cmd_train_jrm(args) -> int:
     from .jrm import run
 
@@ -374,7 +380,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--fps", type=float, default=4.0)
     p.set_defaults(func=cmd_data_synth)
 
-    train = subparsers.add_parser("train", help="train a DeScore model (cold start or JRM)")
+    train = subparsers.add_parser("train", help="train a DeScore model (cold start, RL or JRM)")
     train_sub = train.add_subparsers(dest="train_command", required=True)
     p = train_sub.add_parser("cold-start", help="DeScore cold start: BT on rewards with random CoT drop")
     add_cold_start_arguments(p)
@@ -382,6 +388,11 @@ def add_subcommands(subparsers) -> None:
     p = train_sub.add_parser("jrm", help="joint reward model: BT + rationale LM loss, scores in fast mode")
     add_jrm_arguments(p)
     p.set_defaults(func=cmd_train_jrm)
+    # rl.py imports torch at module level, so its own parser is built only when `train rl` runs;
+    # `descore train rl --help` prints that parser's help.
+    # Its arguments reach it through `passthrough`: the `descore` parser hands over what it does not know.
+    p = train_sub.add_parser("rl", add_help=False, help="dual-objective RL: GRPO on sampled CoTs + Bradley-Terry on the head")
+    p.set_defaults(func=cmd_train_rl, passthrough=True)
 
     p = subparsers.add_parser("eval", help="pairwise accuracy of a model on a preference file")
     p.add_argument("model", help="checkpoint folder or exported bundle")
@@ -402,7 +413,10 @@ def main(argv=None) -> int:
     """`python -m descore_sdk.training.cli ...`: the same commands without the rest of `descore`."""
     parser = argparse.ArgumentParser(prog="descore", description="DeScore training commands")
     add_subcommands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra_args = extra
     try:
         return args.func(args)
     except DescoreError as exc:

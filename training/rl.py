@@ -568,8 +568,8 @@ def add_rl_subcommand(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m descore_sdk.training.rl", description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m descore_sdk.training.rl") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     _add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
