@@ -16,7 +16,10 @@ Recipe (see `batching.PairCollator`, recipe "descore"):
   closing stop token;
 * full fine-tuning (default) or LoRA (`--lora`, r=64, alpha=128); vision tower trainable unless
   `--freeze-vision`; of the embeddings only the `<Reward>` row trains.
-`--cot-drop 1` trains the plain fast-layout BT reward model (no rationales at all).
+`--cot-drop 1` trains the plain fast-layout BT reward model (no rationales at all). With
+`--lm-weight > 0` the model also learns to write the rationale and to end it with `<|im_end|>`, so
+its think mode generates a rationale before scoring; a random-weight tiny model needs
+`--train-lm-head` for that (a pretrained LM head already knows the vocabulary).
 
 The result (`OUT/model`) is a DeScore checkpoint with `descore_config.method = "descore"`.
 `quick_train(out_dir)` builds everything from nothing (synthetic data, tiny model) in a few minutes.
