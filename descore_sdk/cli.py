@@ -25,7 +25,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", help="auto (default: onnxruntime for a bundle, torch for a checkpoint), torch, onnxruntime")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (onnxruntime on GPU needs descore-sdk[gpu])")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: one per core)")
-    p.add_argument("--mode", default="think", choices=["think", "fast", "adaptive"])
+    p.add_argument("--mode", default=None, choices=["think", "fast", "adaptive"],
+                   help="default: think (fast for JRM models, which score without a CoT)")
     p.add_argument("--adaptive-threshold", type=float, default=0.5,
                    help="adaptive compare: write CoTs only when |r_A - r_B| is below this")
     p.add_argument("--adaptive-band", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),

@@ -27,27 +27,11 @@ import numpy as np
 
 from .config import CONFIG_NAME, DescoreConfig
 from .errors import DescoreError, InvalidInputError, ModelLoadError
+from .inputs import ModelInputs, clip_features, load_clip, model_inputs
 from .options import ScoreOptions
-from .preprocess import preprocess_frames
 from .prompt import PromptBuilder
 from .results import PairResult, ScoreResult, headline_reward
-from .video import VideoClip, load_video
-
-
-@dataclass
-class ModelInputs:
-    """What a backend receives for one video.
-
-    input_ids: (L,) int64 prompt ids (think: ends with the assistant header; fast: ends with <Reward>)
-    patches: (N, 3·temporal_patch·patch²) float32; grid_thw: (3,) int64
-    second_per_grid: seconds spanned by one temporal patch (Qwen2.5-VL's temporal rope scale)
-    """
-
-    input_ids: np.ndarray
-    patches: np.ndarray
-    grid_thw: np.ndarray
-    second_per_grid: float
-    mode: str
+from .video import VideoClip
 
 
 @dataclass
@@ -134,6 +118,7 @@ class Scorer:
         `options` are `ScoreOptions` fields (mode, max_new_tokens, temperature, top_p, top_k,
         repetition_penalty, seed, stop_tokens, fps, min_frames, max_frames, max_pixels,
         adaptive_threshold, adaptive_band)."""
+        options = {k: v for k, v in options.items() if v is not None}  # None: the default
         opts = ScoreOptions.from_kwargs(**options)
         path = Path(path)
         if not path.exists():
@@ -147,6 +132,8 @@ class Scorer:
         runner = _load_backend_class(name)(path, device=device, **kwargs)
         if family is not None and runner.descore_config.family != family:
             raise ModelLoadError(f"{path} holds a {runner.descore_config.family} model, but a {family} model was requested.")
+        if "mode" not in options and runner.descore_config.method == "jrm":
+            opts = opts.replace(mode="fast")  # a JRM model scores without writing a CoT
         return cls(runner, runner.descore_config, PromptBuilder.from_dir(path, runner.descore_config), opts)
 
     # -- public API ----------------------------------------------------------------------------------
@@ -272,40 +259,16 @@ class Scorer:
         return outputs
 
     # -- steps ---------------------------------------------------------------------------------------
+    # Decoding, patching and prompt ids go through descore_sdk.inputs, the path training uses too.
     def _load(self, video, options: ScoreOptions) -> VideoClip:
-        s = self.config.sampling
-        return load_video(
-            video,
-            fps=options.fps or s.fps,
-            min_frames=options.min_frames or s.min_frames,
-            max_frames=options.max_frames or s.max_frames,
-            frame_factor=self.config.vision.temporal_patch_size,
-            max_pixels=options.max_pixels or s.max_pixels,
-            min_pixels=s.min_pixels,
-            factor=self.config.vision.factor,
-        )
+        return load_clip(video, self.config, fps=options.fps, min_frames=options.min_frames,
+                         max_frames=options.max_frames, max_pixels=options.max_pixels)
 
     def _prepare(self, clip: VideoClip, prompt: str, options: ScoreOptions) -> ModelInputs:
-        sampling = self.config.sampling
-        if options.max_pixels:
-            sampling = replace(sampling, max_pixels=options.max_pixels)
-        patches, grid = preprocess_frames(clip.frames, self.config.vision, sampling)
+        features = clip_features(clip, self.config, max_pixels=options.max_pixels)
         # Adaptive prompts use the think layout: the fast score is read by appending <Reward> to it.
         layout = "fast" if options.mode == "fast" else "think"
-        ids = self.prompts.build(prompt, grid, timestamps=clip.timestamps, mode=layout)
-        return ModelInputs(
-            input_ids=ids.input_ids,
-            patches=patches,
-            grid_thw=np.asarray(grid, dtype=np.int64),
-            second_per_grid=self._second_per_grid(clip),
-            mode=options.mode,
-        )
-
-    def _second_per_grid(self, clip: VideoClip) -> float:
-        """Seconds covered by one temporal patch (Qwen2.5-VL's temporal rope scale). The sampling rate is
-        frames taken per second of video, as qwen-vl-utils computes it (nframes / total_frames · fps)."""
-        sample_fps = len(clip.frames) / clip.duration_s if clip.duration_s > 0 else clip.source_fps
-        return self.config.vision.temporal_patch_size / sample_fps
+        return replace(model_inputs(self.prompts, features, prompt, layout), mode=options.mode)
 
     def _max_new_tokens(self, inputs: ModelInputs, options: ScoreOptions) -> int:
         if inputs.mode == "fast":

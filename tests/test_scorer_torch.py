@@ -173,3 +173,14 @@ def test_cot_never_contains_vision_placeholders_or_reward(checkpoints, sample_vi
     inputs = scorer._prepare(scorer._load(sample_videos[0], scorer.options), PROMPT, scorer.options)
     out = scorer.backend.score(inputs, scorer.options, scorer.stop_ids, 8)
     assert len(out.cot_ids) > 0 and not np.isin(out.cot_ids, banned).any()
+
+
+def test_jrm_checkpoint_defaults_to_fast_mode(tmp_path, sample_videos):
+    from descore_sdk.training.tiny import build_tiny_model
+
+    model = build_tiny_model("qwen2_vl", seed=3)
+    model.descore_config.method = "jrm"
+    model.save_pretrained(tmp_path)
+    assert Scorer.from_pretrained(tmp_path).options.mode == "fast"
+    assert Scorer.from_pretrained(tmp_path, mode=None).options.mode == "fast"
+    assert Scorer.from_pretrained(tmp_path, mode="think").options.mode == "think"  # an explicit choice wins
