@@ -7,6 +7,18 @@ from dataclasses import dataclass, field
 
 from .errors import InvalidInputError
 
+def check_sampling(temperature: float, top_p: float, top_k: int, repetition_penalty: float) -> None:
+    """Validate the token-sampling settings (shared by ScoreOptions and runtime.sampling)."""
+    if temperature < 0:
+        raise InvalidInputError(f"temperature must be ≥ 0 (0 = greedy), got {temperature}.")
+    if not 0 < top_p <= 1:
+        raise InvalidInputError(f"top_p must be in (0, 1], got {top_p}.")
+    if top_k < 0:
+        raise InvalidInputError(f"top_k must be ≥ 0 (0 = off), got {top_k}.")
+    if repetition_penalty <= 0:
+        raise InvalidInputError(f"repetition_penalty must be > 0, got {repetition_penalty}.")
+
+
 MODES = ("think", "fast", "adaptive")
 
 
@@ -52,14 +64,7 @@ class ScoreOptions:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise InvalidInputError(f"mode must be one of {MODES}, got {self.mode!r}.")
-        if self.temperature < 0:
-            raise InvalidInputError(f"temperature must be ≥ 0 (0 = greedy), got {self.temperature}.")
-        if not 0 < self.top_p <= 1:
-            raise InvalidInputError(f"top_p must be in (0, 1], got {self.top_p}.")
-        if self.top_k < 0:
-            raise InvalidInputError(f"top_k must be ≥ 0 (0 = off), got {self.top_k}.")
-        if self.repetition_penalty <= 0:
-            raise InvalidInputError(f"repetition_penalty must be > 0, got {self.repetition_penalty}.")
+        check_sampling(self.temperature, self.top_p, self.top_k, self.repetition_penalty)
         if self.max_new_tokens is not None and self.max_new_tokens < 0:
             raise InvalidInputError(f"max_new_tokens must be ≥ 0, got {self.max_new_tokens}.")
         if self.adaptive_threshold < 0:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from descore_sdk.errors import InvalidInputError
+from descore_sdk.options import check_sampling
 
 
 @dataclass(frozen=True)
@@ -32,14 +33,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # 1 = off
 
     def __post_init__(self):
-        if self.temperature < 0:
-            raise InvalidInputError(f"temperature must be ≥ 0 (0 = greedy), got {self.temperature}.")
-        if not 0 < self.top_p <= 1:
-            raise InvalidInputError(f"top_p must be in (0, 1], got {self.top_p}.")
-        if self.top_k < 0:
-            raise InvalidInputError(f"top_k must be ≥ 0 (0 = off), got {self.top_k}.")
-        if self.repetition_penalty <= 0:
-            raise InvalidInputError(f"repetition_penalty must be > 0, got {self.repetition_penalty}.")
+        check_sampling(self.temperature, self.top_p, self.top_k, self.repetition_penalty)
 
     @property
     def greedy(self) -> bool:
