@@ -24,6 +24,7 @@ from descore_sdk.export.vision import vision_encoder_for_export
 from descore_sdk.preprocess import frames_to_patches, resize_frame
 from descore_sdk.runtime.vision_inputs import vision_graph_inputs
 from descore_sdk.training.tiny import build_tiny_model
+from weights import spread_weights  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -35,20 +36,6 @@ DECODE_STEPS = 4  # tokens fed one at a time after the prompt; the last one is <
 # then include cut-off edge windows, and the vision graph is exercised at two frame sizes.
 VIDEO_MERGED_GRIDS = ((3, 4), (2, 3))
 FRAMES_PER_VIDEO = 4
-
-
-def _spread_weights(model: torch.nn.Module, seed: int) -> None:
-    """Redraw every weight at O(1) activation scale: matrices N(0, 1/fan_in), norm gains 1 ± 0.1,
-    biases ± 0.1. (Default init is N(0, 0.02²), which makes every output ~0.02 and any absolute
-    tolerance meaningless.)"""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=gen)
-            if param.ndim == 1:
-                param.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * noise)
-            else:
-                param.copy_(noise / param[0].numel() ** 0.5)
 
 
 def _real_frames(path, count: int, height: int, width: int) -> np.ndarray:
@@ -122,7 +109,7 @@ def _prompt_rows(model, videos, steps: int, seed: int = 0) -> tuple[torch.Tensor
 def case(request, tmp_path_factory, sample_data_dir) -> Case:
     family = request.param
     model = build_tiny_model(family, seed=0, dimension_names=("VQ", "MQ", "TA"), tie_word_embeddings=family == "qwen3_vl")
-    _spread_weights(model, seed=1)
+    spread_weights(model, seed=1)
     model.eval()
     backbone = model.backbone
     vision = model.descore_config.vision
@@ -221,7 +208,7 @@ def test_qwen2_5_window_mask_is_load_bearing(sample_data_dir):
     """If the window ids were ignored (one window = global attention) the output would be far off, so
     the Qwen2.5-VL parity above really exercises the windowed blocks."""
     model = build_tiny_model("qwen2_5_vl", seed=0)
-    _spread_weights(model, seed=1)
+    spread_weights(model, seed=1)
     parts = backbone_parts(model.backbone)
     encoder, spec = vision_encoder_for_export(parts), vision_graph_spec(parts)
     rows, cols = VIDEO_MERGED_GRIDS[0]

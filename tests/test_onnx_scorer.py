@@ -26,6 +26,7 @@ torch = pytest.importorskip("torch")
 
 from descore_sdk import Scorer  # noqa: E402
 from descore_sdk.bundle import PARITY_NAME  # noqa: E402
+from weights import spread_weights  # noqa: E402,F401 (re-exported to test_bundle / test_decode_loop)
 
 torch.set_num_threads(1)
 
@@ -40,19 +41,6 @@ RUNTIME = dict(backend_options={"threads": 1})
 
 
 # -- shared fixtures (imported by test_bundle.py and test_decode_loop.py) --------------------------------
-def spread_weights(model, seed: int) -> None:
-    """Redraw all weights at O(1) activation scale: matrices N(0, 1/fan_in), 1-D gains 1 ± 0.1 and
-    biases ± 0.1."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            if param.ndim == 1:
-                param.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * noise)
-            else:
-                param.copy_(noise / param[0].numel() ** 0.5)
-
-
 def tiny_bundle(tmp_path_factory, family: str) -> tuple[Path, Path]:
     """(checkpoint folder, bundle folder) of a tiny O(1)-weight model, exported once per session.
     qwen2_vl goes through `descore export` (the CLI), the others through `export_bundle`."""
