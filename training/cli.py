@@ -409,6 +409,31 @@ def add_subcommands(subparsers) -> None:
     p.set_defaults(func=cmd_eval)
 
 
+def report_trained(final) -> int:
+    """Print where the trained model is, once per job (not once per torchrun process)."""
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        print(f"Trained model: {final}")
+    return 0
+
+
+def stage_main(argv, *, prog: str, description: str, add_arguments, run) -> int:
+    """`python -m descore_sdk.training.<stage>`: parse the stage's options, run it, print
+    DescoreErrors as one line (the same contract as the `descore` CLI)."""
+    import logging
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except DescoreError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv=None) -> int:
     """`python -m descore_sdk.training.cli ...`: the same commands without the rest of `descore`."""
     parser = argparse.ArgumentParser(prog="descore", description="DeScore training commands")

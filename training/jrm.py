@@ -24,16 +24,13 @@ Pairs without rationales fall back to the fast layout (pure BT) and add no LM te
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
-from descore_sdk.errors import DescoreError
 
 from .cli import DEFAULT_JRM_LM_WEIGHT as DEFAULT_LM_WEIGHT
-from .cli import DEFAULT_TIE_THETA, add_jrm_arguments
+from .cli import DEFAULT_TIE_THETA, add_jrm_arguments, report_trained, stage_main
 
 logger = logging.getLogger(__name__)
 
@@ -92,21 +89,12 @@ def run(args) -> int:
         lm_weight=args.lm_weight, ties=args.ties, tie_theta=args.tie_theta,
         eval_data=args.eval_data, dimensions=args.dimensions, on_missing=args.on_missing, resume=args.resume,
     )
-    if os.environ.get("RANK", "0") == "0":  # one line per job, not per torchrun process
-        print(f"Trained model: {final}")
-    return 0
+    return report_trained(final)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m descore_sdk.training.jrm", description=__doc__.split("\n\n")[0])
-    add_jrm_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except DescoreError as exc:
-        print(f"jrm: error: {exc}", file=sys.stderr)
-        return 1
+    return stage_main(argv, prog="python -m descore_sdk.training.jrm", description=__doc__.split("\n\n")[0],
+                      add_arguments=add_jrm_arguments, run=run)
 
 
 if __name__ == "__main__":
