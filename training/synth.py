@@ -11,7 +11,14 @@ A scene is one object (circle / square / triangle; red / green / blue / yellow /
 direction (left to right, right to left, top to bottom, bottom to top) over a gray, black or white
 background with a faint checker texture. Its prompt says exactly that: "a red circle moving left to
 right on a gray background". The clean video matches the prompt. Videos are tiny (default 64×64,
-8 frames at 4 fps), h264/yuv420p in MP4, a few KB each.
+8 frames at 2 fps), h264/yuv420p in MP4, a few KB each (noisy ones a few tens of KB).
+
+Every factor must survive the model's own preprocessing, or its labels are noise to the model:
+* the default frame rate is the models' sampling rate (2 fps), so every rendered frame is a model frame
+  (at 4 fps the sampler kept 4 of 8 frames and most dropped frames were never seen);
+* the object spans 60 % of the frame side: with Qwen-VL's 16 px patches merged 2×2, a 64 px frame is
+  only 2×2 tokens, and a smaller object (30 %, measured) left colour and shape too weak a signal for a
+  tiny model to pick up in thousands of steps.
 
 Quality factors (each with a severity; a video's "badness" in a dimension is the sum of the
 severities of its factors in that dimension):
@@ -22,8 +29,8 @@ factor             dim    what it does                                          
 ``blur``           VQ     Gaussian blur, sigma 1.0 / 2.0 px                              1, 2
 ``noise``          VQ     Gaussian pixel noise, sigma 14 / 28 (of 255)                   1, 2
 ``color_cast``     VQ     whole-frame warm / cool / green tint, ±30 / ±60 per channel    1, 2
-``frame_drop``     MQ     2 / 4 frames replaced by a repeat of the previous frame        1, 2
-``jitter``         MQ     object position shaken off its straight path, ±3 / ±6 px       1, 2
+``frame_drop``     MQ     a freeze: 2 / 4 consecutive frames repeat the one before them   1, 2
+``jitter``         MQ     object position shaken off its straight path, ±4 / ±8 px       1, 2
 ``wrong_color``    TA     object drawn in another colour than the prompt says            1
 ``wrong_shape``    TA     object drawn as another shape than the prompt says             1
 ``wrong_motion``   TA     object moves in another direction than the prompt says         1
@@ -105,7 +112,8 @@ DIMENSIONS = ("VQ", "MQ", "TA")
 BLUR_SIGMA = {1: 1.0, 2: 2.0}
 NOISE_SIGMA = {1: 14.0, 2: 28.0}
 DROPPED_FRAMES = {1: 2, 2: 4}
-JITTER_PX = {1: 3.0, 2: 6.0}
+JITTER_PX = {1: 4.0, 2: 8.0}
+OBJECT_RADIUS = 0.2  # of the frame's shorter side
 
 HELDOUT_FACTORS = ("color_cast", "wrong_motion")
 TRAIN_FACTORS = tuple(f for f in FACTOR_DIMENSION if f not in HELDOUT_FACTORS)
@@ -183,8 +191,10 @@ def realise_spec(scene: Scene, factors: dict[str, int], seed: int, num_frames: i
     if "color_cast" in factors:
         spec.tint = str(rng.choice(list(TINTS)))
     if "frame_drop" in factors:
-        count = min(DROPPED_FRAMES[factors["frame_drop"]], num_frames - 1)
-        spec.dropped = sorted(int(i) for i in rng.choice(np.arange(1, num_frames), size=count, replace=False))
+        # One freeze: `count` consecutive frames repeat the frame before them, then the object jumps.
+        count = min(DROPPED_FRAMES[factors["frame_drop"]], num_frames - 2)
+        first = int(rng.integers(1, num_frames - count))
+        spec.dropped = list(range(first, first + count))
     return spec
 
 
@@ -224,7 +234,7 @@ def render_frames(spec: VideoSpec, *, width: int, height: int, num_frames: int) 
     checker = ((ys // 8 + xs // 8) % 2) * 2 - 1  # faint texture so blur has more than edges to soften
     background += 10.0 * checker[..., None]
 
-    radius = 0.15 * min(width, height)
+    radius = OBJECT_RADIUS * min(width, height)
     margin = radius + 2
     dx, dy = MOTIONS[spec.motion]
     # Travel along the motion axis from one margin to the other; the cross axis stays centred.
@@ -308,13 +318,41 @@ def describe(spec: VideoSpec) -> str:
                       + " off its straight path")
     parts.append("Motion: " + ("; ".join(motion) if motion else "smooth and steady along a straight path") + ".")
 
+    # A checklist first (each prompt element: asked, seen, verdict), then the conclusion: the verdict
+    # on each element sits right after the two words it compares, where even a tiny model can learn it.
+    checks = [("colour", scene.color, spec.color), ("shape", scene.shape, spec.shape), ("path", scene.motion, spec.motion)]
+    checklist = "; ".join(f"{name} asked {asked}, seen {seen}, {'match' if asked == seen else 'mismatch'}" for name, asked, seen in checks)
     mismatches = []
     if spec.color != scene.color or spec.shape != scene.shape:
         mismatches.append(f"the prompt asks for a {scene.color} {scene.shape} but the object is a {spec.color} {spec.shape}")
     if spec.motion != scene.motion:
         mismatches.append(f"the prompt asks for movement {scene.motion} but the object moves {spec.motion}")
-    parts.append("Alignment: " + ("; ".join(mismatches) if mismatches else "the video matches the prompt") + ".")
+    parts.append(f"Alignment: {checklist}; so " + ("; ".join(mismatches) if mismatches else "the video matches the prompt") + ".")
     return " ".join(parts)
+
+
+def caption(meta: dict) -> str:
+    """What a video shows, from its `VideoSpec.meta()` record, without reference to any prompt: the
+    target of the tiny backbones' captioning pre-training (`training/pretrain.py`).
+
+    It names what is drawn (colour, shape, path, background) and how it looks and moves, in words of
+    its own (not the rationale's phrases): pre-training teaches seeing, not the rationale template.
+    """
+    factors = meta.get("factors", {})
+    look = []
+    if "blur" in factors:
+        look.append("very blurry" if factors["blur"] == 2 else "slightly blurry")
+    if "noise" in factors:
+        look.append("heavy noise" if factors["noise"] == 2 else "light noise")
+    if meta.get("tint"):
+        look.append(f"{meta['tint']} tint")
+    moves = []
+    if meta.get("dropped_frames"):
+        moves.append("it freezes and then jumps")
+    if "jitter" in factors:
+        moves.append("it shakes " + ("violently" if factors["jitter"] == 2 else "slightly"))
+    return (f"A {meta['color']} {meta['shape']} moving {meta['motion']} on a {meta['background']} background. "
+            f"Image: {', '.join(look) or 'sharp and clean'}. Motion: {', '.join(moves) or 'smooth'}.")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -382,7 +420,7 @@ def generate_benchmark(
     seed: int = 0,
     size: tuple[int, int] = (64, 64),
     num_frames: int = 8,
-    fps: float = 4.0,
+    fps: float = 2.0,
 ) -> dict[str, Path]:
     """Write the synthetic benchmark under `out_dir`; return {"train", "test_id", "test_heldout",
     "info"} → path of train.jsonl, test_id.jsonl, test_heldout.jsonl, benchmark.json.

@@ -1,0 +1,118 @@
+"""Captioning pre-training (training/pretrain.py) and the benchmark runner (training/benchmark.py).
+
+References: captions written out by hand from the rendered clips' ground truth; the caption rows
+checked against the tokenizer's own encoding; what must not move (other embedding rows, the reward
+head) compared bitwise with the starting checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from safetensors.numpy import load_file  # noqa: E402
+
+from descore_sdk.errors import DataError  # noqa: E402
+from descore_sdk.training.benchmark import BenchmarkSettings, main as benchmark_main  # noqa: E402
+from descore_sdk.training.data import PreferencePair, read_pairs  # noqa: E402
+from descore_sdk.training.pretrain import CAPTION_PROMPT, caption_examples, main as pretrain_main  # noqa: E402
+from descore_sdk.training.synth import caption, generate_benchmark  # noqa: E402
+from descore_sdk.training.tiny import build_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    return generate_benchmark(tmp_path_factory.mktemp("bench"), n_train=10, n_test=0, n_heldout=0, seed=4, size=(32, 32), num_frames=5)
+
+
+def test_caption_names_what_is_drawn_not_what_was_asked():
+    meta = {"factors": {"blur": 2, "jitter": 1, "wrong_color": 1}, "color": "blue", "shape": "square",
+            "motion": "top to bottom", "background": "black", "tint": None, "dropped_frames": []}
+    assert caption(meta) == ("A blue square moving top to bottom on a black background. Image: very blurry. "
+                             "Motion: it shakes slightly.")
+    clean = dict(meta, factors={}, dropped_frames=[])
+    assert caption(clean).endswith("Image: sharp and clean. Motion: smooth.")
+    frozen = dict(meta, factors={"frame_drop": 1, "noise": 1}, dropped_frames=[2, 3], tint="warm")
+    assert caption(frozen).endswith("Image: light noise, warm tint. Motion: it freezes and then jumps.")
+
+
+def test_caption_examples_cover_each_clip_once(bench):
+    pairs = read_pairs(bench["train"])
+    examples = caption_examples(pairs)
+    truth = {}
+    for p in pairs:
+        truth[str(p.video_a)] = p.meta["meta_a"]
+        truth[str(p.video_b)] = p.meta["meta_b"]
+    seen = [str(e.video_a) for e in examples] + [str(e.video_b) for e in examples]
+    assert set(seen) == set(truth) and len(seen) in (len(truth), len(truth) + 1)
+    for e in examples:
+        assert e.prompt == CAPTION_PROMPT and e.labels == {}
+        # The caption is the clip's own, and says what is DRAWN (a wrong-colour clip gets its actual colour).
+        assert e.rationale_a == caption(truth[str(e.video_a)]) and e.rationale_b == caption(truth[str(e.video_b)])
+        assert f"A {truth[str(e.video_a)]['color']} " in e.rationale_a
+
+
+def test_caption_examples_need_ground_truth(tmp_path):
+    pair = PreferencePair(prompt="a cat", video_a=tmp_path / "a.mp4", video_b=tmp_path / "b.mp4", labels={"overall": "A"})
+    with pytest.raises(DataError, match="meta_a"):
+        caption_examples([pair])
+
+
+def test_pretrain_stage_trains_only_what_it_should(bench, tmp_path):
+    base = tmp_path / "base"
+    build_tiny_model("qwen3_vl", seed=1, dimension_names=("VQ", "MQ", "TA"), out_dir=base)
+    out = tmp_path / "run"
+    code = pretrain_main(["--model", str(base), "--data", str(bench["train"]), "--out", str(out), "--steps", "3",
+                          "--batch-size", "2", "--lr", "1e-2", "--no-progress"])
+    assert code == 0
+    before, after = load_file(base / "model.safetensors"), load_file(out / "model" / "model.safetensors")
+    emb_key = next(k for k in before if k.endswith("embed_tokens.weight"))
+    head_key = next(k for k in before if k.endswith("reward_head.weight"))
+    # No preference terms: the reward head gets no gradient at all.
+    np.testing.assert_array_equal(before[head_key], after[head_key])
+    # Of the embeddings at most the <Reward> row may move (it gets no gradient here either).
+    np.testing.assert_array_equal(before[emb_key][:-1], after[emb_key][:-1])
+    # The LM head and the language model did train.
+    lm_key = next(k for k in before if k.endswith("lm_head.weight"))
+    assert not np.array_equal(before[lm_key], after[lm_key])
+    layer_key = next(k for k in before if "layers.0.self_attn.q_proj.weight" in k)
+    assert not np.array_equal(before[layer_key], after[layer_key])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "lm_loss" in r]
+    assert len(steps) == 3 and all(r["pref_loss"] == 0.0 and r["lm_loss"] > 0 for r in steps)
+
+
+def test_pretrain_refuses_data_without_ground_truth(tmp_path, sample_data_dir, capsys):
+    base = tmp_path / "base"
+    build_tiny_model("qwen3_vl", seed=1, out_dir=base)
+    csv = next(sample_data_dir.glob("*.csv"))
+    code = pretrain_main(["--model", str(base), "--data", str(csv), "--out", str(tmp_path / "run"), "--steps", "1", "--no-progress"])
+    assert code == 1
+    assert "meta_a" in capsys.readouterr().err
+
+
+def test_benchmark_quick_run_reports_every_model_and_reuses_stages(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert benchmark_main([str(out), "--quick", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    keys = set(report["summary"])
+    for split in ("test_id", "test_heldout"):
+        for key in (f"cold_start/onnxruntime/think/{split}", f"cold_start/onnxruntime/fast/{split}",
+                    f"cold_start/torch/fast/{split}", f"rl/onnxruntime/think/{split}", f"jrm/torch/fast/{split}",
+                    f"plain_bt/torch/fast/{split}"):
+            assert key in keys
+    assert report["settings"] == {**BenchmarkSettings.quick().__dict__}
+    # The exported bundle scores the fast layout like the torch checkpoint: equal accuracies.
+    for split in ("test_id", "test_heldout"):
+        ort, pt = report["summary"][f"cold_start/onnxruntime/fast/{split}"], report["summary"][f"cold_start/torch/fast/{split}"]
+        assert ort == pt
+    assert {"data", "pretrain", "cold_start", "plain_bt", "jrm", "rl", "export_cold_start", "export_rl"} <= set(report["seconds"])
+    # A second run reuses every stage (only the evaluation runs again).
+    assert benchmark_main([str(out), "--quick", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert set(again["seconds"]) == {"evaluation"}
+    assert again["summary"] == report["summary"]

@@ -1,0 +1,236 @@
+"""The training recipes measured end to end on the synthetic benchmark, in one command.
+
+    python -m descore_sdk.training.benchmark OUT_DIR [--json] [--quick] [--cold-steps 1000 ...]
+
+What it runs (each stage's output is kept in OUT_DIR and reused when the command is run again, so an
+interrupted benchmark continues where it stopped):
+
+1. data       `synth.generate_benchmark`: train / test_id / test_heldout (held-out factors: colour cast,
+              wrong motion).
+2. base       a tiny random-weight Qwen-VL DeScore model (dimensions VQ, MQ, TA, overall).
+3. pretrain   captioning pre-training on the train clips (`training/pretrain.py`): the tiny stand-in
+              for the VLM pre-training a real Qwen-VL comes with.
+4. cold_start DeScore cold start from the pre-trained base: BT, CoT drop 0.5, rationale LM loss.
+5. plain_bt   the same backbone, BT on the fast layout only (CoT drop 1, no LM loss).
+6. jrm        JRM from the same backbone: BT + rationale LM loss, scored without CoT.
+7. rl         dual-objective RL (GRPO n=8 + BT on the head) from the cold-start checkpoint.
+8. export     cold_start and rl exported as ONNX bundles.
+
+Evaluation: `descore eval`'s code (`training.cli.evaluate_with_scorer`): accuracy without ties per
+dimension and its mean over VQ/MQ/TA, the with-ties accuracy at the threshold calibrated on a slice of
+the TRAIN split (never on the split reported). DeScore models are scored in think mode (the model
+writes its own rationale, greedy) and fast mode, JRM and plain BT in fast mode; every model on
+test_id and test_heldout. Bundles are scored with onnxruntime; the cold-start checkpoint is also
+scored in fast mode with the torch backend, to show the export keeps its accuracy.
+
+The report (`OUT_DIR/report.json`, printed as a table or with `--json` as JSON) also records each
+stage's wall time and the settings. `--quick` shrinks everything to a smoke run (a minute or two) for
+tests; its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from descore_sdk.errors import DescoreError
+
+logger = logging.getLogger(__name__)
+
+DIMENSIONS = ("VQ", "MQ", "TA", "overall")
+REPORT_FILE = "report.json"
+
+
+@dataclass
+class BenchmarkSettings:
+    family: str = "qwen3_vl"
+    seed: int = 0
+    n_train: int = 3840
+    n_test: int = 300
+    n_heldout: int = 300
+    n_calib: int = 200  # train pairs the with-ties threshold is calibrated on
+    size: int = 96
+    pretrain_steps: int = 400
+    cold_steps: int = 1000
+    bt_steps: int = 1000
+    jrm_steps: int = 1000
+    rl_steps: int = 8
+    batch_size: int = 16
+    lr: float = 2e-3
+    max_new_tokens: int = 192  # think-mode rationale budget (the synthetic rationales are ~110-130 tokens)
+
+    @classmethod
+    def quick(cls) -> "BenchmarkSettings":
+        return cls(n_train=32, n_test=12, n_heldout=12, n_calib=8, size=32, pretrain_steps=2, cold_steps=2,
+                   bt_steps=2, jrm_steps=2, rl_steps=1, batch_size=4, max_new_tokens=24)
+
+
+def _train_config(settings: BenchmarkSettings, steps: int, schedule: str = "cosine"):
+    from .trainer import TrainConfig
+
+    return TrainConfig(steps=steps, batch_size=settings.batch_size, lr=settings.lr, warmup_steps=min(10, steps),
+                       schedule=schedule, seed=settings.seed, train_lm_head=True, progress=False, log_every=25)
+
+
+class _Stages:
+    """Runs each stage once; a stage whose output folder holds a model is reused."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, done_marker: Path, fn):
+        if done_marker.exists():
+            logger.info("benchmark: reusing %s (%s)", name, done_marker)
+            return
+        started = time.perf_counter()
+        logger.info("benchmark: running %s", name)
+        fn()
+        self.seconds[name] = round(time.perf_counter() - started, 1)
+
+
+def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
+    """Run (or continue) the benchmark in `out_dir`; returns the report (also saved as report.json)."""
+    from descore_sdk.scorer import Scorer
+
+    from .cli import evaluate_with_scorer
+    from .cold_start import QUICK_PROMPT_TEMPLATE, train_cold_start
+    from .data import read_pairs
+    from .jrm import train_jrm
+    from .pretrain import pretrain_captioner
+    from .rl import RLConfig, run_rl
+    from .synth import generate_benchmark
+    from .tiny import build_tiny_model
+
+    settings = settings or BenchmarkSettings()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = _Stages(out)
+    data = out / "data"
+    split = {name: data / f"{name}.jsonl" for name in ("train", "test_id", "test_heldout")}
+
+    stages.run("data", data / "benchmark.json", lambda: generate_benchmark(
+        data, n_train=settings.n_train, n_test=settings.n_test, n_heldout=settings.n_heldout, seed=settings.seed,
+        size=(settings.size, settings.size)))
+
+    def make_base():
+        model = build_tiny_model(settings.family, seed=settings.seed, dimension_names=DIMENSIONS)
+        model.descore_config.prompt_template = QUICK_PROMPT_TEMPLATE
+        model.descore_config.system_prompt = None
+        model.save_pretrained(out / "base")
+
+    stages.run("base", out / "base" / "config.json", make_base)
+    stages.run("pretrain", out / "pretrain" / "model" / "config.json", lambda: pretrain_captioner(
+        out / "base", split["train"], out / "pretrain", _train_config(settings, settings.pretrain_steps, "constant")))
+    backbone = out / "pretrain" / "model"
+    stages.run("cold_start", out / "cold_start" / "model" / "config.json", lambda: train_cold_start(
+        backbone, split["train"], out / "cold_start", _train_config(settings, settings.cold_steps), cot_drop=0.5, lm_weight=1.0))
+    stages.run("plain_bt", out / "plain_bt" / "model" / "config.json", lambda: train_cold_start(
+        backbone, split["train"], out / "plain_bt", _train_config(settings, settings.bt_steps), cot_drop=1.0, lm_weight=0.0))
+    stages.run("jrm", out / "jrm" / "model" / "config.json", lambda: train_jrm(
+        backbone, split["train"], out / "jrm", _train_config(settings, settings.jrm_steps), lm_weight=1.0))
+    rl_config = RLConfig(steps=settings.rl_steps, num_samples=8, max_new_tokens=settings.max_new_tokens,
+                         length_min_tokens=min(32, settings.max_new_tokens), length_max_tokens=max(settings.max_new_tokens, 32),
+                         seed=settings.seed)
+    stages.run("rl", out / "rl" / "config.json", lambda: run_rl(out / "cold_start" / "model", split["train"], out / "rl", rl_config))
+
+    from descore_sdk.export.bundle import export_bundle
+
+    for name, checkpoint in (("cold_start", out / "cold_start" / "model"), ("rl", out / "rl")):
+        bundle = out / "bundles" / name
+        stages.run(f"export_{name}", bundle / "manifest.json", lambda c=checkpoint, b=bundle: export_bundle(c, b, progress=False))
+
+    # -- evaluation ---------------------------------------------------------------------------------
+    pairs = {name: read_pairs(path) for name, path in split.items()}
+    calib = pairs["train"][: settings.n_calib]
+    options = dict(max_new_tokens=settings.max_new_tokens, temperature=0.0)
+    evaluations = []
+    plan = [
+        ("cold_start", out / "bundles" / "cold_start", "onnxruntime", ("think", "fast")),
+        ("cold_start", out / "cold_start" / "model", "torch", ("fast",)),
+        ("rl", out / "bundles" / "rl", "onnxruntime", ("think", "fast")),
+        ("jrm", out / "jrm" / "model", "torch", ("fast",)),
+        ("plain_bt", out / "plain_bt" / "model", "torch", ("fast",)),
+    ]
+    started = time.perf_counter()
+    for model_name, path, backend, modes in plan:
+        scorer = Scorer.from_pretrained(path, backend=backend, **options)
+        for mode in modes:
+            for split_name in ("test_id", "test_heldout"):
+                report = evaluate_with_scorer(scorer, pairs[split_name], mode=mode, calib_pairs=calib)
+                evaluations.append({"model": model_name, "backend": backend, "mode": mode, "split": split_name,
+                                    "mean": report["mean"], "dims": report["dims"]})
+    stages.seconds["evaluation"] = round(time.perf_counter() - started, 1)
+
+    report = {"settings": dataclasses.asdict(settings), "seconds": stages.seconds, "evaluations": evaluations,
+              "summary": summarise(evaluations)}
+    (out / REPORT_FILE).write_text(json.dumps(_jsonable(report), indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+def summarise(evaluations: list[dict]) -> dict:
+    """{"model/backend/mode/split": {VQ, MQ, TA, overall, mean}} accuracy without ties."""
+    out = {}
+    for e in evaluations:
+        key = f"{e['model']}/{e['backend']}/{e['mode']}/{e['split']}"
+        row = {dim: r["accuracy_without_ties"] for dim, r in e["dims"].items()}
+        row["mean"] = e["mean"]["accuracy_without_ties"]
+        row["mean_with_ties_calibrated"] = e["mean"].get("accuracy_with_ties_calibrated")
+        out[key] = row
+    return out
+
+
+def _jsonable(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def format_summary(report: dict) -> str:
+    columns = ("VQ", "MQ", "TA", "overall", "mean", "mean_with_ties_calibrated")
+    lines = [f"{'model/backend/mode/split':<44}" + "".join(f"{c[:12]:>13}" for c in columns)]
+    for key, row in report["summary"].items():
+        cells = "".join(f"{'n/a' if row.get(c) is None else format(row[c], '.3f'):>13}" for c in columns)
+        lines.append(f"{key:<44}{cells}")
+    lines.append("stage seconds: " + ", ".join(f"{k} {v}" for k, v in report["seconds"].items()))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m descore_sdk.training.benchmark", description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--quick", action="store_true", help="a tiny smoke run (numbers mean nothing)")
+    defaults = BenchmarkSettings()
+    for field in dataclasses.fields(BenchmarkSettings):
+        flag = "--" + field.name.replace("_", "-")
+        parser.add_argument(flag, type=type(getattr(defaults, field.name)), default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = BenchmarkSettings.quick() if args.quick else BenchmarkSettings()
+    for field in dataclasses.fields(BenchmarkSettings):
+        value = getattr(args, field.name)
+        if value is not None:
+            setattr(settings, field.name, value)
+    try:
+        report = run_benchmark(args.out_dir, settings)
+    except DescoreError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(_jsonable(report)) if args.json else format_summary(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

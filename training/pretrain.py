@@ -1,0 +1,118 @@
+"""Captioning pre-training: give a random-weight tiny backbone the eyes a real Qwen-VL already has.
+
+A DeScore run starts from a pretrained vision-language model that can already say what a video shows.
+The tiny random-weight backbones of the tests and the synthetic benchmark cannot: trained directly on
+preference pairs, their language model learns to copy colour and shape words from the PROMPT (right
+for most clips) and never looks at the video for them (measured: a teacher-forced rationale was no
+more likely with its own video than with its twin's, for every factor but blur, after 1,000 cold-start
+steps). This stage stands in for the VLM pre-training the tiny models skipped: the model captions the
+training clips from a prompt that gives nothing away, so the caption can only come from the video.
+
+    python -m descore_sdk.training.pretrain --model TINY_BASE --data train.jsonl --out runs/pretrain
+
+Data: the synthetic benchmark's pairs (`descore data synth`), whose `meta_a` / `meta_b` records say
+what each clip shows; every distinct clip becomes one caption example (`synth.caption`). Pairs
+without that ground truth are refused: captions need it. Use the TRAIN split only, so nothing of the
+test splits (or of the held-out factors, which the train split never renders) leaks into the backbone.
+
+Training reuses the cold-start machinery (`Trainer`, think layout, LM loss on the caption and its stop
+token, no preference terms), so checkpoints, `--resume`, DDP and the metrics log work as in every stage.
+The result (`OUT/model`) is an ordinary checkpoint to start the cold start (or JRM, or plain BT) from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from descore_sdk.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+CAPTION_PROMPT = "Describe the video."
+
+
+def caption_examples(pairs):
+    """One caption example per distinct clip of `pairs`, as pairs of two clips (the trainer's unit):
+    prompt `CAPTION_PROMPT`, the clips' captions as rationales, no preference labels."""
+    from .data import PreferencePair
+    from .synth import caption
+
+    clips: dict[str, dict] = {}
+    for index, pair in enumerate(pairs):
+        meta = pair.meta or {}
+        if "meta_a" not in meta or "meta_b" not in meta:
+            raise DataError(
+                f"Pair {index} has no meta_a/meta_b ground truth, so its clips cannot be captioned. Captioning "
+                "pre-training takes the synthetic benchmark's train.jsonl (`descore data synth`)."
+            )
+        clips.setdefault(str(pair.video_a), meta["meta_a"])
+        clips.setdefault(str(pair.video_b), meta["meta_b"])
+    paths = sorted(clips)
+    if len(paths) % 2:
+        paths.append(paths[0])  # pairs need an even count; one clip is captioned twice
+    return [
+        PreferencePair(prompt=CAPTION_PROMPT, video_a=Path(a), video_b=Path(b), labels={},
+                       rationale_a=caption(clips[a]), rationale_b=caption(clips[b]))
+        for a, b in zip(paths[0::2], paths[1::2])
+    ]
+
+
+def pretrain_captioner(model_path, data_path, out_dir, config=None, *, on_missing: str = "skip", resume: bool = False) -> Path:
+    """Run captioning pre-training; returns the final model folder (`out_dir/model`).
+
+    config: a `TrainConfig`; a random-weight model needs `train_lm_head=True` (set by default here).
+    """
+    from descore_sdk.prompt import PromptBuilder
+
+    from .batching import FeatureCache, PairCollator
+    from .data import read_pairs
+    from .model import DeScoreModel
+    from .trainer import PreferenceObjective, TrainConfig, Trainer
+
+    config = config or TrainConfig(train_lm_head=True)
+    model = DeScoreModel.from_pretrained(model_path)
+    examples = caption_examples(read_pairs(data_path, on_missing=on_missing))
+    logger.info("Captioning pre-training on %d clips of %s.", 2 * len(examples), data_path)
+    prompts = PromptBuilder(model.tokenizer, model.descore_config)
+    collator = PairCollator(prompts, FeatureCache(model.descore_config), model.dimension_names,
+                            recipe="descore", cot_drop=0.0, with_labels=True, seed=config.seed)
+    run_info = {
+        "stage": "pretrain_captioner",
+        "model": str(Path(model_path).resolve()),
+        "data": str(Path(data_path).resolve()),
+        "recipe": {"prompt": CAPTION_PROMPT, "lm_weight": 1.0},
+    }
+    trainer = Trainer(model, config, train_pairs=examples, collator=collator, objective=PreferenceObjective(lm_weight=1.0),
+                      out_dir=out_dir, run_info=run_info)
+    return trainer.fit(resume=resume)
+
+
+# -- command line -----------------------------------------------------------------------------------
+def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
+    from .cli import add_train_arguments
+
+    add_train_arguments(parser)
+
+
+def run(args) -> int:
+    from .cli import report_trained, train_config_from_args
+
+    config = train_config_from_args(args)
+    if not args.train_lm_head and not config.lora:
+        config.train_lm_head = True  # captions need an LM head that learns the vocabulary's use
+    final = pretrain_captioner(args.model, args.data, args.out, config, on_missing=args.on_missing, resume=args.resume)
+    return report_trained(final)
+
+
+def main(argv=None) -> int:
+    from .cli import stage_main
+
+    return stage_main(argv, prog="python -m descore_sdk.training.pretrain", description=__doc__.split("\n\n")[0],
+                      add_arguments=add_pretrain_arguments, run=run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
