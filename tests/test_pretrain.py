@@ -111,8 +111,84 @@ def test_benchmark_quick_run_reports_every_model_and_reuses_stages(tmp_path, cap
         ort, pt = report["summary"][f"cold_start/onnxruntime/fast/{split}"], report["summary"][f"cold_start/torch/fast/{split}"]
         assert ort == pt
     assert {"data", "pretrain", "cold_start", "plain_bt", "jrm", "rl", "export_cold_start", "export_rl"} <= set(report["seconds"])
+    for values in report["diagnostics"].values():
+        assert values and all(0.0 <= v <= 1.0 for v in values.values())
     # A second run reuses every stage (only the evaluation runs again).
     assert benchmark_main([str(out), "--quick", "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert set(again["seconds"]) == {"evaluation"}
     assert again["summary"] == report["summary"]
+
+
+def test_text_log_prob_matches_the_backbones_own_logits(bench):
+    """Reference: the HF backbone's full logits (transformers computes M-RoPE itself), log-softmax at
+    every position, summed over the caption tokens and the stop token located with the tokenizer."""
+    from descore_sdk.prompt import PromptBuilder
+    from descore_sdk.training.batching import FeatureCache, build_row, collate_rows
+    from descore_sdk.training.pretrain import text_log_prob
+
+    model = build_tiny_model("qwen3_vl", seed=2, dimension_names=("VQ", "MQ", "TA")).eval()
+    prompts, cache = PromptBuilder(model.tokenizer, model.descore_config), FeatureCache(model.descore_config)
+    stop = model.tokenizer.token_to_id("<|im_end|>")
+
+    def reference(video, text):
+        row = build_row(prompts, cache(video), CAPTION_PROMPT, "think", text)
+        inputs = collate_rows([row], 0)
+        ids = inputs["input_ids"]
+        token_types = torch.zeros_like(ids)
+        token_types[ids == model.backbone.config.video_token_id] = 2
+        with torch.no_grad():
+            logits = model.backbone(input_ids=ids, attention_mask=inputs["attention_mask"], mm_token_type_ids=token_types,
+                                    pixel_values_videos=inputs["pixel_values_videos"],
+                                    video_grid_thw=inputs["video_grid_thw"]).logits[0].float().log_softmax(-1)
+        target = model.tokenizer.encode(text, add_special_tokens=False).ids + [stop]
+        start = len(row.input_ids) - len(target)  # the caption, then <Reward> where the stop is predicted
+        return sum(float(logits[start - 1 + i, t]) for i, t in enumerate(target))
+
+    pair = read_pairs(bench["train"])[0]
+    texts = [caption(pair.meta["meta_a"]), "A red circle moving left to right on a gray background."]
+    values = {}
+    for video in (pair.video_a, pair.video_b):
+        for text in texts:
+            values[(video, text)] = got = text_log_prob(model, prompts, cache(video), CAPTION_PROMPT, text)
+            assert got == pytest.approx(reference(video, text), abs=1e-3)
+    # The video matters (a random model's effect is small but real), and both paths agree on it.
+    diff = values[(pair.video_a, texts[0])] - values[(pair.video_b, texts[0])]
+    assert diff != 0 and diff == pytest.approx(reference(pair.video_a, texts[0]) - reference(pair.video_b, texts[0]), abs=1e-3)
+
+
+def test_caption_discrimination_counts_own_text_wins(bench, monkeypatch):
+    """The counting, against a hand-made log-probability table: a model that 'sees' noise and
+    nothing else picks its own caption exactly when the twins differ in noise."""
+    import descore_sdk.training.pretrain as pretrain
+
+    pairs = read_pairs(bench["train"])
+    truth = {}
+    for p in pairs:
+        truth[str(p.video_a)], truth[str(p.video_b)] = p.meta["meta_a"], p.meta["meta_b"]
+
+    def fake_log_prob(model, prompts, features, prompt, text):
+        meta = truth[current["video"]]
+        return -1.0 if ("noise" in text) == ("noise" in meta["factors"]) else -2.0
+
+    current = {}
+
+    class Cache:
+        def __init__(self, config):
+            pass
+
+        def __call__(self, video):
+            current["video"] = str(video)
+            return None
+
+    monkeypatch.setattr(pretrain, "text_log_prob", fake_log_prob)
+    monkeypatch.setattr("descore_sdk.training.batching.FeatureCache", Cache)
+    model = build_tiny_model("qwen3_vl", seed=2, dimension_names=("VQ",))
+    got = pretrain.caption_discrimination(model, pairs)
+    expected_keys = {",".join(sorted(set(p.meta["meta_a"]["factors"]) ^ set(p.meta["meta_b"]["factors"]))) or "severity"
+                     for p in pairs if caption(p.meta["meta_a"]) != caption(p.meta["meta_b"])}
+    assert set(got) == expected_keys
+    assert any("noise" in k for k in got) and any("noise" not in k for k in got)  # both outcomes exercised
+    for key, value in got.items():
+        # Differing in noise presence: always own (1.0); otherwise the table ties and "own > twin" fails (0.0).
+        assert value == (1.0 if "noise" in key.split(",") else 0.0), (key, value)

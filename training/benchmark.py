@@ -23,6 +23,10 @@ writes its own rationale, greedy) and fast mode, JRM and plain BT in fast mode; 
 test_id and test_heldout. Bundles are scored with onnxruntime; the cold-start checkpoint is also
 scored in fast mode with the torch backend, to show the export keeps its accuracy.
 
+Diagnostics: `pretrain.caption_discrimination` of the pre-trained backbone (captions) and of the
+cold-start model (its rationales) on test_id: per factor, how often a clip's own text is likelier
+than its twin's (0.5: the video makes no difference).
+
 The report (`OUT_DIR/report.json`, printed as a table or with `--json` as JSON) also records each
 stage's wall time and the settings. `--quick` shrinks everything to a smoke run (a minute or two) for
 tests; its numbers mean nothing.
@@ -167,10 +171,19 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
                 report = evaluate_with_scorer(scorer, pairs[split_name], mode=mode, calib_pairs=calib)
                 evaluations.append({"model": model_name, "backend": backend, "mode": mode, "split": split_name,
                                     "mean": report["mean"], "dims": report["dims"]})
+    # Does each backbone read its text from the video? (0.5 per factor = it does not; see pretrain.py)
+    from .model import DeScoreModel
+    from .pretrain import caption_discrimination
+
+    diagnostics = {
+        "pretrain_caption_discrimination_test_id": caption_discrimination(DeScoreModel.from_pretrained(backbone), pairs["test_id"]),
+        "cold_start_rationale_discrimination_test_id": caption_discrimination(
+            DeScoreModel.from_pretrained(out / "cold_start" / "model"), pairs["test_id"], rationale="rationale"),
+    }
     stages.seconds["evaluation"] = round(time.perf_counter() - started, 1)
 
     report = {"settings": dataclasses.asdict(settings), "seconds": stages.seconds, "evaluations": evaluations,
-              "summary": summarise(evaluations)}
+              "summary": summarise(evaluations), "diagnostics": diagnostics}
     (out / REPORT_FILE).write_text(json.dumps(_jsonable(report), indent=2) + "\n", encoding="utf-8")
     return report
 
@@ -203,6 +216,8 @@ def format_summary(report: dict) -> str:
     for key, row in report["summary"].items():
         cells = "".join(f"{'n/a' if row.get(c) is None else format(row[c], '.3f'):>13}" for c in columns)
         lines.append(f"{key:<44}{cells}")
+    for name, values in report.get("diagnostics", {}).items():
+        lines.append(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
     lines.append("stage seconds: " + ", ".join(f"{k} {v}" for k, v in report["seconds"].items()))
     return "\n".join(lines)
 

@@ -90,6 +90,79 @@ def pretrain_captioner(model_path, data_path, out_dir, config=None, *, on_missin
     return trainer.fit(resume=resume)
 
 
+def text_log_prob(model, prompts, features, prompt: str, text: str) -> float:
+    """Teacher-forced log-probability of `text` and its closing stop token after `prompt` and the
+    video (`features`), in the think layout the cold start trains rationales in."""
+    import torch
+
+    from .batching import build_row, collate_rows
+
+    pad = prompts.tokenizer.token_to_id("<|endoftext|>")
+    inputs = collate_rows([build_row(prompts, features, prompt, "think", text)], pad)
+    labels = inputs.pop("labels")[0, 1:]
+    norm = model._multimodal_model().language_model.norm
+    captured = {}
+    handle = norm.register_forward_hook(lambda module, args, output: captured.__setitem__("h", output))
+    try:
+        with torch.no_grad():
+            model(**inputs)
+            keep = labels != -100
+            logits = model.backbone.get_output_embeddings()(captured["h"][0, :-1][keep]).float().log_softmax(-1)
+            return float(logits.gather(1, labels[keep][:, None]).sum())
+    finally:
+        handle.remove()
+
+
+def caption_discrimination(model, pairs, *, prompt: str = CAPTION_PROMPT, rationale: str = "caption") -> dict[str, float]:
+    """Does the model read its text from the video? Per differing factor set: the fraction of
+    (pair, clip) cases where the clip's own text is more likely (teacher-forced log-probability)
+    under that clip than its twin's text is. 0.5 = the video makes no difference; 1.0 = it always
+    picks its own.
+
+    pairs: synthetic benchmark pairs (with meta_a / meta_b); pairs whose two texts are equal are
+    skipped. rationale: "caption" (`synth.caption`, with `prompt`) or "rationale" (the pairs' own
+    rationales, with the pairs' own prompts: the cold-start CoT). Returns {factor key: fraction},
+    the key being the factors that differ between the twins, comma-joined.
+    """
+    from descore_sdk.prompt import PromptBuilder
+
+    from .batching import FeatureCache
+    from .synth import caption
+
+    if rationale not in ("caption", "rationale"):
+        raise DataError(f"rationale must be 'caption' or 'rationale', got {rationale!r}.")
+    prompts = PromptBuilder(model.tokenizer, model.descore_config)
+    cache = FeatureCache(model.descore_config)
+
+    def log_prob(video, text_prompt, text) -> float:
+        return text_log_prob(model, prompts, cache(video), text_prompt, text)
+
+    was_training = model.training
+    model.eval()
+    wins: dict[str, int] = {}
+    total: dict[str, int] = {}
+    try:
+        for index, pair in enumerate(pairs):
+            meta = pair.meta or {}
+            if "meta_a" not in meta or "meta_b" not in meta:
+                raise DataError(f"Pair {index} has no meta_a/meta_b ground truth; use the synthetic benchmark's pairs.")
+            if rationale == "caption":
+                text_prompt, text_a, text_b = prompt, caption(meta["meta_a"]), caption(meta["meta_b"])
+            else:
+                text_prompt, text_a, text_b = pair.prompt, pair.rationale_a, pair.rationale_b
+            if not text_a or not text_b or text_a == text_b:
+                continue
+            factors = set(meta["meta_a"]["factors"]) ^ set(meta["meta_b"]["factors"])
+            key = ",".join(sorted(factors)) or "severity"
+            own_a = log_prob(pair.video_a, text_prompt, text_a) > log_prob(pair.video_a, text_prompt, text_b)
+            own_b = log_prob(pair.video_b, text_prompt, text_b) > log_prob(pair.video_b, text_prompt, text_a)
+            wins[key] = wins.get(key, 0) + int(own_a) + int(own_b)
+            total[key] = total.get(key, 0) + 2
+    finally:
+        model.train(was_training)
+    return {key: wins[key] / total[key] for key in sorted(total)}
+
+
 # -- command line -----------------------------------------------------------------------------------
 def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     from .cli import add_train_arguments
