@@ -38,7 +38,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -104,7 +103,7 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
     """Run (or continue) the benchmark in `out_dir`; returns the report (also saved as report.json)."""
     from descore_sdk.scorer import Scorer
 
-    from .cli import evaluate_with_scorer
+    from .cli import evaluate_with_scorer, score_pairs, without_nan
     from .cold_start import QUICK_PROMPT_TEMPLATE, train_cold_start
     from .data import read_pairs
     from .jrm import train_jrm
@@ -167,8 +166,10 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
     for model_name, path, backend, modes in plan:
         scorer = Scorer.from_pretrained(path, backend=backend, **options)
         for mode in modes:
+            # Each video once per (model, mode): the calibration pairs serve both splits' reports.
+            results = score_pairs(scorer, pairs["test_id"] + pairs["test_heldout"] + calib, mode=mode)
             for split_name in ("test_id", "test_heldout"):
-                report = evaluate_with_scorer(scorer, pairs[split_name], mode=mode, calib_pairs=calib)
+                report = evaluate_with_scorer(scorer, pairs[split_name], mode=mode, calib_pairs=calib, results=results)
                 evaluations.append({"model": model_name, "backend": backend, "mode": mode, "split": split_name,
                                     "mean": report["mean"], "dims": report["dims"]})
     # Does each backbone read its text from the video? (0.5 per factor = it does not; see pretrain.py)
@@ -184,7 +185,7 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
 
     report = {"settings": dataclasses.asdict(settings), "seconds": stages.seconds, "evaluations": evaluations,
               "summary": summarise(evaluations), "diagnostics": diagnostics}
-    (out / REPORT_FILE).write_text(json.dumps(_jsonable(report), indent=2) + "\n", encoding="utf-8")
+    (out / REPORT_FILE).write_text(json.dumps(without_nan(report), indent=2) + "\n", encoding="utf-8")
     return report
 
 
@@ -198,16 +199,6 @@ def summarise(evaluations: list[dict]) -> dict:
         row["mean_with_ties_calibrated"] = e["mean"].get("accuracy_with_ties_calibrated")
         out[key] = row
     return out
-
-
-def _jsonable(value):
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def format_summary(report: dict) -> str:
@@ -243,7 +234,9 @@ def main(argv=None) -> int:
     except DescoreError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(_jsonable(report)) if args.json else format_summary(report))
+    from .cli import without_nan
+
+    print(json.dumps(without_nan(report)) if args.json else format_summary(report))
     return 0
 
 

@@ -299,18 +299,24 @@ def pair_rewards(pairs, results, dimension_names) -> tuple[dict, dict, dict, dic
     return pred_a, pred_b, labels, scored_with
 
 
-def evaluate_with_scorer(scorer, pairs, *, mode: str, calib_pairs=None, progress: bool = False) -> dict:
+def evaluate_with_scorer(scorer, pairs, *, mode: str, calib_pairs=None, progress: bool = False, results=None) -> dict:
     """`training.metrics.evaluate` of `scorer`'s rewards on `pairs` (ε calibrated on `calib_pairs`
-    when given), plus "scored_with" (which reward each dimension was read from)."""
+    when given), plus "scored_with" (which reward each dimension was read from).
+
+    results: `score_pairs` output already computed (in `mode`) for every video of `pairs` and
+    `calib_pairs`, so that several reports over shared videos score each video once.
+    """
     from .metrics import evaluate
 
     if not pairs:
         raise InvalidInputError("No pairs to evaluate: the data file is empty or all its pairs were skipped.")
     dims = scorer.config.dimension_names
-    pred_a, pred_b, labels, scored_with = pair_rewards(pairs, score_pairs(scorer, pairs, mode=mode, progress=progress), dims)
+    if results is None:
+        results = score_pairs(scorer, list(pairs) + list(calib_pairs or []), mode=mode, progress=progress)
+    pred_a, pred_b, labels, scored_with = pair_rewards(pairs, results, dims)
     calib = None
     if calib_pairs:
-        ca, cb, cl, _ = pair_rewards(calib_pairs, score_pairs(scorer, calib_pairs, mode=mode, progress=progress), dims)
+        ca, cb, cl, _ = pair_rewards(calib_pairs, results, dims)
         missing = [d for d in labels if d not in cl]
         if missing:
             raise InvalidInputError(f"The calibration file labels no pair for dimension(s) {missing}; it must label the same dimensions as DATA.")
@@ -346,14 +352,14 @@ def format_report(report: dict, header: str) -> str:
     return "\n".join(lines)
 
 
-def _without_nan(value):
+def without_nan(value):
     """NaN (e.g. accuracy without ties when every label is a tie) → null, so the output is strict JSON."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {k: _without_nan(v) for k, v in value.items()}
+        return {k: without_nan(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_without_nan(v) for v in value]
+        return [without_nan(v) for v in value]
     return value
 
 
@@ -371,7 +377,7 @@ def cmd_eval(args) -> int:
     if args.json:
         meta = {"model": str(args.model), "data": str(args.data), "calib": args.calib, "mode": mode,
                 "backend": scorer.backend.name, "n_pairs": len(pairs)}
-        print(json.dumps(_without_nan({**meta, **report})))
+        print(json.dumps(without_nan({**meta, **report})))
     else:
         header = f"{args.data}: {len(pairs)} pairs, model {args.model} ({mode} mode, {scorer.backend.name} backend)"
         print(format_report(report, header))

@@ -22,12 +22,11 @@ The result (`OUT/model`) is an ordinary checkpoint to start the cold start (or J
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
-from descore_sdk.errors import DataError
+from descore_sdk.errors import DataError, InvalidInputError
 
 logger = logging.getLogger(__name__)
 
@@ -92,25 +91,20 @@ def pretrain_captioner(model_path, data_path, out_dir, config=None, *, on_missin
 
 def text_log_prob(model, prompts, features, prompt: str, text: str) -> float:
     """Teacher-forced log-probability of `text` and its closing stop token after `prompt` and the
-    video (`features`), in the think layout the cold start trains rationales in."""
+    video (`features`), in the think layout the cold start trains rationales in (the LM loss's own
+    computation: `trainer.forward_with_hidden` + `losses.selected_token_cross_entropy`)."""
     import torch
 
     from .batching import build_row, collate_rows
+    from .losses import selected_token_cross_entropy
+    from .trainer import forward_with_hidden
 
     pad = prompts.tokenizer.token_to_id("<|endoftext|>")
     inputs = collate_rows([build_row(prompts, features, prompt, "think", text)], pad)
-    labels = inputs.pop("labels")[0, 1:]
-    norm = model._multimodal_model().language_model.norm
-    captured = {}
-    handle = norm.register_forward_hook(lambda module, args, output: captured.__setitem__("h", output))
-    try:
-        with torch.no_grad():
-            model(**inputs)
-            keep = labels != -100
-            logits = model.backbone.get_output_embeddings()(captured["h"][0, :-1][keep]).float().log_softmax(-1)
-            return float(logits.gather(1, labels[keep][:, None]).sum())
-    finally:
-        handle.remove()
+    labels = inputs.pop("labels")
+    with torch.no_grad():
+        _, hidden = forward_with_hidden(model, inputs)
+        return -float(selected_token_cross_entropy(hidden, labels, model.backbone.get_output_embeddings()).total)
 
 
 def caption_discrimination(model, pairs, *, prompt: str = CAPTION_PROMPT, rationale: str = "caption") -> dict[str, float]:
@@ -130,7 +124,7 @@ def caption_discrimination(model, pairs, *, prompt: str = CAPTION_PROMPT, ration
     from .synth import caption
 
     if rationale not in ("caption", "rationale"):
-        raise DataError(f"rationale must be 'caption' or 'rationale', got {rationale!r}.")
+        raise InvalidInputError(f"rationale must be 'caption' or 'rationale', got {rationale!r}.")
     prompts = PromptBuilder(model.tokenizer, model.descore_config)
     cache = FeatureCache(model.descore_config)
 
@@ -164,27 +158,20 @@ def caption_discrimination(model, pairs, *, prompt: str = CAPTION_PROMPT, ration
 
 
 # -- command line -----------------------------------------------------------------------------------
-def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
-    from .cli import add_train_arguments
-
-    add_train_arguments(parser)
-
-
 def run(args) -> int:
     from .cli import report_trained, train_config_from_args
 
     config = train_config_from_args(args)
-    if not args.train_lm_head and not config.lora:
-        config.train_lm_head = True  # captions need an LM head that learns the vocabulary's use
+    config.train_lm_head = not config.lora  # captions need an LM head that learns to use the vocabulary
     final = pretrain_captioner(args.model, args.data, args.out, config, on_missing=args.on_missing, resume=args.resume)
     return report_trained(final)
 
 
 def main(argv=None) -> int:
-    from .cli import stage_main
+    from .cli import add_train_arguments, stage_main
 
     return stage_main(argv, prog="python -m descore_sdk.training.pretrain", description=__doc__.split("\n\n")[0],
-                      add_arguments=add_pretrain_arguments, run=run)
+                      add_arguments=add_train_arguments, run=run)
 
 
 if __name__ == "__main__":
