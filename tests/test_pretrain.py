@@ -19,8 +19,8 @@ from safetensors.numpy import load_file  # noqa: E402
 from descore_sdk.errors import DataError  # noqa: E402
 from descore_sdk.training.benchmark import BenchmarkSettings, main as benchmark_main  # noqa: E402
 from descore_sdk.training.data import PreferencePair, read_pairs  # noqa: E402
-from descore_sdk.training.pretrain import CAPTION_PROMPT, caption_examples, main as pretrain_main  # noqa: E402
-from descore_sdk.training.synth import caption, generate_benchmark  # noqa: E402
+from descore_sdk.training.pretrain import CAPTION_PROMPT, caption_examples, question_examples, main as pretrain_main  # noqa: E402
+from descore_sdk.training.synth import caption, generate_benchmark, grounding_answer  # noqa: E402
 from descore_sdk.training.tiny import build_tiny_model  # noqa: E402
 
 
@@ -33,11 +33,11 @@ def test_caption_names_what_is_drawn_not_what_was_asked():
     meta = {"factors": {"blur": 2, "jitter": 1, "wrong_color": 1}, "color": "blue", "shape": "square",
             "motion": "top to bottom", "background": "black", "tint": None, "dropped_frames": []}
     assert caption(meta) == ("A blue square moving top to bottom on a black background. Image: very blurry. "
-                             "Motion: it shakes slightly.")
+                             "Motion: the camera shakes slightly.")
     clean = dict(meta, factors={}, dropped_frames=[])
     assert caption(clean).endswith("Image: sharp and clean. Motion: smooth.")
     frozen = dict(meta, factors={"frame_drop": 1, "noise": 1}, dropped_frames=[2, 3], tint="warm")
-    assert caption(frozen).endswith("Image: light noise, warm tint. Motion: it freezes and then jumps.")
+    assert caption(frozen).endswith("Image: light noise, warm tint. Motion: the picture freezes and then jumps.")
 
 
 def test_caption_examples_cover_each_clip_once(bench):
@@ -54,6 +54,37 @@ def test_caption_examples_cover_each_clip_once(bench):
         # The caption is the clip's own, and says what is DRAWN (a wrong-colour clip gets its actual colour).
         assert e.rationale_a == caption(truth[str(e.video_a)]) and e.rationale_b == caption(truth[str(e.video_b)])
         assert f"A {truth[str(e.video_a)]['color']} " in e.rationale_a
+
+
+def test_grounding_answers_name_what_is_drawn():
+    meta = {"factors": {"wrong_color": 1}, "color": "blue", "shape": "square", "motion": "top to bottom",
+            "background": "black", "tint": None, "dropped_frames": []}
+    assert grounding_answer(meta, "blue", "square") == "Yes."
+    assert grounding_answer(meta, "red", "square") == "No, it is a blue square."
+    assert grounding_answer(meta, "blue", "circle") == "No, it is a blue square."
+
+
+def test_question_examples_ask_about_both_clips(bench):
+    pairs = read_pairs(bench["train"])
+    truth = {}
+    for p in pairs:
+        truth[str(p.video_a)] = p.meta["meta_a"]
+        truth[str(p.video_b)] = p.meta["meta_b"]
+    examples = question_examples(pairs, seed=0)
+    seen = [str(e.video_a) for e in examples] + [str(e.video_b) for e in examples]
+    assert set(seen) == set(truth) and len(seen) in (len(truth), len(truth) + 1)
+    asked_own = 0
+    for e in examples:
+        words = e.prompt.rstrip("?").split()
+        assert words[:3] == ["Is", "this", "a"] and len(words) == 5 and e.labels == {}
+        color, shape = words[3], words[4]
+        for video, answer in ((e.video_a, e.rationale_a), (e.video_b, e.rationale_b)):
+            meta = truth[str(video)]
+            expected = "Yes." if (meta["color"], meta["shape"]) == (color, shape) else f"No, it is a {meta['color']} {meta['shape']}."
+            assert answer == expected
+        asked_own += (truth[str(e.video_a)]["color"], truth[str(e.video_a)]["shape"]) == (color, shape)
+    assert 0 < asked_own < len(examples)  # some questions name the first clip's object, some do not
+    assert question_examples(pairs, seed=0) == examples  # deterministic
 
 
 def test_caption_examples_need_ground_truth(tmp_path):
@@ -84,6 +115,13 @@ def test_pretrain_stage_trains_only_what_it_should(bench, tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "lm_loss" in r]
     assert len(steps) == 3 and all(r["pref_loss"] == 0.0 and r["lm_loss"] > 0 for r in steps)
+    assert json.loads((out / "run_config.json").read_text())["recipe"]["questions"] == "Is this a {color} {shape}?"
+    from descore_sdk.cli import main as descore_main
+
+    captions_only = tmp_path / "captions_only"
+    assert descore_main(["train", "pretrain", "--model", str(base), "--data", str(bench["train"]), "--out", str(captions_only),
+                         "--steps", "1", "--batch-size", "2", "--no-progress", "--no-questions"]) == 0
+    assert json.loads((captions_only / "run_config.json").read_text())["recipe"]["questions"] is None
 
 
 def test_pretrain_refuses_data_without_ground_truth(tmp_path, sample_data_dir, capsys):

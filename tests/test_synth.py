@@ -230,6 +230,44 @@ def test_jitter_shakes_the_path(twins):
     assert clean < 0.5 < 1.0 < mild < strong  # measured ≈ 0.15, 3.5, 6.6 px
 
 
+def background_shifts(frames: np.ndarray, object_color: str, search: int = 4) -> list[tuple[int, int]]:
+    """Per pair of consecutive frames, the integer (dx, dy), |dx|, |dy| ≤ `search`, that best maps frame
+    t's background onto frame t+1's (object pixels and a border excluded): how the camera moved. The
+    8 px checker repeats under an (8, 8) shift, so a search wider than ±4 would find aliases."""
+    gray = frames.mean(axis=-1)
+    keep = ~color_mask(frames, object_color, tolerance=80.0)
+    b = search
+    shifts = []
+    for t in range(len(frames) - 1):
+        best, best_err = None, np.inf
+        for dy in range(-b, b + 1):
+            for dx in range(-b, b + 1):
+                # The picture content drifts opposite to the camera: frame t+1 at (y, x) shows what frame t
+                # showed at (y + dy, x + dx).
+                later = gray[t + 1, b:-b, b:-b]
+                earlier = gray[t, b + dy:gray.shape[1] - b + dy, b + dx:gray.shape[2] - b + dx]
+                valid = keep[t + 1, b:-b, b:-b] & keep[t, b + dy:gray.shape[1] - b + dy, b + dx:gray.shape[2] - b + dx]
+                err = np.abs(later - earlier)[valid].mean()
+                if err < best_err:
+                    best, best_err = (dx, dy), err
+        shifts.append(best)
+    return shifts
+
+
+def test_camera_pans_and_shakes(twins):
+    """The background drifts by the same whole-pixel step every frame (a pan); a freeze stops it; camera
+    shake (jitter) makes the steps irregular. Measured by matching the decoded background, frame to frame."""
+    _, clean = twins(SCENE, {})
+    steps = background_shifts(clean, SCENE.color)
+    assert len(set(steps)) == 1 and steps[0] != (0, 0), steps  # synth.PAN_PX = (3, 2) → (3, 2)
+    spec, frozen = twins(SCENE, {"frame_drop": 2})
+    frozen_steps = background_shifts(frozen, SCENE.color)
+    assert [t + 1 for t, s in enumerate(frozen_steps) if s == (0, 0)] == spec.dropped
+    _, shaken = twins(SCENE, {"jitter": 2})
+    shaken_steps = background_shifts(shaken, SCENE.color)
+    assert sum(step != steps[0] for step in shaken_steps) >= 4, shaken_steps  # shakes of up to ±8 px
+
+
 @pytest.mark.parametrize("scene", [SCENE, Scene("square", "green", "top to bottom", "black"),
                                    Scene("triangle", "yellow", "bottom to top", "white")])
 def test_wrong_object_differs_in_colour_or_shape(twins, scene):

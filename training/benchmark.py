@@ -8,8 +8,9 @@ interrupted benchmark continues where it stopped):
 1. data       `synth.generate_benchmark`: train / test_id / test_heldout (held-out factors: colour cast,
               wrong motion).
 2. base       a tiny random-weight Qwen-VL DeScore model (dimensions VQ, MQ, TA, overall).
-3. pretrain   captioning pre-training on the train clips (`training/pretrain.py`): the tiny stand-in
-              for the VLM pre-training a real Qwen-VL comes with.
+3. pretrain   captioning pre-training with grounding questions on the train clips
+              (`training/pretrain.py`): the tiny stand-in for the VLM pre-training a real Qwen-VL
+              comes with.
 4. cold_start DeScore cold start from the pre-trained base: BT, CoT drop 0.5, rationale LM loss.
 5. plain_bt   the same backbone, BT on the fast layout only (CoT drop 1, no LM loss).
 6. jrm        JRM from the same backbone: BT + rationale LM loss, scored without CoT.
@@ -60,14 +61,14 @@ class BenchmarkSettings:
     n_heldout: int = 300
     n_calib: int = 200  # train pairs the with-ties threshold is calibrated on
     size: int = 96
-    pretrain_steps: int = 400
-    cold_steps: int = 1000
-    bt_steps: int = 1000
-    jrm_steps: int = 1000
+    pretrain_steps: int = 1000
+    cold_steps: int = 1500
+    bt_steps: int = 1500
+    jrm_steps: int = 1500
     rl_steps: int = 8
     batch_size: int = 16
     lr: float = 2e-3
-    max_new_tokens: int = 192  # think-mode rationale budget (the synthetic rationales are ~110-130 tokens)
+    max_new_tokens: int = 192  # think-mode rationale budget (the synthetic rationales are ~75-100 tokens)
 
     @classmethod
     def quick(cls) -> "BenchmarkSettings":

@@ -406,7 +406,9 @@ def add_subcommands(subparsers) -> None:
     add_cold_start_arguments(p)
     p.set_defaults(func=cmd_train_cold_start)
     p = train_sub.add_parser("pretrain", help="captioning pre-training of a tiny random-weight backbone on synthetic clips")
-    add_train_arguments(p)
+    from .pretrain import add_pretrain_arguments
+
+    add_pretrain_arguments(p)
     p.set_defaults(func=cmd_train_pretrain)
     p = train_sub.add_parser("benchmark", add_help=False,
                              help="every recipe end to end on the synthetic benchmark (python -m descore_sdk.training.benchmark)")

@@ -9,18 +9,25 @@ Scenes
 ------
 A scene is one object (circle / square / triangle; red / green / blue / yellow / purple) moving in one
 direction (left to right, right to left, top to bottom, bottom to top) over a gray, black or white
-background with a faint checker texture. Its prompt says exactly that: "a red circle moving left to
-right on a gray background". The clean video matches the prompt. Videos are tiny (default 64×64,
+background with a checker texture, filmed by a slowly panning camera (the texture drifts by
+`PAN_PX` per frame). Its prompt says exactly that: "a red circle moving left to right on a gray
+background". The clean video matches the prompt. Videos are tiny (default 64×64,
 8 frames at 2 fps), h264/yuv420p in MP4, a few KB each (noisy ones a few tens of KB).
 
 Every factor must survive the model's own preprocessing, or its labels are noise to the model:
 * the default frame rate is the models' sampling rate (2 fps), so every rendered frame is a model frame
   (at 4 fps the sampler kept 4 of 8 frames and most dropped frames were never seen);
-* the object's diameter is 40 % of the frame side (`OBJECT_RADIUS`): with Qwen-VL's 16 px patches
+* the object's diameter is 60 % of the frame side (`OBJECT_RADIUS`): with Qwen-VL's 16 px patches
   merged 2×2, a 64 px frame is only 2×2 tokens; at 30 % a tiny model's captions never used the video's
-  colour or shape (measured over 1,000+ steps), at 40 % (96 px) and 60 % (64 px) it learned colour
-  within 400 captioning steps.
-* motion faults are strong: a frame drop is one freeze of 2 / 4 consecutive frames, jitter ±4 / ±8 px.
+  colour or shape (measured over 1,000+ steps); at 40 % of 96 px it learned colour within 400
+  captioning steps, but after 1,000 steps it still told the shapes apart only ~80 % of the time, and
+  the cold start's text-alignment errors were almost all wrong-shape pairs (colour 0.93, shape 0.60).
+* motion faults change the whole picture: the camera pans, so in a clean clip every pair of frames
+  differs all over the textured background, a freeze (2 / 4 consecutive frames repeat the one before
+  them) stops the whole picture, and jitter is camera shake (the whole picture, object included, is
+  offset by up to ±4 / ±8 px per frame). Measured on the tiny model (BT on MQ pairs only, fast layout,
+  800 steps): with a static background and only the object shaking, MQ stayed at chance (0.50-0.57); with
+  the pan and camera shake it reached 0.90.
 * the rationale's alignment section is a checklist (colour / shape / path: asked, seen, verdict) before
   its conclusion, so each verdict follows the two words it compares.
 
@@ -34,7 +41,7 @@ factor             dim    what it does                                          
 ``noise``          VQ     Gaussian pixel noise, sigma 14 / 28 (of 255)                   1, 2
 ``color_cast``     VQ     whole-frame warm / cool / green tint, ±30 / ±60 per channel    1, 2
 ``frame_drop``     MQ     a freeze: 2 / 4 consecutive frames repeat the one before them   1, 2
-``jitter``         MQ     object position shaken off its straight path, ±4 / ±8 px       1, 2
+``jitter``         MQ     camera shake: the whole picture offset by up to ±4 / ±8 px     1, 2
 ``wrong_color``    TA     object drawn in another colour than the prompt says            1
 ``wrong_shape``    TA     object drawn as another shape than the prompt says             1
 ``wrong_motion``   TA     object moves in another direction than the prompt says         1
@@ -117,7 +124,10 @@ BLUR_SIGMA = {1: 1.0, 2: 2.0}
 NOISE_SIGMA = {1: 14.0, 2: 28.0}
 DROPPED_FRAMES = {1: 2, 2: 4}
 JITTER_PX = {1: 4.0, 2: 8.0}
-OBJECT_RADIUS = 0.2  # of the frame's shorter side
+OBJECT_RADIUS = 0.3  # of the frame's shorter side
+PAN_PX = (3.0, 2.0)  # camera pan: the background texture drifts this far (x, y) per frame
+CHECKER_PX = 8  # side of the background's checker squares
+CHECKER_CONTRAST = 20.0  # ± levels of the checker around the background colour
 
 HELDOUT_FACTORS = ("color_cast", "wrong_motion")
 TRAIN_FACTORS = tuple(f for f in FACTOR_DIMENSION if f not in HELDOUT_FACTORS)
@@ -231,12 +241,9 @@ def _gaussian_blur(frames: np.ndarray, sigma: float) -> np.ndarray:
 
 def render_frames(spec: VideoSpec, *, width: int, height: int, num_frames: int) -> np.ndarray:
     """(num_frames, height, width, 3) uint8 RGB frames of `spec`."""
-    rng = np.random.default_rng(spec.seed + 1_000_003)  # pixel-level draws (jitter, noise)
-    background = np.empty((height, width, 3), np.float32)
-    background[:] = BACKGROUNDS[spec.scene.background]
-    ys, xs = np.mgrid[0:height, 0:width]
-    checker = ((ys // 8 + xs // 8) % 2) * 2 - 1  # faint texture so blur has more than edges to soften
-    background += 10.0 * checker[..., None]
+    rng = np.random.default_rng(spec.seed + 1_000_003)  # pixel-level draws (shake, noise)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.array(BACKGROUNDS[spec.scene.background], np.float32)
 
     radius = OBJECT_RADIUS * min(width, height)
     margin = radius + 2
@@ -246,17 +253,20 @@ def render_frames(spec: VideoSpec, *, width: int, height: int, num_frames: int) 
     span = np.array([width - 2 * margin, height - 2 * margin])
     start = start - np.array([dx, dy]) * span / 2
     step = np.array([dx, dy]) * span / max(1, num_frames - 1)
-    jitter = JITTER_PX.get(spec.factors.get("jitter", 0), 0.0)
+    shake = JITTER_PX.get(spec.factors.get("jitter", 0), 0.0)
 
     frames = np.empty((num_frames, height, width, 3), np.float32)
     color = np.array(COLORS[spec.color], np.float32)
     for t in range(num_frames):
-        cx, cy = start + t * step
-        if jitter:
-            cx, cy = np.array([cx, cy]) + rng.uniform(-jitter, jitter, size=2)
+        # Camera: a steady pan (the textured background drifts), plus a random offset per frame when
+        # it shakes; a shake moves everything in the frame, the object included.
+        camera = np.array(PAN_PX) * t + (rng.uniform(-shake, shake, size=2) if shake else 0.0)
+        checker = ((np.floor((ys + camera[1]) / CHECKER_PX) + np.floor((xs + camera[0]) / CHECKER_PX)) % 2) * 2 - 1
+        background = base + CHECKER_CONTRAST * checker[..., None]
+        cx, cy = start + t * step + (camera - np.array(PAN_PX) * t)
         mask = _object_mask(spec.shape, cx, cy, radius, height, width)
         frames[t] = np.where(mask[..., None], color, background)
-    for t in spec.dropped:  # a dropped frame shows the previous one again (the video "freezes")
+    for t in spec.dropped:  # a dropped frame shows the previous one again: the whole picture freezes
         frames[t] = frames[t - 1]
 
     if "blur" in spec.factors:
@@ -316,10 +326,10 @@ def describe(spec: VideoSpec) -> str:
 
     motion = []
     if spec.dropped:
-        motion.append(f"it stutters: {len(spec.dropped)} of the frames repeat the previous one, so the object freezes and then jumps")
+        motion.append(f"it stutters: {len(spec.dropped)} of the frames repeat the previous one, so the picture freezes and then jumps")
     if "jitter" in factors:
-        motion.append("the object shakes " + ("violently" if factors["jitter"] == 2 else "slightly")
-                      + " off its straight path")
+        motion.append("the camera shakes " + ("violently" if factors["jitter"] == 2 else "slightly")
+                      + ", so the whole picture jumps around")
     parts.append("Motion: " + ("; ".join(motion) if motion else "smooth and steady along a straight path") + ".")
 
     # A checklist first (each prompt element: asked, seen, verdict), then the conclusion: the verdict
@@ -352,11 +362,19 @@ def caption(meta: dict) -> str:
         look.append(f"{meta['tint']} tint")
     moves = []
     if meta.get("dropped_frames"):
-        moves.append("it freezes and then jumps")
+        moves.append("the picture freezes and then jumps")
     if "jitter" in factors:
-        moves.append("it shakes " + ("violently" if factors["jitter"] == 2 else "slightly"))
+        moves.append("the camera shakes " + ("violently" if factors["jitter"] == 2 else "slightly"))
     return (f"A {meta['color']} {meta['shape']} moving {meta['motion']} on a {meta['background']} background. "
             f"Image: {', '.join(look) or 'sharp and clean'}. Motion: {', '.join(moves) or 'smooth'}.")
+
+
+def grounding_answer(meta: dict, color: str, shape: str) -> str:
+    """The answer to "Is this a `color` `shape`?" about a video with ground truth `meta`
+    (`VideoSpec.meta()`): the pre-training grounding questions of `training/pretrain.py`."""
+    if (meta["color"], meta["shape"]) == (color, shape):
+        return "Yes."
+    return f"No, it is a {meta['color']} {meta['shape']}."
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -155,7 +155,12 @@ Overall this is a strong video with only minor problems.|
 Overall this video is poor and would not satisfy the user.|
 Compared with the prompt, the number of animals is wrong.|
 The physics look wrong: water flows upward and objects pass through each other.|
-The first second is good, but the quality drops after three seconds.""".replace(
+The first second is good, but the quality drops after three seconds.|
+Visual quality: the picture is sharp and clean, the colours look natural.|
+Motion: the object moves steadily along a straight path, then it freezes and jumps.|
+Alignment: the prompt asks for a blue square, and the object seen is a blue square.|
+Image: heavy grain, a slight blur and a warm tint cover the whole frame.|
+A shape moves from left to right, from right to left, from top to bottom or from bottom to top.""".replace(
     "\n", ""
 ).split("|")
 _PARAGRAPH = """\
@@ -177,7 +182,10 @@ Punctuation: commas, periods. Questions? Answers! Quotes "like this" and 'this';
 """
 
 
-# A broader word list so the BPE learns whole words for most of what prompts and rationales say.
+# A broader word list so the BPE learns whole words for most of what prompts and rationales say, as a
+# real Qwen vocabulary has them: with "triangle" as t|ri|an|g|le and "bottom" as b|ot|t|om, the synthetic
+# benchmark's rationales took 126 tokens instead of 76, and a tiny model had to match words spread
+# over several tokens when it compares what a prompt asks with what it saw.
 _ADJECTIVES = """bright dark sharp blurry soft hard smooth rough warm cold wet dry quiet loud huge tiny tall short
 long wide narrow deep shallow heavy light fast slow strong weak clean dirty empty full fresh stale golden
 silver purple orange yellow green blue white black brown pink gray colorful pale vivid dull shiny glossy
@@ -187,7 +195,8 @@ ancient modern futuristic magical mysterious peaceful dramatic epic cozy elegant
 noisy grainy pixelated distorted deformed broken missing extra accurate inaccurate correct wrong faithful
 careful sudden gradual continuous discontinuous gentle violent graceful clumsy steady shaky static dynamic
 vertical horizontal diagonal circular random regular visible invisible transparent reflective foggy misty
-sunny cloudy rainy snowy windy stormy frozen burning floating flying hidden obvious subtle strange normal""".split()
+sunny cloudy rainy snowy windy stormy frozen burning floating flying hidden obvious subtle strange normal
+straight curved round square triangular slight noticeable violent visual motion matching mismatched asked seen""".split()
 _NOUNS = """video clip frame frames scene scenes shot camera lens motion movement quality detail details color
 colors light lighting shadow shadows texture textures background foreground subject object objects person
 people face faces hand hands eye eyes body bodies arm arms leg legs hair head mouth smile animal animals
@@ -201,16 +210,19 @@ problems reason reasons answer question prompt prompts score scores rating ratin
 dimension dimensions alignment consistency realism aesthetics composition physics gravity speed direction
 distance position size shape number count style mood atmosphere contrast brightness saturation exposure
 resolution transition transitions beginning middle end second seconds minute minutes moment time
-judgement evaluation assessment comparison preference winner loser pair example examples dataset""".split()
+judgement evaluation assessment comparison preference winner loser pair example examples dataset
+circle circles square squares triangle triangles rectangle line dot path paths corner edge edges side top
+bottom left right centre center tint tints grain colour colours cast stutter jump jumps match mismatch""".split()
 _VERBS = """appear disappear move turn stop start begin end follow track zoom pan tilt rotate shake flicker
 blur change remain stay look seem show reveal hide enter leave cross pass reach hold carry throw catch
 open close push pull lift drop break fix build destroy create describe explain compare judge rate score
 evaluate prefer match contain include miss ignore follow violate respect improve reduce increase decrease
 grow shrink fade glow shine reflect float sink fall rise walk run jump dance fly swim drive ride cook eat
-drink read write paint sing play sleep smile laugh cry talk sit stand wait watch listen think decide""".split()
+drink read write paint sing play sleep smile laugh cry talk sit stand wait watch listen think decide
+see saw seen ask asked freeze freezes stutter stutters jump jumps repeat repeats smear smears cover covers""".split()
 _ADVERBS = """slowly quickly smoothly suddenly gradually clearly barely fully partly mostly rarely often always
 never sometimes naturally strangely carefully gently roughly exactly nearly almost very quite rather too
-really truly highly poorly badly well better worse best worst""".split()
+really truly highly poorly badly well better worse best worst violently slightly steadily off across along into onto previous whole has""".split()
 
 
 @functools.lru_cache(maxsize=1)
