@@ -29,6 +29,15 @@ def bench(tmp_path_factory):
     return generate_benchmark(tmp_path_factory.mktemp("bench"), n_train=10, n_test=0, n_heldout=0, seed=4, size=(32, 32), num_frames=5)
 
 
+def clip_truth(pairs) -> dict:
+    """{video path: ground-truth meta} read straight from the pairs' records."""
+    truth = {}
+    for p in pairs:
+        truth[str(p.video_a)] = p.meta["meta_a"]
+        truth[str(p.video_b)] = p.meta["meta_b"]
+    return truth
+
+
 def test_caption_names_what_is_drawn_not_what_was_asked():
     meta = {"factors": {"blur": 2, "jitter": 1, "wrong_color": 1}, "color": "blue", "shape": "square",
             "motion": "top to bottom", "background": "black", "tint": None, "dropped_frames": []}
@@ -43,10 +52,7 @@ def test_caption_names_what_is_drawn_not_what_was_asked():
 def test_caption_examples_cover_each_clip_once(bench):
     pairs = read_pairs(bench["train"])
     examples = caption_examples(pairs)
-    truth = {}
-    for p in pairs:
-        truth[str(p.video_a)] = p.meta["meta_a"]
-        truth[str(p.video_b)] = p.meta["meta_b"]
+    truth = clip_truth(pairs)
     seen = [str(e.video_a) for e in examples] + [str(e.video_b) for e in examples]
     assert set(seen) == set(truth) and len(seen) in (len(truth), len(truth) + 1)
     for e in examples:
@@ -66,10 +72,7 @@ def test_grounding_answers_name_what_is_drawn():
 
 def test_question_examples_ask_about_both_clips(bench):
     pairs = read_pairs(bench["train"])
-    truth = {}
-    for p in pairs:
-        truth[str(p.video_a)] = p.meta["meta_a"]
-        truth[str(p.video_b)] = p.meta["meta_b"]
+    truth = clip_truth(pairs)
     examples = question_examples(pairs, seed=0)
     seen = [str(e.video_a) for e in examples] + [str(e.video_b) for e in examples]
     assert set(seen) == set(truth) and len(seen) in (len(truth), len(truth) + 1)

@@ -260,10 +260,11 @@ def render_frames(spec: VideoSpec, *, width: int, height: int, num_frames: int) 
     for t in range(num_frames):
         # Camera: a steady pan (the textured background drifts), plus a random offset per frame when
         # it shakes; a shake moves everything in the frame, the object included.
-        camera = np.array(PAN_PX) * t + (rng.uniform(-shake, shake, size=2) if shake else 0.0)
+        offset = rng.uniform(-shake, shake, size=2) if shake else np.zeros(2)
+        camera = np.array(PAN_PX) * t + offset
         checker = ((np.floor((ys + camera[1]) / CHECKER_PX) + np.floor((xs + camera[0]) / CHECKER_PX)) % 2) * 2 - 1
         background = base + CHECKER_CONTRAST * checker[..., None]
-        cx, cy = start + t * step + (camera - np.array(PAN_PX) * t)
+        cx, cy = start + t * step + offset
         mask = _object_mask(spec.shape, cx, cy, radius, height, width)
         frames[t] = np.where(mask[..., None], color, background)
     for t in spec.dropped:  # a dropped frame shows the previous one again: the whole picture freezes
