@@ -83,6 +83,41 @@ def test_training_rows_equal_the_scorers_inputs(checkpoint, bench):
     assert cache.misses == 1 and cache.hits == 1
 
 
+def test_feature_cache_keeps_decoded_clips_within_its_byte_budget(checkpoint, bench, tmp_path):
+    """Cached or not, the features are the Scorer's (`inputs.video_features`, decoding afresh); the
+    cache holds at most `max_bytes` of frames, drops the least recently used, and rereads an edited file."""
+    import shutil
+
+    from descore_sdk.inputs import load_clip, video_features
+
+    model = DeScoreModel.from_pretrained(checkpoint)
+    config = model.descore_config
+    pairs = read_pairs(bench["train"])[:2]
+    videos = [pairs[0].video_a, pairs[0].video_b, pairs[1].video_a]
+    sizes = [load_clip(v, config).frames.nbytes for v in videos]
+    cache = FeatureCache(config, max_bytes=sizes[0] + sizes[1])
+    for video in videos + videos[::-1]:
+        got, want = cache(video), video_features(video, config)
+        np.testing.assert_array_equal(got.patches, want.patches)
+        np.testing.assert_array_equal(got.grid_thw, want.grid_thw)
+        np.testing.assert_array_equal(got.timestamps, want.timestamps)
+        assert got.second_per_grid == want.second_per_grid
+        assert cache.bytes <= sizes[0] + sizes[1]
+    # v0 v1 v2 (drops v0) | v2 hit, v1 hit, v0 miss (drops v2)
+    assert (cache.misses, cache.hits, len(cache)) == (4, 2, 2)
+    empty = FeatureCache(config, max_bytes=0)
+    empty(videos[0]), empty(videos[0])
+    assert (empty.misses, empty.hits, len(empty), empty.bytes) == (2, 0, 0, 0)
+    # An edited file (new size/mtime) is decoded again, not served from the cache.
+    copy = tmp_path / "clip.mp4"
+    shutil.copyfile(videos[0], copy)
+    unbounded = FeatureCache(config, max_bytes=None)
+    first = unbounded(copy).patches
+    shutil.copyfile(videos[2], copy)
+    np.testing.assert_array_equal(unbounded(copy).patches, video_features(videos[2], config).patches)
+    assert unbounded.misses == 2 and not np.array_equal(first, unbounded(copy).patches)
+
+
 def test_padded_batch_rewards_equal_single_row_rewards(checkpoint, bench):
     model, prompts, cache = _parts(checkpoint)
     pairs = read_pairs(bench["train"])[:3]

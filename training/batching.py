@@ -43,8 +43,9 @@ import torch
 
 from descore_sdk.config import DescoreConfig
 from descore_sdk.errors import DataError, InvalidInputError
-from descore_sdk.inputs import VideoFeatures, model_inputs, video_features
+from descore_sdk.inputs import VideoFeatures, clip_features, load_clip, model_inputs
 from descore_sdk.prompt import PromptBuilder
+from descore_sdk.video import VideoClip
 
 from .data import PreferencePair
 from .losses import IGNORE_INDEX, IGNORE_LABEL
@@ -59,13 +60,23 @@ PREFERENCE_CODES = {"A": 1, "B": -1, "same": 0}
 
 # -- per-video preprocessing cache ------------------------------------------------------------------
 class FeatureCache:
-    """`VideoFeatures` per video file, decoded once and kept in memory (least recently used dropped
-    beyond `max_items`). Keyed by path, size and modification time, so an edited file is re-read."""
+    """`VideoFeatures` per video file, with the decoded clips kept in memory.
 
-    def __init__(self, config: DescoreConfig, *, max_items: int | None = 4096):
+    Decoding dominates a tiny model's training step, and a run sees each video many times, so the
+    decoded frames (uint8, the output of `inputs.load_clip`) are kept and the patches are recomputed
+    from them on every call (`inputs.clip_features`, the Scorer's code): exactly what decoding again
+    would give, at a quarter of the memory float32 patches would take. Clips are kept up to
+    `max_bytes` of frames (default 2 GiB; 0 keeps none), least recently used dropped first. Entries
+    are keyed by path, size and modification time, so an edited file is read again.
+    """
+
+    def __init__(self, config: DescoreConfig, *, max_bytes: int | None = 2 << 30):
+        if max_bytes is not None and max_bytes < 0:
+            raise InvalidInputError(f"max_bytes must be >= 0 or None (no limit), got {max_bytes}.")
         self.config = config
-        self.max_items = max_items
-        self._items: OrderedDict[tuple, VideoFeatures] = OrderedDict()
+        self.max_bytes = max_bytes
+        self._clips: OrderedDict[tuple, VideoClip] = OrderedDict()
+        self.bytes = 0
         self.hits = self.misses = 0
 
     def __call__(self, video: str | os.PathLike) -> VideoFeatures:
@@ -75,19 +86,28 @@ class FeatureCache:
         except OSError as exc:
             raise DataError(f"Video {path} cannot be read ({exc}); fix the data file or restore the video.") from None
         key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-        if key in self._items:
+        clip = self._clips.get(key)
+        if clip is not None:
             self.hits += 1
-            self._items.move_to_end(key)
-            return self._items[key]
-        self.misses += 1
-        features = video_features(path, self.config)
-        self._items[key] = features
-        if self.max_items is not None and len(self._items) > self.max_items:
-            self._items.popitem(last=False)
-        return features
+            self._clips.move_to_end(key)
+        else:
+            self.misses += 1
+            clip = load_clip(path, self.config)
+            self._keep(key, clip)
+        return clip_features(clip, self.config)
+
+    def _keep(self, key: tuple, clip: VideoClip) -> None:
+        size = clip.frames.nbytes
+        if self.max_bytes is not None and size > self.max_bytes:
+            return
+        self._clips[key] = clip
+        self.bytes += size
+        while self.max_bytes is not None and self.bytes > self.max_bytes:
+            _, dropped = self._clips.popitem(last=False)
+            self.bytes -= dropped.frames.nbytes
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._clips)
 
 
 # -- one row ----------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ interrupted benchmark continues where it stopped):
 4. cold_start DeScore cold start from the pre-trained base: BT, CoT drop 0.5, rationale LM loss.
 5. plain_bt   the same backbone, BT on the fast layout only (CoT drop 1, no LM loss).
 6. jrm        JRM from the same backbone: BT + rationale LM loss, scored without CoT.
-7. rl         dual-objective RL (GRPO n=8 + BT on the head) from the cold-start checkpoint.
+7. rl         dual-objective RL (GRPO n=8 + BT on the head) from the cold-start checkpoint, 100 steps at
+              a policy lr of 1e-5: enough to move the policy (KL to the reference ~1e-3 per token).
 8. export     cold_start and rl exported as ONNX bundles.
 
 Evaluation: `descore eval`'s code (`training.cli.evaluate_with_scorer`): accuracy without ties per
@@ -62,10 +63,12 @@ class BenchmarkSettings:
     n_calib: int = 200  # train pairs the with-ties threshold is calibrated on
     size: int = 96
     pretrain_steps: int = 1000
-    cold_steps: int = 2500
-    bt_steps: int = 2500
-    jrm_steps: int = 2500
-    rl_steps: int = 8
+    cold_steps: int = 4000
+    bt_steps: int = 4000
+    jrm_steps: int = 4000
+    rl_steps: int = 100
+    rl_lr: float = 1e-5  # the tiny model's policy lr (RLConfig's 1e-6 default is for real VLMs); moves KL to ~1e-3
+    rl_head_lr: float = 1e-4
     batch_size: int = 16
     lr: float = 2e-3
     max_new_tokens: int = 192  # think-mode rationale budget (the synthetic rationales are ~75-100 tokens)
@@ -142,7 +145,7 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
         backbone, split["train"], out / "jrm", _train_config(settings, settings.jrm_steps), lm_weight=1.0))
     rl_config = RLConfig(steps=settings.rl_steps, num_samples=8, max_new_tokens=settings.max_new_tokens,
                          length_min_tokens=min(32, settings.max_new_tokens), length_max_tokens=max(settings.max_new_tokens, 32),
-                         seed=settings.seed)
+                         lr=settings.rl_lr, head_lr=settings.rl_head_lr, seed=settings.seed)
     stages.run("rl", out / "rl" / "config.json", lambda: run_rl(out / "cold_start" / "model", split["train"], out / "rl", rl_config))
 
     from descore_sdk.export.bundle import export_bundle
