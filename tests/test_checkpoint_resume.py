@@ -108,6 +108,18 @@ def test_lora_run_resumes_exactly(base, bench, tmp_path):
         _assert_same_tensors(tmp_path / "straight/checkpoints/step-000004" / name, tmp_path / "resumed/checkpoints/step-000004" / name)
 
 
+def test_the_video_cache_changes_speed_not_the_run(base, bench, tmp_path):
+    """12 pairs, 4 per step: in the cached run every clip of steps 4-6 comes from the cache. A run
+    resumed at step 3 with the cache off (0 MB: every clip decoded afresh) ends bitwise where the
+    cached run ends, and the cache size may change on resume."""
+    config = TrainConfig(steps=6, batch_size=4, lr=3e-3, save_every=3, seed=3, progress=False)
+    train_cold_start(base, bench["train"], tmp_path / "cached", config, lm_weight=0.3)
+    train_cold_start(base, bench["train"], tmp_path / "mixed", dataclasses.replace(config, steps=3), lm_weight=0.3)
+    train_cold_start(base, bench["train"], tmp_path / "mixed", dataclasses.replace(config, video_cache_mb=0), lm_weight=0.3, resume=True)
+    _assert_same_tensors(tmp_path / "cached/model/model.safetensors", tmp_path / "mixed/model/model.safetensors")
+    assert _losses(tmp_path / "cached") == _losses(tmp_path / "mixed")
+
+
 def test_resume_refuses_changed_settings_and_fresh_runs_refuse_used_folders(base, bench, tmp_path):
     config = TrainConfig(steps=2, batch_size=4, lr=1e-3, progress=False)
     train_cold_start(base, bench["train"], tmp_path / "run", config)

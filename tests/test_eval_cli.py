@@ -133,12 +133,12 @@ def test_train_options_parse_into_a_train_config():
     args = parser.parse_args([
         "train", "cold-start", "--model", "m", "--data", "d.jsonl", "--out", "o", "--resume", "--lora", "--lora-r", "16",
         "--lora-targets", "q_proj,v_proj", "--freeze-vision", "--steps", "7", "--batch-size", "4", "--max-grad-norm", "0",
-        "--ties", "rao_kupper", "--cot-drop", "0.3", "--lm-weight", "0.2",
+        "--ties", "rao_kupper", "--cot-drop", "0.3", "--lm-weight", "0.2", "--video-cache-mb", "0",
     ])
     assert args.func is cli.cmd_train_cold_start and args.resume and args.ties == "rao_kupper" and args.cot_drop == 0.3
     config = cli.train_config_from_args(args)
     assert (config.lora, config.lora_r, config.lora_targets, config.train_vision) == (True, 16, ("q_proj", "v_proj"), False)
-    assert (config.steps, config.batch_size, config.max_grad_norm) == (7, 4, None)
+    assert (config.steps, config.batch_size, config.max_grad_norm, config.video_cache_mb) == (7, 4, None, 0)
     jrm = parser.parse_args(["train", "jrm", "--model", "m", "--data", "d", "--out", "o"])
     assert jrm.func is cli.cmd_train_jrm and jrm.lm_weight == cli.DEFAULT_JRM_LM_WEIGHT
 

@@ -47,7 +47,8 @@ DEFAULT_JRM_LM_WEIGHT = 1.0
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SCHEDULES = ("constant", "linear", "cosine")
 # Settings that only affect logging/saving; a resumed run may change them.
-BOOKKEEPING_FIELDS = ("steps", "save_every", "eval_every", "log_every", "keep_checkpoints", "eval_batch_size", "progress")
+BOOKKEEPING_FIELDS = ("steps", "save_every", "eval_every", "log_every", "keep_checkpoints", "eval_batch_size", "progress",
+                      "video_cache_mb")
 
 
 @dataclass
@@ -62,6 +63,8 @@ class TrainConfig:
     train_lm_head: full fine-tuning only: also train an untied LM head (output embeddings). Off by
         default — a pretrained head already knows the vocabulary; useful for random tiny models.
     save_every / eval_every: 0 = only at the end.
+    video_cache_mb: decoded training clips kept in memory (`batching.FeatureCache`; 0 decodes every
+        time). It changes speed, never the batches.
     """
 
     steps: int = 100
@@ -88,13 +91,14 @@ class TrainConfig:
     keep_checkpoints: int = 2
     eval_batch_size: int = 16
     progress: bool = True
+    video_cache_mb: int = 2048
 
     def __post_init__(self):
         self.lora_targets = tuple(self.lora_targets)
         for name in ("steps", "batch_size", "grad_accum", "lora_r", "log_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be ≥ 1, got {getattr(self, name)}.")
-        for name in ("warmup_steps", "save_every", "eval_every"):
+        for name in ("warmup_steps", "save_every", "eval_every", "video_cache_mb"):
             if getattr(self, name) < 0:
                 raise InvalidInputError(f"{name} must be ≥ 0, got {getattr(self, name)}.")
         if not self.lr > 0:
@@ -151,6 +155,8 @@ def add_train_arguments(parser) -> None:
     book.add_argument("--keep-checkpoints", type=int, default=defaults.keep_checkpoints)
     book.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size)
     book.add_argument("--no-progress", action="store_true", help="no progress bar")
+    book.add_argument("--video-cache-mb", type=int, default=defaults.video_cache_mb,
+                      help="memory per process for decoded training clips, reused across epochs (0: decode every time)")
 
 
 def train_config_from_args(args) -> TrainConfig:
@@ -179,6 +185,7 @@ def train_config_from_args(args) -> TrainConfig:
         keep_checkpoints=args.keep_checkpoints,
         eval_batch_size=args.eval_batch_size,
         progress=not args.no_progress,
+        video_cache_mb=args.video_cache_mb,
     )
 
 

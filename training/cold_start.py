@@ -65,7 +65,7 @@ def train_cold_start(
     model, pairs, eval_pairs = load_stage_inputs_for("descore", model_path, data_path, dimensions, eval_data, on_missing)
     prompts = PromptBuilder(model.tokenizer, model.descore_config)
     collator = PairCollator(
-        prompts, FeatureCache(model.descore_config), model.dimension_names,
+        prompts, FeatureCache(model.descore_config, max_bytes=config.video_cache_mb << 20), model.dimension_names,
         recipe="descore", cot_drop=cot_drop, with_labels=lm_weight > 0, seed=config.seed,
     )
     objective = PreferenceObjective(ties=ties, theta=tie_theta, lm_weight=lm_weight)

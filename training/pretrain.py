@@ -127,7 +127,7 @@ def pretrain_captioner(model_path, data_path, out_dir, config=None, *, questions
     if questions:
         examples += question_examples(pairs, seed=config.seed)
     prompts = PromptBuilder(model.tokenizer, model.descore_config)
-    collator = PairCollator(prompts, FeatureCache(model.descore_config), model.dimension_names,
+    collator = PairCollator(prompts, FeatureCache(model.descore_config, max_bytes=config.video_cache_mb << 20), model.dimension_names,
                             recipe="descore", cot_drop=0.0, with_labels=True, seed=config.seed)
     run_info = {
         "stage": "pretrain_captioner",
