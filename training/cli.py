@@ -114,6 +114,12 @@ class TrainConfig:
         d["lora_targets"] = list(d["lora_targets"])
         return {k: v for k, v in d.items() if k not in BOOKKEEPING_FIELDS}
 
+    def video_cache(self, descore_config):
+        """The decoded-clip cache (`batching.FeatureCache`) this run's collator reads videos through."""
+        from .batching import FeatureCache  # torch: imported when a run starts, not with the CLI
+
+        return FeatureCache(descore_config, max_bytes=self.video_cache_mb << 20)
+
 
 
 # -- shared command-line options --------------------------------------------------------------------

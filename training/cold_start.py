@@ -58,14 +58,14 @@ def train_cold_start(
     """
     from descore_sdk.prompt import PromptBuilder
 
-    from .batching import FeatureCache, PairCollator
+    from .batching import PairCollator
     from .trainer import PreferenceObjective, TrainConfig, Trainer
 
     config = config or TrainConfig()
     model, pairs, eval_pairs = load_stage_inputs_for("descore", model_path, data_path, dimensions, eval_data, on_missing)
     prompts = PromptBuilder(model.tokenizer, model.descore_config)
     collator = PairCollator(
-        prompts, FeatureCache(model.descore_config, max_bytes=config.video_cache_mb << 20), model.dimension_names,
+        prompts, config.video_cache(model.descore_config), model.dimension_names,
         recipe="descore", cot_drop=cot_drop, with_labels=lm_weight > 0, seed=config.seed,
     )
     objective = PreferenceObjective(ties=ties, theta=tie_theta, lm_weight=lm_weight)

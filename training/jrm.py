@@ -52,7 +52,7 @@ def train_jrm(
     """Run the JRM stage; returns the final model folder (`out_dir/model`, method "jrm")."""
     from descore_sdk.prompt import PromptBuilder
 
-    from .batching import FeatureCache, PairCollator
+    from .batching import PairCollator
     from .trainer import PreferenceObjective, TrainConfig, Trainer, load_stage_inputs
 
     config = config or TrainConfig()
@@ -63,7 +63,7 @@ def train_jrm(
         logger.warning("%s has no rationales: JRM reduces to plain Bradley–Terry on the fast layout.", data_path)
     prompts = PromptBuilder(model.tokenizer, model.descore_config)
     collator = PairCollator(
-        prompts, FeatureCache(model.descore_config, max_bytes=config.video_cache_mb << 20), model.dimension_names,
+        prompts, config.video_cache(model.descore_config), model.dimension_names,
         recipe="jrm", with_labels=lm_weight > 0, seed=config.seed,
     )
     objective = PreferenceObjective(ties=ties, theta=tie_theta, lm_weight=lm_weight)

@@ -113,7 +113,7 @@ def pretrain_captioner(model_path, data_path, out_dir, config=None, *, questions
     """
     from descore_sdk.prompt import PromptBuilder
 
-    from .batching import FeatureCache, PairCollator
+    from .batching import PairCollator
     from .data import read_pairs
     from .model import DeScoreModel
     from .trainer import PreferenceObjective, TrainConfig, Trainer
@@ -127,7 +127,7 @@ def pretrain_captioner(model_path, data_path, out_dir, config=None, *, questions
     if questions:
         examples += question_examples(pairs, seed=config.seed)
     prompts = PromptBuilder(model.tokenizer, model.descore_config)
-    collator = PairCollator(prompts, FeatureCache(model.descore_config, max_bytes=config.video_cache_mb << 20), model.dimension_names,
+    collator = PairCollator(prompts, config.video_cache(model.descore_config), model.dimension_names,
                             recipe="descore", cot_drop=0.0, with_labels=True, seed=config.seed)
     run_info = {
         "stage": "pretrain_captioner",
@@ -220,7 +220,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    from .cli import add_train_arguments, stage_main
+    from .cli import stage_main
 
     return stage_main(argv, prog="python -m descore_sdk.training.pretrain", description=__doc__.split("\n\n")[0],
                       add_arguments=add_pretrain_arguments, run=run)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from descore_sdk.config import FAMILIES, DescoreConfig
+from descore_sdk.config import FAMILIES
 from descore_sdk.errors import InvalidInputError
 
 from .tokenizer import (
