@@ -297,6 +297,42 @@ def _add_bench(sub) -> None:
     p.set_defaults(func=cmd_bench)
 
 
+def cmd_convert(args) -> int:
+    from .errors import require
+
+    require("torch", "train", "descore convert")
+    from .training.convert import convert
+
+    kwargs = dict(prompt_template_file=args.prompt_template_file, overwrite=args.overwrite)
+    if args.source == "descore":
+        kwargs.update(head_file=args.head, thinking=args.thinking, two_resolutions=args.two_resolutions)
+    else:
+        kwargs.update(base=args.base, step=args.step)
+    out = convert(args.source, args.src, args.out, **kwargs)
+    print(f"wrote {out}; export it with: descore export {out} BUNDLE_DIR")
+    return 0
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="convert the authors' DeScore or VideoAlign (VideoReward) checkpoint into an SDK checkpoint")
+    p.add_argument("--from", dest="source", required=True, choices=["descore", "videoalign"],
+                   help="descore: HF Qwen-VL folder with <Reward> + rm_head.pth; videoalign: model_config.json + checkpoint-N/")
+    p.add_argument("src", help="the authors' checkpoint folder")
+    p.add_argument("out", help="SDK checkpoint folder to write")
+    p.add_argument("--prompt-template-file", default=None,
+                   help="the authors' prompt template text (DeScore: inference.py's TEMP with [insert prompt here] and "
+                        "<video>; VideoAlign: prompt_template.py's DETAILED_PROMPT_WITH_SPECIAL_TOKEN with {text_prompt})")
+    p.add_argument("--head", default=None, help="descore: the head file (default SRC/rm_head.pth)")
+    p.add_argument("--thinking", action="store_true", help="descore: a Thinking backbone (score only the text after </think>)")
+    p.add_argument("--two-resolutions", action="store_true",
+                   help="descore: write the CoT at qwen-vl-utils' default resolution and score at <= 200,704 pixels, as the "
+                        "authors' inference.py (two vision encodes); default: one set of frames for both passes")
+    p.add_argument("--base", default=None, help="videoalign: the local Qwen2-VL base folder the checkpoint was trained from")
+    p.add_argument("--step", type=int, default=None, help="videoalign: which checkpoint-N (default: the latest)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=cmd_convert)
+
+
 def _add_training(sub) -> None:
     """`data synth`, `train cold-start|jrm|rl` and `eval` (their module imports torch only when run)."""
     from .training.cli import add_subcommands
@@ -304,11 +340,11 @@ def _add_training(sub) -> None:
     add_subcommands(sub)
 
 
-SUBCOMMANDS = [_add_score, _add_compare, _add_export, _add_quickstart, _add_bench, _add_training]
+SUBCOMMANDS = [_add_score, _add_compare, _add_export, _add_convert, _add_quickstart, _add_bench, _add_training]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="descore", description="DeScore video reward models: score, compare, export, quickstart, bench, data synth, train, eval.")
+    parser = argparse.ArgumentParser(prog="descore", description="DeScore video reward models: score, compare, export, convert, quickstart, bench, data synth, train, eval.")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)

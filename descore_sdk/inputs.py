@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -53,9 +54,15 @@ class VideoFeatures:
 class ModelInputs:
     """What a backend receives for one video.
 
-    input_ids: (L,) int64 prompt ids (think: ends with the assistant header; fast: ends with <Reward>)
+    input_ids: (L,) int64 prompt ids (think: ends with the assistant header; fast: ends with the last
+        reward token)
     patches: (N, 3·temporal_patch·patch²) float32; grid_thw: (3,) int64
     second_per_grid: seconds spanned by one temporal patch (Qwen2.5-VL's temporal rope scale)
+    prefix_length: leading ids shared by the CoT pass and the scoring pass (user-turn layout: up to the
+        template text after the video; elsewhere all of `input_ids`). Adaptive mode reads its fast
+        reward right after them.
+    rescore: user-turn layout: CoT ids → the scoring pass's full ids (prompt + CoT text + `<Reward>`,
+        tokenized whole). None: `<Reward>` follows the CoT in the assistant turn.
     """
 
     input_ids: np.ndarray
@@ -63,6 +70,12 @@ class ModelInputs:
     grid_thw: np.ndarray
     second_per_grid: float
     mode: str
+    prefix_length: int = -1
+    rescore: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def __post_init__(self):
+        if self.prefix_length < 0:
+            self.prefix_length = len(self.input_ids)
 
 
 def load_clip(
@@ -73,6 +86,7 @@ def load_clip(
     min_frames: int | None = None,
     max_frames: int | None = None,
     max_pixels: int | None = None,
+    min_pixels: int | None = None,
 ) -> VideoClip:
     """Decode and sample `video` with the checkpoint's sampling settings; a non-None keyword
     overrides the matching `config.sampling` value (the Scorer passes its ScoreOptions here)."""
@@ -84,7 +98,7 @@ def load_clip(
         max_frames=max_frames or s.max_frames,
         frame_factor=config.vision.temporal_patch_size,
         max_pixels=max_pixels or s.max_pixels,
-        min_pixels=s.min_pixels,
+        min_pixels=min_pixels or s.min_pixels,
         factor=config.vision.factor,
     )
 
@@ -96,9 +110,14 @@ def second_per_grid(clip: VideoClip, config: DescoreConfig) -> float:
     return config.vision.temporal_patch_size / sample_fps
 
 
-def clip_features(clip: VideoClip, config: DescoreConfig, *, max_pixels: int | None = None) -> VideoFeatures:
-    """Patches and grid of a decoded clip (`max_pixels` overrides the per-frame pixel budget)."""
-    sampling = config.sampling if not max_pixels else dataclasses.replace(config.sampling, max_pixels=max_pixels)
+def clip_features(clip: VideoClip, config: DescoreConfig, *, max_pixels: int | None = None,
+                  min_pixels: int | None = None) -> VideoFeatures:
+    """Patches and grid of a decoded clip (`max_pixels` / `min_pixels` override the per-frame bounds)."""
+    sampling = config.sampling
+    if max_pixels:
+        sampling = dataclasses.replace(sampling, max_pixels=max_pixels)
+    if min_pixels:
+        sampling = dataclasses.replace(sampling, min_pixels=min_pixels)
     patches, grid = preprocess_frames(clip.frames, config.vision, sampling)
     return VideoFeatures(
         patches=patches,
@@ -118,10 +137,19 @@ def model_inputs(prompts: PromptBuilder, features: VideoFeatures, prompt: str, m
     """Prompt ids for `mode` ("think": ending with the assistant header; "fast": ending with
     `<Reward>`) together with the video's patches."""
     ids = prompts.build(prompt, features.grid_thw, timestamps=features.timestamps, mode=mode)
+    rescore = None
+    if mode == "think" and prompts.config.layout.cot_position == "user":
+        grid, timestamps = features.grid_thw, features.timestamps
+
+        def rescore(cot_ids: np.ndarray) -> np.ndarray:
+            return prompts.scoring_ids(prompt, grid, prompts.cot_text(cot_ids), timestamps=timestamps)
+
     return ModelInputs(
         input_ids=ids.input_ids,
         patches=features.patches,
         grid_thw=features.grid_thw,
         second_per_grid=features.second_per_grid,
         mode=mode,
+        prefix_length=ids.prefix_length,
+        rescore=rescore,
     )

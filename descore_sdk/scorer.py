@@ -17,6 +17,7 @@ pass followed by a think pass where needed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, replace
@@ -43,6 +44,7 @@ class BackendOutput:
     fast_rewards: np.ndarray | None = None  # (K,) adaptive mode's first, fast reward
     hidden: np.ndarray | None = None  # (H,) final hidden state at <Reward>, when the backend has it
     step_logits: np.ndarray | None = None  # (C+1, V) logits of each CoT step, when asked for
+    counters: dict | None = None  # work done for this video (decode loop backends; see runtime.decode)
 
 
 # Backend name → class. "auto" picks by what the folder holds; see `_resolve_backend`.
@@ -132,9 +134,14 @@ class Scorer:
         runner = _load_backend_class(name)(path, device=device, **kwargs)
         if family is not None and runner.descore_config.family != family:
             raise ModelLoadError(f"{path} holds a {runner.descore_config.family} model, but a {family} model was requested.")
-        if "mode" not in options and runner.descore_config.method == "jrm":
-            opts = opts.replace(mode="fast")  # a JRM model scores without writing a CoT
-        return cls(runner, runner.descore_config, PromptBuilder.from_dir(path, runner.descore_config), opts)
+        config = runner.descore_config
+        if "mode" not in options and not config.thinks:
+            opts = opts.replace(mode="fast")  # JRM and VideoReward score without writing a CoT
+        # The generation settings the model was released with, unless the caller chose their own.
+        released = {"temperature": config.layout.temperature, "repetition_penalty": config.layout.repetition_penalty}
+        opts = dataclasses.replace(opts, **{k: v for k, v in released.items() if k not in options})
+        opts.validate()
+        return cls(runner, config, PromptBuilder.from_dir(path, config), opts)
 
     # -- public API ----------------------------------------------------------------------------------
     def score(self, video, prompt: str, **overrides) -> ScoreResult:
@@ -199,8 +206,22 @@ class Scorer:
 
         return in_band
 
-    def _headline(self, rewards) -> float:
-        return headline_reward(dict(zip(self.config.dimension_names, np.asarray(rewards, dtype=np.float64).reshape(-1))))
+    def _rewards(self, raw) -> dict[str, float]:
+        """Backend output (K,) → {dimension: reward}, normalised as the checkpoint says."""
+        values = np.asarray(raw, dtype=np.float64).reshape(-1)
+        rewards = {name: float(v) for name, v in zip(self.config.dimension_names, values)}
+        for name, (mean, std) in (self.config.layout.normalization or {}).items():
+            rewards[name] = (rewards[name] - float(mean)) / float(std)
+        return rewards
+
+    def _headline(self, raw) -> float:
+        rewards = self._rewards(raw)
+        rule = self.config.layout.headline
+        if rule == "sum":
+            return float(sum(rewards.values()))
+        if rule == "mean":
+            return float(sum(rewards.values()) / len(rewards))
+        return headline_reward(rewards)
 
     def _score_group(self, videos: list, prompts: list[str], options: ScoreOptions, think_if) -> list[ScoreResult]:
         """Score videos together: one backend batch when the backend supports it, else one by one."""
@@ -216,15 +237,17 @@ class Scorer:
             prepared.append((clip, inputs, {"decode": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3}))
         inputs_list = [inputs for _, inputs, _ in prepared]
         outputs = self._run_backend(inputs_list, options, think_if)
+        if self.config.layout.score_max_pixels and self.config.layout.cot_position == "user":
+            outputs = self._score_at_scoring_resolution(videos, prompts, options, outputs)
         total = (time.perf_counter() - start) * 1e3
         results = []
         for video, (clip, inputs, timings), out in zip(videos, prepared, outputs):
             mode = out.mode or inputs.mode
-            rewards = {name: float(v) for name, v in zip(self.config.dimension_names, np.asarray(out.rewards).reshape(-1))}
+            rewards = self._rewards(out.rewards)
             timings = {**timings, **out.timings_ms, "total": total}
             results.append(
                 ScoreResult(
-                    reward=headline_reward(rewards),
+                    reward=self._headline(out.rewards),
                     rewards=rewards,
                     rationale=self.prompts.decode(out.cot_ids) if mode == "think" else None,
                     mode=mode,
@@ -256,6 +279,33 @@ class Scorer:
                 outputs.append(replace(out, mode="think", fast_rewards=first.rewards))
             else:
                 outputs.append(replace(first, mode="fast", fast_rewards=first.rewards))
+        return outputs
+
+    def _score_at_scoring_resolution(self, videos, prompts, options: ScoreOptions, outputs: list[BackendOutput]):
+        """The authors' two resolutions: the CoT was written on the CoT-pass frames; the reward is read
+        from the scoring frames (`layout.score_max_pixels`) with that CoT in the user turn — a second
+        decode, vision encode and full prefill of each video that thought (opt-in; see PromptLayout)."""
+        layout = self.config.layout
+        redo = [i for i, out in enumerate(outputs) if (out.mode or options.mode) == "think"]
+        if not redo:
+            return outputs
+        scoring_inputs = []
+        for i in redo:
+            clip = load_clip(videos[i], self.config, fps=options.fps, min_frames=options.min_frames,
+                             max_frames=options.max_frames, max_pixels=layout.score_max_pixels,
+                             min_pixels=layout.score_min_pixels)
+            features = clip_features(clip, self.config, max_pixels=layout.score_max_pixels, min_pixels=layout.score_min_pixels)
+            ids = self.prompts.scoring_ids(prompts[i], features.grid_thw, self.prompts.cot_text(outputs[i].cot_ids),
+                                           timestamps=features.timestamps)
+            scoring_inputs.append(ModelInputs(ids, features.patches, features.grid_thw, features.second_per_grid, "fast"))
+        fast = options.replace(mode="fast")
+        if getattr(self.backend, "supports_batch", False):
+            scored = self.backend.score_batch(scoring_inputs, fast, self.stop_ids, [0] * len(redo))
+        else:
+            scored = [self.backend.score(inputs, fast, self.stop_ids, 0) for inputs in scoring_inputs]
+        outputs = list(outputs)
+        for i, out in zip(redo, scored):
+            outputs[i] = replace(outputs[i], rewards=out.rewards, hidden=out.hidden)
         return outputs
 
     # -- steps ---------------------------------------------------------------------------------------

@@ -14,11 +14,22 @@ For a batch of B videos (each its own prompt, patches and settings) one call to 
    and columns that are padding in every remaining row are trimmed), so late rows do not pay for
    early ones.
 
+Layouts: in the assistant-turn layout `<Reward>` follows the CoT in the cache, as above. In the
+user-turn layout (DeScore's cold start and the authors' inference) the reward is read from
+`user: {before}{video}{after}{CoT}<Reward>`: when a row's CoT ends, its scoring ids (the request's
+`rescore`, tokenized whole as the authors do) are compared with the prompt ids, the row's cache is cut
+to their longest common token prefix (which always covers the video) and only the rest — the CoT
+text and `<Reward>` — is prefilled. Either way the video is encoded and prefilled once per row
+(`counters` counts it). Rewards are read at every reward-token position (`DecodeSettings.read_ids`):
+averaged ("all"), or dimension i from token i ("per_token", VideoReward).
+
 Modes: "fast" prompts already end with `<Reward>`: the prefill output is the reward. "think" prompts
 end with the assistant header: a CoT is written first. "adaptive" prompts are think prompts: after the
 prefill every row feeds `<Reward>` once (the fast reward, exactly what fast mode computes); `think_if`
 sees those rewards and picks the rows that should think; their `<Reward>` column is cut from the cache
-and they continue from the prefill's logits as in think mode.
+and they continue from the prefill's logits as in think mode. A request's `prefix_length` sets where
+the fast probe goes: the whole prompt (assistant layout) or the end of the user text (user layout; the
+thinking rows then prefill the assistant header after dropping the probe).
 
 The loop only needs a `DecoderModel` (below): each backend (ONNX Runtime, TensorRT, ...) implements
 those few methods, and gets batching, sampling, stopping and reward reading from here. numpy only.
@@ -100,6 +111,8 @@ class DecodeRequest:
     second_per_grid: float = 1.0
     max_new_tokens: int = 0
     forced_cot: np.ndarray | None = None
+    prefix_length: int = -1  # adaptive: the fast probe follows input_ids[:prefix_length] (-1: all)
+    rescore: Callable[[np.ndarray], np.ndarray] | None = None  # user-turn layout: CoT ids → scoring ids
 
 
 @dataclass
@@ -113,12 +126,16 @@ class DecodeSettings:
     think_if: Callable[[np.ndarray], np.ndarray] | None = None  # adaptive: fast rewards (B, K) → (B,) bool
     record_logits: bool = False  # keep every row's logits before each CoT choice (parity checks)
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK
+    read_ids: tuple[int, ...] = ()  # tokens whose outputs make the reward, in dimension order (): reward_token_id
+    per_token: bool = False  # dimension i from read_ids[i] (head output i, or 0 for a one-output head)
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise InvalidInputError(f"mode must be one of {MODES}, got {self.mode!r}.")
         if self.prefill_chunk < 1:
             raise InvalidInputError(f"prefill_chunk must be ≥ 1, got {self.prefill_chunk}.")
+        if not self.read_ids:
+            self.read_ids = (self.reward_token_id,)
 
 
 @dataclass
@@ -134,6 +151,7 @@ class DecodeResult:
     fast_rewards: np.ndarray | None = None
     step_logits: np.ndarray | None = None
     timings_ms: dict = field(default_factory=dict)
+    counters: dict = field(default_factory=dict)  # see _Row.counters
 
 
 # -- per-row state ----------------------------------------------------------------------------------
@@ -156,6 +174,11 @@ class _Row:
         self.rewards = self.hidden = self.fast_rewards = None
         self.logits: list[np.ndarray] = []
         self.mode = "think"
+        self.reads: list[tuple[int, np.ndarray, np.ndarray]] = []  # (token id, hidden (H,), head output (K,))
+        self.prefill_length = len(self.ids)  # ids prefilled before the first decode step
+        # What this row cost: vision encodes, video tokens prefilled (each exactly once), prompt prefills,
+        # and tokens prefilled again for the user layout's scoring pass (the CoT text and <Reward>).
+        self.counters = {"vision_encodes": 1, "video_tokens_prefilled": 0, "prefills": 0, "rescore_tokens": 0}
 
     @property
     def forced(self) -> np.ndarray | None:
@@ -171,8 +194,13 @@ def decode(model: DecoderModel, requests: list[DecodeRequest], settings: DecodeS
     rows = [_prepare_row(model, request, settings) for request in requests]
     timings["vision"] = (time.perf_counter() - start) * 1e3
 
+    if settings.mode == "adaptive":
+        for row in rows:
+            prefix = row.request.prefix_length
+            row.prefill_length = len(row.ids) if prefix < 0 else int(prefix)
     start = time.perf_counter()
-    output, cache, mask = _prefill(model, rows, settings.prefill_chunk)
+    reads = _read_positions(rows, settings) if settings.mode == "fast" else None
+    output, cache, mask = _prefill(model, rows, settings.prefill_chunk, reads)
     timings["prefill"] = (time.perf_counter() - start) * 1e3
 
     start = time.perf_counter()
@@ -181,8 +209,8 @@ def decode(model: DecoderModel, requests: list[DecodeRequest], settings: DecodeS
     active = np.arange(len(rows))  # batch row b of the cache is request active[b]
 
     if settings.mode == "fast":
-        for b, row in enumerate(rows):
-            _finish(row, output, b)
+        for row in rows:
+            _finish_reads(row, settings)
             row.mode = "fast"
         active = active[:0]
     elif settings.mode == "adaptive":
@@ -206,9 +234,14 @@ def decode(model: DecoderModel, requests: list[DecodeRequest], settings: DecodeS
         cache = model.slice_cache(cache, keep, 0, mask.shape[1] - 1)
         mask = mask[keep, :-1]
         active = active[keep]
-        _choose(rows, active, prefill_logits[keep], settings, generators, seen)
+        logits = prefill_logits[keep]
+        if len(active):  # user layout: the assistant header follows the probe point
+            logits, cache, mask = _prefill_rest(model, rows, active, cache, mask, logits)
+        _choose(rows, active, logits, settings, generators, seen)
+        _rescore_finished(model, rows, active, cache, mask, settings)
     else:
         _choose(rows, active, output.logits, settings, generators, seen)
+        _rescore_finished(model, rows, active, cache, mask, settings)
 
     while len(active):
         cache, mask, active = _compact(model, rows, active, cache, mask)
@@ -228,6 +261,7 @@ def decode(model: DecoderModel, requests: list[DecodeRequest], settings: DecodeS
         if continuing:
             keep = np.asarray(continuing)
             _choose(rows, active[keep], output.logits[keep], settings, generators, seen)
+            _rescore_finished(model, rows, active, cache, mask, settings)
     timings["generate"] = (time.perf_counter() - start) * 1e3  # CoT steps and <Reward>
 
     results = []
@@ -241,6 +275,7 @@ def decode(model: DecoderModel, requests: list[DecodeRequest], settings: DecodeS
                 fast_rewards=row.fast_rewards,
                 step_logits=np.stack(row.logits) if settings.record_logits and row.logits else None,
                 timings_ms=dict(timings),
+                counters=dict(row.counters),
             )
         )
     return results
@@ -258,10 +293,12 @@ def _prepare_row(model: DecoderModel, request: DecodeRequest, settings: DecodeSe
             f"The prompt has {len(at)} video placeholder tokens but the video gives {len(visual)} visual tokens "
             f"(grid {grid.tolist()}); build the ids with PromptBuilder from the same grid."
         )
-    if settings.mode == "fast" and (len(ids) == 0 or ids[-1] != settings.reward_token_id):
+    if settings.mode == "fast" and (len(ids) == 0 or ids[-1] not in settings.read_ids):
         raise InvalidInputError("Fast-mode prompt ids must end with the reward token (PromptBuilder.build(mode='fast')).")
-    if settings.mode != "fast" and len(ids) and ids[-1] == settings.reward_token_id:
-        raise InvalidInputError(f"{settings.mode}-mode prompt ids must end before the reward token (build them with mode='think').")
+    if settings.mode != "fast" and np.isin(ids, settings.read_ids).any():
+        raise InvalidInputError(f"{settings.mode}-mode prompt ids must not contain a reward token (build them with mode='think').")
+    if request.rescore is not None and settings.mode == "fast":
+        raise InvalidInputError("A fast-mode request has no CoT to rescore; build it with mode='fast' and no rescore.")
     positions, deltas = mrope_position_ids(
         ids[None],
         family=rope.family,
@@ -277,19 +314,36 @@ def _prepare_row(model: DecoderModel, request: DecodeRequest, settings: DecodeSe
     return _Row(request, positions[:, 0], int(deltas[0, 0]), {"at": at, "visual": visual, "deepstack": deepstack})
 
 
-def _prefill(model: DecoderModel, rows: list[_Row], chunk: int):
-    """All prompts, left-padded to one length, through the decoder in column chunks."""
-    batch, length = len(rows), max(len(r.ids) for r in rows)
-    pad = [length - len(r.ids) for r in rows]
+def _read_positions(rows: list[_Row], settings: DecodeSettings) -> list[np.ndarray]:
+    """Per row, the prompt positions whose outputs make the reward (every reward token)."""
+    return [np.flatnonzero(np.isin(row.ids[: row.prefill_length], settings.read_ids)) for row in rows]
+
+
+def _prefill(model: DecoderModel, rows: list[_Row], chunk: int, reads: list[np.ndarray] | None = None):
+    """Each row's first `prefill_length` prompt ids, left-padded to one length, through the decoder in
+    column chunks. A chunk also ends at every read position (the decoder returns the outputs of a
+    call's last column), whose outputs are kept in `row.reads`."""
+    batch, length = len(rows), max(r.prefill_length for r in rows)
+    pad = [length - r.prefill_length for r in rows]
     mask = np.zeros((batch, length), dtype=np.int64)
     for b, p in enumerate(pad):
         mask[b, p:] = 1
+    ends = set(range(chunk, length, chunk)) | {length}
+    wanted: dict[int, list[tuple[int, int]]] = {}  # chunk end column → [(row, prompt position)]
+    for b, positions in enumerate(reads or []):
+        for position in positions.tolist():
+            wanted.setdefault(pad[b] + position + 1, []).append((b, position))
+    ends |= set(wanted)
     cache = model.new_cache(batch)
-    output = None
-    for begin in range(0, length, chunk):
-        end = min(begin + chunk, length)
+    output, begin = None, 0
+    for end in sorted(ends):
         embeds, positions, deepstack = _prefill_chunk(model, rows, pad, begin, end)
         output, cache = model.step(embeds, mask[:, :end], positions, deepstack, cache)
+        for b, position in wanted.get(end, ()):
+            rows[b].reads.append((int(rows[b].ids[position]), np.array(output.hidden[b]), np.array(output.reward[b])))
+        begin = end
+    for row in rows:
+        row.counters["prefills"] += 1
     return output, cache, mask
 
 
@@ -309,6 +363,7 @@ def _prefill_chunk(model: DecoderModel, rows: list[_Row], pad: list[int], begin:
         at = row.video["at"]
         inside = (at >= lo) & (at < hi)
         if inside.any():
+            row.counters["video_tokens_prefilled"] += int(inside.sum())
             row_embeds[at[inside] - lo] = row.video["visual"][inside]
             if row.video["deepstack"] is not None:
                 if deepstack is None:
@@ -317,6 +372,81 @@ def _prefill_chunk(model: DecoderModel, rows: list[_Row], pad: list[int], begin:
         embeds[b, offset : offset + hi - lo] = row_embeds
         positions[:, b, offset : offset + hi - lo] = row.positions[:, lo:hi]
     return embeds, positions, deepstack
+
+
+def _prefill_rest(model: DecoderModel, rows: list[_Row], active: np.ndarray, cache, mask: np.ndarray, logits: np.ndarray):
+    """Adaptive mode, rows that think: feed the prompt ids after the probe point (the user layout's
+    assistant header; nothing in the assistant layout). Returns the logits to choose the CoT from."""
+    rests = [rows[i].ids[rows[i].prefill_length :] for i in active]
+    width = len(rests[0])
+    if not width:
+        return logits, cache, mask
+    if any(len(r) != width or np.any(r != rests[0]) for r in rests):
+        raise InvalidInputError("Adaptive rows must share the ids after their fast-probe point (the assistant header).")
+    embeds = model.embed(np.stack(rests)).astype(np.float32, copy=False)
+    positions = np.stack([rows[i].positions[:, rows[i].prefill_length :] for i in active], axis=1)
+    mask = np.concatenate([mask, np.ones((len(active), width), dtype=np.int64)], axis=1)
+    output, cache = model.step(embeds, mask, positions, None, cache)
+    for i in active:
+        rows[i].real_length += width
+    return output.logits, cache, mask
+
+
+def _rescore_finished(model: DecoderModel, rows: list[_Row], active: np.ndarray, cache, mask: np.ndarray,
+                      settings: DecodeSettings) -> None:
+    """User-turn layout: every active row whose CoT just ended is scored now from its cached prefix."""
+    for b, index in enumerate(active):
+        row = rows[index]
+        if row.phase == _REWARD and row.request.rescore is not None:
+            _rescore(model, row, b, cache, mask, settings)
+
+
+def _rescore(model: DecoderModel, row: _Row, b: int, cache, mask: np.ndarray, settings: DecodeSettings) -> None:
+    """Score row `b` in the user-turn layout: cut its cache to the longest common token prefix of its
+    prompt and its scoring ids, then prefill only the rest (the CoT text and `<Reward>`)."""
+    ids = np.asarray(row.request.rescore(np.asarray(row.cot, dtype=np.int64)), dtype=np.int64).reshape(-1)
+    n = min(len(ids), len(row.ids))
+    differ = np.flatnonzero(ids[:n] != row.ids[:n])
+    common = int(differ[0]) if len(differ) else n
+    at = row.video["at"]
+    if len(at) and common <= int(at.max()):
+        raise InvalidInputError("The scoring ids differ from the prompt inside the video block; the prompt and its "
+                                "rescore function must come from the same PromptBuilder.")
+    if common == len(ids) or ids[-1] not in settings.read_ids:
+        raise InvalidInputError("The scoring ids must extend the prompt and end with the reward token.")
+    start = int(np.argmax(mask[b]))  # the row's first real column (left padding before it)
+    sub = model.slice_cache(cache, np.asarray([b]), start, start + common)
+    reads = [i for i in range(common, len(ids)) if ids[i] in settings.read_ids]
+    begin = common
+    for end in [r + 1 for r in reads]:
+        segment = ids[begin:end]
+        positions = np.broadcast_to(np.arange(begin, end, dtype=np.int64) + row.delta, (3, 1, len(segment))).copy()
+        embeds = model.embed(segment)[None].astype(np.float32, copy=False)
+        output, sub = model.step(embeds, np.ones((1, end), dtype=np.int64), positions, None, sub)
+        row.reads.append((int(ids[end - 1]), np.array(output.hidden[0]), np.array(output.reward[0])))
+        begin = end
+    row.counters["rescore_tokens"] = len(ids) - common
+    _finish_reads(row, settings)
+
+
+def _finish_reads(row: _Row, settings: DecodeSettings) -> None:
+    """The row's reward from its reads: their mean ("all"), or dimension i from the i-th read token."""
+    if not row.reads:
+        raise InvalidInputError("No reward token was read for this row; its prompt holds none.")
+    hidden = np.mean([h for _, h, _ in row.reads], axis=0)
+    if not settings.per_token:
+        rewards = np.mean([r for _, _, r in row.reads], axis=0)
+    else:
+        rewards = []
+        for dim, token in enumerate(settings.read_ids):
+            values = [r[dim if len(r) > 1 else 0] for t, _, r in row.reads if t == token]
+            if not values:
+                raise InvalidInputError(f"The prompt lacks the reward token of dimension {dim} (id {token}).")
+            rewards.append(np.mean(values))
+        rewards = np.asarray(rewards)
+    row.rewards = np.asarray(rewards, dtype=np.float32)
+    row.hidden = np.asarray(hidden, dtype=np.float32)
+    row.phase = _DONE
 
 
 def _decode_step(model: DecoderModel, rows: list[_Row], active: np.ndarray, cache, mask: np.ndarray):

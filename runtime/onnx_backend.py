@@ -50,6 +50,9 @@ class OnnxDecoderModel:
         self.decoder = OnnxRuntimeRunner(bundle.graph_path("decoder"), device=device, providers=providers, threads=threads)
         self.table = np.load(bundle.embedding_path, mmap_mode="r")  # pages in only the rows used
         self._cache_names = [n for n in bundle.graph("decoder")["inputs"] if n["name"].startswith("past_key_values.")]
+        # Work done, for checking the one-encode/one-prefill promise: encode_video calls and decoder
+        # positions fed (prompt prefill, CoT steps and scoring-pass prefills all count).
+        self.counters = {"vision_encodes": 0, "decoder_positions": 0}
         self.activate()
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -64,6 +67,7 @@ class OnnxDecoderModel:
 
     # -- DecoderModel --------------------------------------------------------------------------------
     def encode_video(self, patches: np.ndarray, grid_thw) -> tuple[np.ndarray, np.ndarray | None]:
+        self.counters["vision_encodes"] += 1
         t, h, w = (int(v) for v in np.asarray(grid_thw).reshape(3))
         per_step = h * w
         steps_per_call = max(1, self.vision_chunk_patches // per_step)
@@ -103,6 +107,7 @@ class OnnxDecoderModel:
                 deepstack_embeds = np.zeros((self.num_deepstack, *feed["inputs_embeds"].shape), dtype=np.float32)
             feed["deepstack_embeds"] = np.ascontiguousarray(deepstack_embeds, dtype=np.float32)
         out = self.decoder.infer(feed)
+        self.counters["decoder_positions"] += int(np.prod(feed["inputs_embeds"].shape[:2]))
         new_cache = {name.replace("present.", "past_key_values.", 1): value for name, value in out.items() if name.startswith("present.")}
         return StepOutput(out["logits"], out["hidden"], out["reward"]), new_cache
 
@@ -136,7 +141,9 @@ class OnnxBackend:
         self.model = OnnxDecoderModel(self.bundle, device=device, providers=providers, threads=threads,
                                       vision_chunk_patches=vision_chunk_patches)
         self.reward_token_id = int(self.bundle.manifest["reward_token_id"])
-        self.blocked_ids = blocked_generation_ids(load_tokenizer(self.bundle.path), self.bundle.descore_config)
+        tokenizer = load_tokenizer(self.bundle.path)
+        self.blocked_ids = blocked_generation_ids(tokenizer, self.bundle.descore_config)
+        self.read_ids = tuple(int(tokenizer.token_to_id(t)) for t in self.descore_config.reward_tokens)
         self.prefill_chunk = int(prefill_chunk)
 
     def score(self, inputs, options, stop_ids, max_new_tokens: int):
@@ -165,6 +172,8 @@ class OnnxBackend:
                 second_per_grid=inputs.second_per_grid,
                 max_new_tokens=int(budget),
                 forced_cot=None if forced is None else np.asarray(forced, dtype=np.int64),
+                prefix_length=inputs.prefix_length,
+                rescore=inputs.rescore,
             )
             for inputs, budget, forced in zip(inputs_list, max_new_tokens, forced_cots)
         ]
@@ -178,6 +187,8 @@ class OnnxBackend:
             think_if=think_if,
             record_logits=record_logits,
             prefill_chunk=self.prefill_chunk,
+            read_ids=self.read_ids,
+            per_token=self.descore_config.layout.dimension_map == "per_token",
         )
         return [
             BackendOutput(
@@ -188,6 +199,7 @@ class OnnxBackend:
                 fast_rewards=result.fast_rewards,
                 hidden=result.hidden,
                 step_logits=result.step_logits,
+                counters=result.counters,
             )
             for result in decode(self.model, requests, settings)
         ]

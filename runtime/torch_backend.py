@@ -3,7 +3,7 @@
 Every other backend is checked against this one, so it deliberately leans on transformers for
 everything model-side: M-RoPE positions come from the model's `get_rope_index`, the CoT from
 `generate`, and the reward from a second full forward over prompt + CoT + `<Reward>` (DeScore's own
-two-pass inference).
+two-pass inference; in the user-turn layout the second pass is the authors' rebuilt chat).
 """
 
 from __future__ import annotations
@@ -80,7 +80,12 @@ class TorchBackend:
                     cot = cot[: int(hit[0])]
                 timings["generate"] = (time.perf_counter() - t0) * 1e3
             t0 = time.perf_counter()
-            if inputs.mode == "think":
+            if inputs.mode == "think" and inputs.rescore is not None:
+                # User-turn layout, as the authors score: the whole chat rebuilt with the CoT text, one
+                # uncached forward.
+                scoring = np.asarray(inputs.rescore(cot.cpu().numpy().astype(np.int64)), dtype=np.int64)
+                full = torch.from_numpy(scoring).to(self.device)[None]
+            elif inputs.mode == "think":
                 reward = torch.tensor([self.model.reward_token_id], device=self.device)
                 full = torch.cat([prompt[0], cot, reward])[None]
             else:

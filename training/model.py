@@ -151,11 +151,23 @@ class DeScoreModel(nn.Module):
                 f"{num_rows} rows: the tokenizer does not belong to these weights. Re-save the checkpoint."
             )
         self.reward_token_id = int(reward_token_id)
+        # Every token read for the reward (VideoReward reads one per dimension); all must exist already.
+        read_ids = []
+        for token in self.descore_config.reward_tokens:
+            token_id = self.tokenizer.token_to_id(token)
+            if token_id is None or token_id >= num_rows:
+                raise ModelLoadError(
+                    f"The reward token {token!r} is not in the tokenizer (or has no embedding row); convert the "
+                    "checkpoint with `descore convert`, which adds the tokens its layout reads."
+                )
+            read_ids.append(int(token_id))
+        self.reward_token_ids = tuple(read_ids)
 
         embeddings = self.backbone.get_input_embeddings().weight
         hidden = self.backbone.config.get_text_config().hidden_size
         self.reward_head = nn.Linear(
-            hidden, self.descore_config.num_dims, bias=False, dtype=embeddings.dtype, device=embeddings.device
+            hidden, self.descore_config.layout.num_head_outputs(self.descore_config), bias=False,
+            dtype=embeddings.dtype, device=embeddings.device,
         )
         with torch.no_grad():
             if reward_head_weight is not None:
@@ -278,7 +290,8 @@ class DeScoreModel(nn.Module):
         """
         if input_ids.dim() != 2:
             raise InvalidInputError(f"input_ids must be (batch, length); got shape {tuple(input_ids.shape)}.")
-        reward_positions = input_ids == self.reward_token_id  # (B, L)
+        read_ids = torch.tensor(self.reward_token_ids, device=input_ids.device)
+        reward_positions = torch.isin(input_ids, read_ids)  # (B, L)
         counts = reward_positions.sum(dim=1)
         if bool((counts == 0).any()):
             rows = torch.nonzero(counts == 0).flatten().tolist()
@@ -304,7 +317,10 @@ class DeScoreModel(nn.Module):
         hidden = outputs.last_hidden_state  # (B, L, H)
         weights = reward_positions.to(hidden.dtype).unsqueeze(-1)  # (B, L, 1)
         reward_hidden = (hidden * weights).sum(dim=1) / counts.to(hidden.dtype).unsqueeze(-1)  # (B, H)
-        rewards = self.reward_head(reward_hidden.to(self.reward_head.weight.dtype))  # (B, K)
+        if self.descore_config.layout.dimension_map == "per_token":
+            rewards = self._per_token_rewards(input_ids, hidden)
+        else:
+            rewards = self.reward_head(reward_hidden.to(self.reward_head.weight.dtype))  # (B, K)
 
         logits = loss = None
         if return_logits or labels is not None:
@@ -317,6 +333,24 @@ class DeScoreModel(nn.Module):
                 ignore_index=IGNORE_INDEX,
             )
         return DeScoreOutput(rewards=rewards, reward_hidden=reward_hidden, logits=logits, loss=loss)
+
+    def _per_token_rewards(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, K): dimension i is head output i (or 0 for a one-output head) at the i-th reward token
+        (mean over its occurrences), as VideoReward reads `<|VQ_reward|>`, `<|MQ_reward|>`, `<|TA_reward|>`."""
+        columns = []
+        single = self.reward_head.out_features == 1
+        for dim, token_id in enumerate(self.reward_token_ids):
+            at = (input_ids == token_id).to(hidden.dtype).unsqueeze(-1)  # (B, L, 1)
+            count = at.sum(dim=1)
+            if bool((count == 0).any()):
+                raise InvalidInputError(
+                    f"A row lacks the reward token {self.descore_config.reward_tokens[dim]!r} of dimension "
+                    f"{self.dimension_names[dim]!r}; build the prompt from the checkpoint's template."
+                )
+            pooled = (hidden * at).sum(dim=1) / count  # (B, H)
+            out = self.reward_head(pooled.to(self.reward_head.weight.dtype))
+            columns.append(out[:, 0 if single else dim])
+        return torch.stack(columns, dim=1)
 
     # -- saving -------------------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> None:
