@@ -71,28 +71,33 @@ def parity_report(
     scorer = Scorer.from_pretrained(bundle_dir, backend="onnxruntime", backend_options={"threads": threads},
                                     max_frames=max_frames, max_pixels=max_pixels)
     backend = scorer.backend
-    think = scorer.prepare(video, prompt, mode="think")
     fast = scorer.prepare(video, prompt, mode="fast")
     cot = scorer.prompts.encode(cot_text)
-
-    onnx_think = backend.score_batch([think], scorer.options, scorer.stop_ids, [len(cot)], forced_cots=[cot],
-                                     record_logits=True)[0]
     onnx_fast = backend.score_batch([fast], scorer.options, scorer.stop_ids, [0])[0]
-
-    reward_id = backend.reward_token_id
-    think_ids = np.concatenate([think.input_ids, cot, [reward_id]]).astype(np.int64)
-    torch_think = _torch_forward(model, think_ids, think, scorer.config.family)
     torch_fast = _torch_forward(model, fast.input_ids, fast, scorer.config.family)
 
-    prompt_length = len(think.input_ids)
-    # logits[i] predicts token i+1: the CoT tokens are chosen from positions L-1 .. L+C-2, and the
-    # logits after the last CoT token sit at L+C-1 (the position before <Reward>).
-    ref_steps = torch_think["logits"][prompt_length - 1 : prompt_length + len(cot)]
-    think_diffs = {
-        "logits": _stats(onnx_think.step_logits - ref_steps),
-        "hidden": _stats(onnx_think.hidden - torch_think["hidden"]),
-        "reward": _stats(onnx_think.rewards - torch_think["rewards"]),
-    }
+    think_diffs, prompt_length, ref_steps = {}, len(fast.input_ids), None
+    if scorer.config.thinks:
+        think = scorer.prepare(video, prompt, mode="think")
+        onnx_think = backend.score_batch([think], scorer.options, scorer.stop_ids, [len(cot)], forced_cots=[cot],
+                                         record_logits=True)[0]
+        reward_id = backend.reward_token_id
+        # The CoT-step logits only depend on what precedes each step, so the assistant-layout sequence
+        # serves both layouts; the reward is read where the layout reads it (user layout: the rebuilt chat).
+        think_ids = np.concatenate([think.input_ids, cot, [reward_id]]).astype(np.int64)
+        torch_think = _torch_forward(model, think_ids, think, scorer.config.family)
+        if think.rescore is not None:
+            scored = _torch_forward(model, think.rescore(cot), think, scorer.config.family)
+            torch_think = {**torch_think, "hidden": scored["hidden"], "rewards": scored["rewards"]}
+        prompt_length = len(think.input_ids)
+        # logits[i] predicts token i+1: the CoT tokens are chosen from positions L-1 .. L+C-2, and the
+        # logits after the last CoT token sit at L+C-1 (the position before <Reward>).
+        ref_steps = torch_think["logits"][prompt_length - 1 : prompt_length + len(cot)]
+        think_diffs = {
+            "logits": _stats(onnx_think.step_logits - ref_steps),
+            "hidden": _stats(onnx_think.hidden - torch_think["hidden"]),
+            "reward": _stats(onnx_think.rewards - torch_think["rewards"]),
+        }
     fast_diffs = {
         "hidden": _stats(onnx_fast.hidden - torch_fast["hidden"]),
         "reward": _stats(onnx_fast.rewards - torch_fast["rewards"]),
@@ -103,18 +108,18 @@ def parity_report(
     report = {
         "video": video.name,
         "prompt": prompt,
-        "num_frames": int(think.grid_thw[0] * scorer.config.vision.temporal_patch_size),
-        "grid_thw": [int(v) for v in think.grid_thw],
+        "num_frames": int(fast.grid_thw[0] * scorer.config.vision.temporal_patch_size),
+        "grid_thw": [int(v) for v in fast.grid_thw],
         "num_prompt_tokens": int(prompt_length),
-        "num_cot_tokens": int(len(cot)),
+        "num_cot_tokens": int(len(cot)) if think_diffs else 0,
         "tolerance": tolerance,
         "think": think_diffs,
         "fast": fast_diffs,
         # Mean |value| of the torch outputs: a diff is only meaningful next to the size of what it measures.
         "reference_scale": {
-            "logits": float(np.abs(ref_steps).mean()),
-            "hidden": float(np.abs(torch_think["hidden"]).mean()),
-            "reward": float(np.abs(torch_think["rewards"]).mean()),
+            "logits": float(np.abs(ref_steps).mean()) if ref_steps is not None else float("nan"),
+            "hidden": float(np.abs(torch_fast["hidden"]).mean()),
+            "reward": float(np.abs(torch_fast["rewards"]).mean()),
         },
         "max_abs_diff": worst,
         "passed": bool(worst <= tolerance),
@@ -163,7 +168,7 @@ def format_report(report: dict) -> str:
     ]
     scale = report["reference_scale"]
     for path in ("think", "fast"):
-        for output, stats in report[path].items():
+        for output, stats in (report[path] or {}).items():
             ok = "yes" if stats["max_abs"] <= report["tolerance"] else "NO"
             lines.append(
                 f"  {path:<6} {output:<7} {stats['max_abs']:>11.2e} {stats['mean_abs']:>12.2e} {scale.get(output, float('nan')):>11.2e}  {ok}"

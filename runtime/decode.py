@@ -198,6 +198,7 @@ def decode(model: DecoderModel, requests: list[DecodeRequest], settings: DecodeS
         for row in rows:
             prefix = row.request.prefix_length
             row.prefill_length = len(row.ids) if prefix < 0 else int(prefix)
+            row.real_length = row.prefill_length
     start = time.perf_counter()
     reads = _read_positions(rows, settings) if settings.mode == "fast" else None
     output, cache, mask = _prefill(model, rows, settings.prefill_chunk, reads)

@@ -46,14 +46,17 @@ class TorchBackend:
     def _token_types(self, ids):
         return (ids == self.video_token_id).to(self.torch.int32) * 2
 
-    def score(self, inputs, options, stop_ids, max_new_tokens: int):
+    def score(self, inputs, options, stop_ids, max_new_tokens: int, forced_cot=None):
+        """One video. forced_cot: CoT ids to score instead of generating one (teacher forcing, parity)."""
         torch = self.torch
         timings = {}
         vision = self._vision_kwargs(inputs)
         prompt = torch.from_numpy(inputs.input_ids).to(self.device)[None]
         cot = torch.zeros(0, dtype=torch.long, device=self.device)
         with torch.inference_mode():
-            if inputs.mode == "think" and max_new_tokens > 0:
+            if inputs.mode == "think" and forced_cot is not None:
+                cot = torch.as_tensor(np.asarray(forced_cot, dtype=np.int64), device=self.device)
+            elif inputs.mode == "think" and max_new_tokens > 0:
                 t0 = time.perf_counter()
                 if options.seed is not None:
                     torch.manual_seed(options.seed)
