@@ -53,6 +53,10 @@ JSON keys (`--json` prints one object; these keys are stable, new keys may be ad
     batch                   null, or {backend, mode, cot_tokens, videos (items per run), results: [
                             {batch_size, videos_per_s: stats, results_returned, speedup_vs_batch_1}]}
                             (speedup = median videos/s at this size ÷ median at batch size 1)
+    layouts                 null, or think latency_ms stats of the onnxruntime bundle in the assistant-turn
+                            layout and in the user-turn layout (the authors' DeScore: a short second
+                            prefill of CoT + <Reward> from the cached prefix): {assistant: {think_latency_ms},
+                            user: {think_latency_ms, cot_tokens_written}, user_over_assistant_think}
     memory                  peak_rss_mb, peak_rss_source, current_rss_mb, current_rss_source,
                             model_size_mb, bundle_size_mb (null when not given)
     notes                   [str]: anything that limits how to read the numbers
@@ -60,6 +64,8 @@ JSON keys (`--json` prints one object; these keys are stable, new keys may be ad
 """
 
 from __future__ import annotations
+
+import copy
 
 import json
 import os
@@ -387,6 +393,31 @@ def _bench_batches(scorer, settings: BenchSettings, say) -> dict:
     return {"backend": scorer.backend.name, "mode": "think", "cot_tokens": settings.cot_tokens, "videos": count, "results": rows}
 
 
+def _bench_layouts(scorer, measured: dict, settings: BenchSettings) -> dict:
+    """Think latency of the same bundle in the assistant-turn layout (measured above) and in the
+    user-turn layout (the authors' DeScore): same videos, same CoT length. The user layout pays a short
+    second prefill of the CoT text and `<Reward>` from the cached prefix, never a second video prefill."""
+    import dataclasses
+
+    from .config import PromptLayout
+    from .prompt import PromptBuilder
+
+    config = dataclasses.replace(
+        scorer.config,
+        prompt_template="Judge the video.\nPrompt: [insert prompt here]\nVideo: <video>\nThink, then rate it.",
+        layout=PromptLayout(cot_position="user", video_marker="<video>", prompt_marker="[insert prompt here]"),
+    )
+    user = copy.copy(scorer)
+    user.config, user.prompts = config, PromptBuilder(scorer.prompts.tokenizer, config)
+    section, results = _score_all(user, settings, "think")
+    assistant = measured["think"]["latency_ms"]["median"]
+    return {
+        "assistant": {"think_latency_ms": measured["think"]["latency_ms"]},
+        "user": {"think_latency_ms": section["latency_ms"], "cot_tokens_written": sorted({r.num_cot_tokens for r in results})},
+        "user_over_assistant_think": _ratio(section["latency_ms"]["median"], assistant),
+    }
+
+
 def _environment(threads: int) -> dict:
     import onnxruntime
 
@@ -456,7 +487,7 @@ def _run(settings: BenchSettings, say) -> dict:
     folders = {"onnxruntime": settings.bundle, "torch": settings.model}
     backends: dict[str, dict] = {}
     think_results: dict[str, list] = {}
-    stages = inputs = batch = None
+    stages = inputs = batch = layouts = None
     for name in BACKEND_ORDER:
         path = folders[name]
         if path is None:
@@ -474,6 +505,8 @@ def _run(settings: BenchSettings, say) -> dict:
                 stages, inputs = _measure_stages(scorer, settings)
             if name == "onnxruntime":
                 batch = _bench_batches(scorer, settings, say)
+                say("  think latency in the user-turn layout (the authors' DeScore) ...")
+                layouts = _bench_layouts(scorer, backends[name], settings)
                 backends[name]["peak_rss_mb_after"] = peak_rss_mb()[0]
         finally:
             if restore is not None:
@@ -526,6 +559,7 @@ def _run(settings: BenchSettings, say) -> dict:
         "ratios": ratios,
         "agreement": agreement,
         "batch": batch,
+        "layouts": layouts,
         "memory": {
             "peak_rss_mb": peak,
             "peak_rss_source": peak_source,
@@ -605,6 +639,11 @@ def format_report(report: dict) -> str:
         for row in b["results"]:
             vps = row["videos_per_s"]
             out.append(f"{row['batch_size']:>10} {vps['median']:9.2f} {vps['p90']:9.2f} {_x(row['speedup_vs_batch_1']):>11}")
+    if report.get("layouts"):
+        lay = report["layouts"]
+        out.append(f"think latency by prompt layout (onnxruntime, median): assistant turn "
+                   f"{lay['assistant']['think_latency_ms']['median']:.1f} ms, user turn (authors' DeScore) "
+                   f"{lay['user']['think_latency_ms']['median']:.1f} ms ({_x(lay['user_over_assistant_think'])})")
     m = report["memory"]
     out.append("")
     sizes = ", ".join(f"{k} {m[k + '_size_mb']:.1f} MB" for k in ("model", "bundle") if m[k + "_size_mb"] is not None)

@@ -48,7 +48,13 @@ def _check_stats(s: dict, n: int) -> None:
 def test_report_has_the_documented_keys(report):
     assert report["schema"] == SCHEMA
     assert set(report) == {"schema", "settings", "environment", "inputs", "stages", "backends", "ratios",
-                           "agreement", "batch", "memory", "notes"}
+                           "agreement", "batch", "layouts", "memory", "notes"}
+    layouts = report["layouts"]
+    assert set(layouts) == {"assistant", "user", "user_over_assistant_think"}
+    # Same CoT length in both layouts: the comparison is like for like.
+    assert layouts["user"]["cot_tokens_written"] == report["backends"]["onnxruntime"]["think"]["cot_tokens_written"]
+    assert layouts["user_over_assistant_think"] == pytest.approx(
+        layouts["user"]["think_latency_ms"]["median"] / layouts["assistant"]["think_latency_ms"]["median"])
     assert set(report["settings"]) == {"model", "bundle", "tiny_model", "videos", "prompts", "cot_tokens", "repeats",
                                        "warmup", "batch_sizes", "threads", "think_equal_work"}
     assert set(report["environment"]) == {"cpu_count", "usable_cpus", "threads", "omp_num_threads", "python", "platform", "versions"}
