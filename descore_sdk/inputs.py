@@ -141,8 +141,10 @@ def model_inputs(prompts: PromptBuilder, features: VideoFeatures, prompt: str, m
     if mode == "think" and prompts.config.layout.cot_position == "user":
         grid, timestamps = features.grid_thw, features.timestamps
 
-        def rescore(cot_ids: np.ndarray) -> np.ndarray:
+        def scoring_ids(cot_ids: np.ndarray) -> np.ndarray:
             return prompts.scoring_ids(prompt, grid, prompts.cot_text(cot_ids), timestamps=timestamps)
+
+        rescore = scoring_ids
 
     return ModelInputs(
         input_ids=ids.input_ids,

@@ -7,6 +7,12 @@ Layout (ChatML, as the Qwen-VL chat templates render it; `N = t·h·w / merge²`
     <|im_start|>assistant\\n{CoT}<Reward>                   think mode: the model writes the CoT first
     <|im_start|>assistant\\n<Reward>                        fast mode: no CoT
 
+That is the assistant-turn layout (the SDK's own and DeScore's RL stage). `PromptLayout` (config.py)
+also covers the authors' user-turn layout — think: `user\\n{before}{video}{after}<|im_end|>\\n` +
+assistant header; scoring pass: `user\\n{before}{video}{after}{CoT}<Reward>`; fast (CoT dropped):
+`user\\n{before}{video}{after}<Reward>` — and VideoReward's, whose template holds one reward token per
+dimension (`{before}`/`{after}`: the template split at its video marker, the prompt filled in).
+
 `{video}` is `<|vision_start|><|video_pad|>×N<|vision_end|>` for Qwen2-VL / Qwen2.5-VL. Qwen3-VL splits it
 per temporal patch group and puts the group's timestamp before each, inside the template's outer pair:
 `<|vision_start|><0.2 seconds><|vision_start|><|video_pad|>×(h·w/merge²)<|vision_end|><1.2 seconds>…

@@ -16,7 +16,7 @@ from descore_sdk import Scorer  # noqa: E402
 from descore_sdk.bundle import MANIFEST_NAME, PARITY_NAME, file_record, load_bundle, write_manifest  # noqa: E402
 from descore_sdk.errors import BundleIntegrityError, InvalidInputError, MissingDependencyError  # noqa: E402
 from descore_sdk.runtime.onnxruntime_runner import OnnxRuntimeRunner  # noqa: E402
-from test_onnx_scorer import MAX_FRAMES, MAX_PIXELS, tiny_bundle  # noqa: E402
+from bundles import MAX_FRAMES, MAX_PIXELS, tiny_bundle  # noqa: E402
 
 FAMILY = "qwen2_vl"  # exported through `descore export` by tiny_bundle
 

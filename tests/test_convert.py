@@ -243,7 +243,7 @@ def test_videoalign_conversion_errors_are_typed(tmp_path):
     release, base, _ = write_videoalign_release(tmp_path, lora=True)
     template = tmp_path / "template.txt"
     # A LoRA adapter trained for another base: a base whose MLPs are wider.
-    from descore_sdk.training.tiny import build_tiny_backbone, tiny_backbone_config
+    from descore_sdk.training.tiny import tiny_backbone_config
     from descore_sdk.training.tokenizer import save_tokenizer_files
     import transformers
 
@@ -287,3 +287,21 @@ def test_legacy_key_names_map_to_transformers_5():
         assert rename_legacy_keys(old) == new and rename_legacy_keys(new) == new
         if old != new:
             assert legacy_key(new) == old
+
+
+def test_convert_command_line(tmp_path, descore, capsys):
+    from descore_sdk.cli import main
+
+    release = descore[0]
+    out = tmp_path / "cli"
+    assert main(["convert", "--from", "descore", str(release), str(out), "--prompt-template-file",
+                 str(release / "template.txt")]) == 0
+    assert "descore export" in capsys.readouterr().out
+    assert json.loads((out / "descore_config.json").read_text())["layout"]["cot_position"] == "user"
+    # An existing folder is refused, then replaced with --overwrite; a missing template is a one-line error.
+    assert main(["convert", "--from", "descore", str(release), str(out), "--prompt-template-file",
+                 str(release / "template.txt")]) != 0
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["convert", "--from", "descore", str(release), str(tmp_path / "x")]) != 0
+    err = capsys.readouterr().err
+    assert "--prompt-template-file" in err and "Traceback" not in err

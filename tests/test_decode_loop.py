@@ -19,7 +19,7 @@ from descore_sdk.errors import InvalidInputError  # noqa: E402
 from descore_sdk.options import ScoreOptions  # noqa: E402
 from descore_sdk.runtime.decode import DecodeRequest, DecodeSettings, decode  # noqa: E402
 from descore_sdk.runtime.onnx_backend import OnnxDecoderModel  # noqa: E402
-from test_onnx_scorer import hf_forward, tiny_bundle, torch_model  # noqa: E402
+from bundles import hf_forward, tiny_bundle, torch_model  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -200,10 +200,18 @@ def convert_descore(src: str | Path, out: str | Path, *, prompt_template_file: s
         score_min_pixels=SCORE_MIN_PIXELS if two_resolutions else None,
         score_max_pixels=SCORE_MAX_PIXELS if two_resolutions else None,
     )
-    model = DeScoreModel.from_pretrained(
-        src, dtype=_source_dtype(backbone_config), dimension_names=["overall"], reward_token=DESCORE_REWARD_TOKEN,
-        prompt_template=template, layout=layout, sampling=sampling, max_new_tokens=DESCORE_MAX_NEW_TOKENS,
-    )
+    # The folder loads as a plain backbone, whose "new, untrained head" warning does not apply: the
+    # released head is copied in right after.
+    model_logger = logging.getLogger(DeScoreModel.__module__)
+    level = model_logger.level
+    model_logger.setLevel(logging.ERROR)
+    try:
+        model = DeScoreModel.from_pretrained(
+            src, dtype=_source_dtype(backbone_config), dimension_names=["overall"], reward_token=DESCORE_REWARD_TOKEN,
+            prompt_template=template, layout=layout, sampling=sampling, max_new_tokens=DESCORE_MAX_NEW_TOKENS,
+        )
+    finally:
+        model_logger.setLevel(level)
     hidden = model.backbone.config.get_text_config().hidden_size
     head = read_descore_head(Path(head_file).expanduser() if head_file else src / "rm_head.pth", hidden)
     with torch.no_grad():
