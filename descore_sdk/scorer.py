@@ -269,7 +269,10 @@ class Scorer:
         if options.mode != "adaptive":
             return [self.backend.score(i, options, self.stop_ids, b) for i, b in zip(inputs_list, budgets)]
         # Adaptive on a one-video-at-a-time backend: fast pass, then a think pass where the rule says so.
-        fast_inputs = [replace(i, input_ids=np.append(i.input_ids, self.prompts.ids.reward), mode="fast") for i in inputs_list]
+        # The fast prompt is the think prompt cut at its prefix (the user text in the user-turn layout,
+        # all of it in the assistant layout) + <Reward>: exactly what fast mode scores.
+        fast_inputs = [replace(i, input_ids=np.append(i.input_ids[: i.prefix_length], self.prompts.ids.reward), mode="fast",
+                               prefix_length=-1, rescore=None) for i in inputs_list]
         fast = [self.backend.score(i, options, self.stop_ids, 0) for i in fast_inputs]
         think = np.asarray(think_if(np.stack([np.asarray(o.rewards).reshape(-1) for o in fast])), dtype=bool)
         outputs = []

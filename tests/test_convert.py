@@ -305,3 +305,19 @@ def test_convert_command_line(tmp_path, descore, capsys):
     assert main(["convert", "--from", "descore", str(release), str(tmp_path / "x")]) != 0
     err = capsys.readouterr().err
     assert "--prompt-template-file" in err and "Traceback" not in err
+
+
+def test_torch_adaptive_user_layout_matches_the_reference(descore, sample_videos):
+    release, backbone, head, checkpoint, _ = descore
+    scorer = Scorer.from_pretrained(checkpoint, backend="torch", mode="adaptive", max_new_tokens=5, **SMALL)
+    videos = sample_videos[:2]
+    fast_scores = [scorer.score(v, PROMPT, mode="fast").reward for v in videos]
+    # A band around the first video's fast reward only: it thinks, the other stays fast.
+    band = (fast_scores[0] - 1e-6, fast_scores[0] + 1e-6)
+    assert not band[0] <= fast_scores[1] <= band[1]
+    results = scorer.score_batch(videos, PROMPT, adaptive_band=band)
+    assert [r.mode for r in results] == ["think", "fast"]
+    assert abs(results[1].reward - fast_scores[1]) <= TORCH_TOL
+    inputs, ts = _features(scorer, videos[0])
+    expected = descore_reference(release, "qwen3_vl", backbone, head, inputs, ts, PROMPT, results[0].rationale)
+    assert abs(results[0].reward - expected) <= TORCH_TOL
