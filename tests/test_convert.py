@@ -321,3 +321,28 @@ def test_torch_adaptive_user_layout_matches_the_reference(descore, sample_videos
     inputs, ts = _features(scorer, videos[0])
     expected = descore_reference(release, "qwen3_vl", backbone, head, inputs, ts, PROMPT, results[0].rationale)
     assert abs(results[0].reward - expected) <= TORCH_TOL
+
+
+def test_version_1_configs_keep_the_assistant_layout(tmp_path):
+    """A descore_config.json written before layouts existed (format_version 1, no "layout") loads with
+    the layout it was trained in, filled in explicitly, and its prompts are unchanged."""
+    from descore_sdk.config import DescoreConfig
+    from descore_sdk.prompt import PromptBuilder
+    from descore_sdk.training.tiny import build_tiny_model
+
+    build_tiny_model("qwen2_vl", seed=0, out_dir=tmp_path)
+    current = DescoreConfig.load(tmp_path)
+    old = json.loads((tmp_path / "descore_config.json").read_text())
+    old.pop("layout")
+    old["format_version"] = 1
+    (tmp_path / "descore_config.json").write_text(json.dumps(old))
+    loaded = DescoreConfig.load(tmp_path)
+    assert loaded.layout.cot_position == "assistant" and loaded.reward_tokens == ["<Reward>"]
+    assert loaded.layout == current.layout
+    ids_old = PromptBuilder.from_dir(tmp_path, loaded).build(PROMPT, (2, 4, 4), mode="fast").input_ids
+    ids_new = PromptBuilder.from_dir(tmp_path, current).build(PROMPT, (2, 4, 4), mode="fast").input_ids
+    np.testing.assert_array_equal(ids_old, ids_new)
+    old["layout"] = {"cot_position": "sideways"}
+    (tmp_path / "descore_config.json").write_text(json.dumps(old))
+    with pytest.raises(ModelLoadError, match="cot_position"):
+        DescoreConfig.load(tmp_path)
