@@ -346,3 +346,27 @@ def test_version_1_configs_keep_the_assistant_layout(tmp_path):
     (tmp_path / "descore_config.json").write_text(json.dumps(old))
     with pytest.raises(ModelLoadError, match="cot_position"):
         DescoreConfig.load(tmp_path)
+
+
+def test_training_rows_of_a_user_layout_model_are_its_scoring_pass(descore, sample_videos):
+    """Fine-tuning a converted DeScore model trains where the runtime reads the reward: the model's
+    forward over a training row equals the authors' scoring pass."""
+    from descore_sdk.training.batching import build_row, collate_rows
+    from descore_sdk.training.model import DeScoreModel
+
+    release, backbone, head, checkpoint, _ = descore
+    scorer = Scorer.from_pretrained(checkpoint, backend="torch", **SMALL)
+    model = DeScoreModel.from_pretrained(checkpoint).eval()
+    inputs, ts = _features(scorer, sample_videos[0])
+    from descore_sdk.inputs import clip_features
+
+    features = clip_features(scorer._load(sample_videos[0], scorer._options({})), scorer.config, max_pixels=SMALL["max_pixels"])
+    row = build_row(scorer.prompts, features, PROMPT, "think", COTS[0])
+    batch = collate_rows([row], pad_id=0)
+    with torch.no_grad():
+        got = float(model(**batch).rewards[0, 0])
+    assert abs(got - descore_reference(release, "qwen3_vl", backbone, head, inputs, ts, PROMPT, COTS[0])) <= TORCH_TOL
+    labelled = row.input_ids[row.labels != -100]
+    assert scorer.prompts.decode(labelled).strip().endswith("sits down.")  # the rationale is what the LM learns
+    with pytest.raises(InvalidInputError, match="assistant-turn layout"):
+        build_row(scorer.prompts, features, PROMPT, "explain", COTS[0])

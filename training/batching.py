@@ -10,6 +10,10 @@ assistant header `<|im_start|>assistant\\n`):
     "think"    prompt CoT <Reward>                   DeScore: score after the rationale (mode="think")
     "explain"  prompt <Reward> CoT <|im_end|>        JRM: score first, then the rationale
 
+These are the assistant-turn layout's rows. A model whose `PromptLayout.cot_position` is "user" (the
+authors' DeScore) trains where it is scored: "think" is `user: {before}{video}{after}{CoT}<Reward>`
+(`PromptBuilder.scoring_ids`), "fast" is the same without the CoT, and "explain" does not apply.
+
 LM labels (`IGNORE_INDEX` elsewhere): "think" labels every CoT token and, at the `<Reward>` position,
 `<|im_end|>` — the model learns to end its rationale with the stop token the Scorer stops on, while
 the input at that position stays `<Reward>` (the prediction made from the last CoT token sees only
@@ -150,6 +154,8 @@ def build_row(
     if rationale is None or not rationale.strip():
         raise InvalidInputError(f"layout {layout!r} needs a rationale; use layout 'fast' for videos without one.")
 
+    if prompts.config.layout.cot_position == "user":
+        return _user_turn_row(prompts, features, prompt, layout, rationale, with_labels)
     head = model_inputs(prompts, features, prompt, "think").input_ids
     cot = prompts.encode(rationale)
     stop_id = _token_id(prompts, STOP_TOKEN)
@@ -165,6 +171,28 @@ def build_row(
         ids = np.concatenate([head, [reward_id], cot, [stop_id]]).astype(np.int64)
         labels = np.concatenate([ignore_head, [IGNORE_INDEX], cot, [stop_id]]).astype(np.int64)
     return Row(ids, labels if with_labels else None, features)
+
+
+def _user_turn_row(prompts: PromptBuilder, features: VideoFeatures, prompt: str, layout: str, rationale: str,
+                   with_labels: bool) -> Row:
+    """A think row of a user-turn-layout model (the authors' DeScore cold start): the scoring pass
+    `user: {before}{video}{after}{rationale}<Reward>`, exactly the ids the runtime reads the reward
+    from. LM labels cover the rationale's tokens (those past the prompt's common token prefix)."""
+    if layout != "think":
+        raise InvalidInputError(
+            f"layout {layout!r} is defined for the assistant-turn layout; this model reads its reward inside the "
+            "user turn (layout cot_position 'user'): train it with the 'think' or 'fast' layout."
+        )
+    ids = prompts.scoring_ids(prompt, features.grid_thw, rationale, timestamps=features.timestamps)
+    labels = None
+    if with_labels:
+        prompt_ids = prompts.scoring_ids(prompt, features.grid_thw, "", timestamps=features.timestamps)[:-1]
+        n = min(len(prompt_ids), len(ids))
+        differ = np.flatnonzero(ids[:n] != prompt_ids[:n])
+        start = int(differ[0]) if len(differ) else n
+        labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int64)
+        labels[start:-1] = ids[start:-1]
+    return Row(ids.astype(np.int64), labels, features)
 
 
 def collate_rows(rows: Sequence[Row], pad_id: int) -> dict[str, torch.Tensor]:
