@@ -72,8 +72,9 @@ class DatasetJob:
 
     def scorer_kwargs(self) -> dict:
         threads = self.threads if self.threads is not None else max(1, int(self.worker_cpus))
-        return dict(backend=self.backend, device=self.device,
-                    backend_options={"threads": threads} if self.backend != "torch" else None, **self.score_options)
+        from .serve import scorer_kwargs
+
+        return scorer_kwargs(self.model, self.backend, self.device, threads, self.score_options)
 
 
 @dataclass(frozen=True)

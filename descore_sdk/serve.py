@@ -107,11 +107,16 @@ class ServeConfig:
 
     def scorer_kwargs(self) -> dict:
         threads = self.threads if self.threads is not None else max(1, int(self.replica_cpus))
-        return dict(backend=self.backend, device=self.device, backend_options={"threads": threads}
-                    if self.backend != "torch" else None, **self.score_options)
+        return scorer_kwargs(self.model, self.backend, self.device, threads, self.score_options)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def scorer_kwargs(model: str, backend: str, device: str, threads: int, options: dict) -> dict:
+    """`Scorer.from_pretrained` keywords; the thread count goes to onnxruntime only (a bundle)."""
+    onnx = backend == "onnxruntime" or (backend == "auto" and (Path(model) / "manifest.json").is_file())
+    return dict(backend=backend, device=device, backend_options={"threads": threads} if onnx else None, **options)
 
 
 # -- paths ----------------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ def cmd_score_dataset(args) -> int:
 
     job = DatasetJob(
         data=args.data, model=args.model, out=args.out, prompt=args.prompt, use_ray=args.ray, address=args.address,
-        workers=args.workers, batch_size=args.batch_size, backend=args.backend, device=args.device, threads=args.threads,
+        workers=args.workers, worker_cpus=args.worker_cpus, batch_size=args.batch_size, backend=args.backend, device=args.device, threads=args.threads,
         score_options=_score_options(args), limit=args.limit, retry_errors=args.retry_errors,
         progress=not args.json and sys.stderr.isatty(),
     )
@@ -87,6 +87,7 @@ def add_score_dataset(sub) -> None:
     p.add_argument("--ray", action="store_true", help="run as a Ray Data pipeline (an actor pool of Scorers)")
     p.add_argument("--address", default=None, help="Ray cluster address with --ray (default: a local Ray instance)")
     p.add_argument("--workers", type=int, default=2, help="Scorer actors with --ray")
+    p.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs Ray reserves per Scorer actor with --ray")
     p.add_argument("--batch-size", type=int, default=8, help="videos per score_batch call")
     p.add_argument("--limit", type=int, default=None, help="score at most this many new videos, then stop (resume later)")
     p.add_argument("--retry-errors", action="store_true", help="score again the rows a previous run wrote as errors")

@@ -290,7 +290,11 @@ class Gateway:
     @app.get("/v1/model", summary="the served model: family, dimensions, layout, backend, precision")
     async def model(self, request: Request):
         if self._info is None:
-            self._info = await self.replica.info.remote()
+            try:
+                self._info = await asyncio.wait_for(self.replica.info.remote(), timeout=30.0)
+            except Exception:  # noqa: BLE001 - no replica up (yet): say so, retryably
+                return _error(503, {"type": "NotReady", "message": "No scorer replica is ready yet.", "retryable": True},
+                              _request_id(request), {"Retry-After": "1"})
         server = {k: getattr(self.config, k) for k in ("replicas", "max_batch", "batch_wait_ms", "max_queue", "request_timeout_s",
                                                         "max_request_mb")}
         return {**self._info, "server": {**server, "media_root": self.config.media_root is not None},
@@ -354,13 +358,18 @@ def build_app(config: ServeConfig):
         graceful_shutdown_wait_loop_s=0.5,
         health_check_period_s=5.0,
         health_check_timeout_s=max(30.0, config.request_timeout_s),
-    ).bind(cfg)
+    ).bind({**cfg, "media_root": None})  # replicas read no paths: the gateway sends them bytes
     # The gateway holds at most what the replicas can queue plus one batch each in flight, so its
     # memory is bounded too; past that Ray's proxy answers 503 itself.
     gateway_capacity = config.max_queue + config.replicas * config.replica_max_ongoing
     return Gateway.options(
         num_replicas=1,
-        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": {BODY_LIMIT_ENV: str(config.max_request_bytes)}}},
+        ray_actor_options={
+            "num_cpus": 0,
+            "runtime_env": {"env_vars": {BODY_LIMIT_ENV: str(config.max_request_bytes)}},
+            # On the node where `descore serve` runs: --media-root names a folder of that machine.
+            "resources": {f"node:{ray.util.get_node_ip_address()}": 0.001},
+        },
         max_ongoing_requests=gateway_capacity,
         max_queued_requests=config.max_queue,
         graceful_shutdown_timeout_s=config.request_timeout_s,

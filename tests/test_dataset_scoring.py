@@ -112,6 +112,53 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, scale_bundle, sam
     assert (third["already_done"], third["scored"]) == (6, 0)
 
 
+def test_a_killed_run_resumes(tmp_path, scale_bundle, sample_data_dir, direct):
+    """A real interruption: the CLI is SIGKILLed once it has written some rows; the rerun completes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed.jsonl"
+    argv = [sys.executable, "-m", "descore_sdk.cli", "score-dataset", str(sample_data_dir / "example.csv"), "--model", str(scale_bundle),
+            "--out", str(out), "--max-new-tokens", str(MAX_NEW_TOKENS), "--threads", "1", "--batch-size", "1", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.is_file() and out.read_bytes().count(b"\n") >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(60)
+    written = out.read_bytes().count(b"\n")
+    assert proc.returncode == -signal.SIGKILL and 2 <= written < 6, (proc.returncode, written)
+    rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)
+    assert summary["already_done"] == written and summary["scored"] == 6 - written
+    _assert_rows_match(_rows(out), direct)
+
+
+def test_a_folder_of_videos_on_a_torch_checkpoint(tmp_path, scale_bundle, sample_videos):
+    checkpoint = scale_bundle.parent / "checkpoint"
+    folder = tmp_path / "generated"
+    folder.mkdir()
+    for video in sample_videos[:2]:
+        shutil.copy(video, folder / video.name)
+    out = tmp_path / "torch.jsonl"
+    summary = run_job(DatasetJob(data=str(folder), model=str(checkpoint), out=str(out), prompt="a girl sits down", progress=False,
+                                 score_options={"mode": "fast"}))
+    assert (summary["scored"], summary["report"]) == (2, None)
+    torch_scorer = Scorer.from_pretrained(checkpoint, mode="fast")
+    rows = _rows(out)
+    for video in sample_videos[:2]:
+        row = rows[(video.name, "a girl sits down")]
+        assert row["backend"] == "torch"
+        assert row["rewards"] == pytest.approx(torch_scorer.score(folder / video.name, "a girl sits down").rewards, abs=TOLERANCE)
+
+
 def test_videos_that_cannot_be_scored_become_error_rows_and_can_be_retried(tmp_path, scale_bundle, sample_videos, capsys):
     good, other = sample_videos[0], sample_videos[1]
     (tmp_path / "good.mp4").write_bytes(good.read_bytes())
