@@ -76,6 +76,7 @@ class ServeConfig:
     replica_cpus: float = 1.0
     score_options: dict = field(default_factory=dict)  # server-wide ScoreOptions defaults
     app_name: str = "descore"
+    max_ongoing: int | None = None  # requests one replica holds (batching + waiting); default 2 × max_batch
 
     def __post_init__(self):
         for name in ("replicas", "max_batch", "max_queue"):
@@ -102,8 +103,8 @@ class ServeConfig:
 
     @property
     def replica_max_ongoing(self) -> int:
-        # One batch being scored and one forming: a replica never holds more than it can batch next.
-        return 2 * self.max_batch
+        # Default: one batch being scored and one forming, so a replica holds no more than it can batch next.
+        return self.max_ongoing if self.max_ongoing is not None else 2 * self.max_batch
 
     def scorer_kwargs(self) -> dict:
         threads = self.threads if self.threads is not None else max(1, int(self.replica_cpus))

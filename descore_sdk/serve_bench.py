@@ -92,7 +92,8 @@ def run(args) -> dict:
         for label, max_batch in (("batched", args.max_batch), ("unbatched", 1)):
             config = ServeConfig(model=args.model, replicas=args.replicas, max_batch=max_batch, batch_wait_ms=args.batch_wait_ms,
                                  port=_free_port(), max_queue=256, threads=args.threads, replica_cpus=args.replica_cpus,
-                                 score_options=options, app_name=f"bench-{label}")
+                                 score_options=options, app_name=f"bench-{label}",
+                                 max_ongoing=2 * args.max_batch)  # the same for both: only batching differs
             url = serve_ray.start(config)
             from .client import RewardClient
 

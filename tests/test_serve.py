@@ -259,15 +259,19 @@ def test_request_timeout_is_a_retryable_504(service, media_root):
     assert status == 504 and body["error"]["type"] == "TimeoutError" and body["error"]["retryable"] is True
 
 
-def test_serve_without_ray_names_the_extra(tmp_path):
+@pytest.mark.parametrize("command", ["serve", "score-dataset"])
+def test_without_ray_the_commands_name_the_extra(tmp_path, scale_bundle, sample_data_dir, command):
+    argv = ["serve", str(scale_bundle)] if command == "serve" else [
+        "score-dataset", str(sample_data_dir / "example.csv"), "--model", str(scale_bundle), "--out", str(tmp_path / "o.jsonl"), "--ray"]
     code = (
-        "import sys; sys.modules['ray'] = None; sys.modules['ray.serve'] = None\n"
+        "import sys\n"
+        "for name in ('ray', 'ray.serve', 'ray.data'): sys.modules[name] = None  # as if not installed\n"
         "from descore_sdk.cli import main\n"
-        f"sys.exit(main(['serve', {str(tmp_path)!r}]))\n"
+        f"sys.exit(main({argv!r}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 1
+    assert proc.returncode == 1, proc.stderr
     assert "pip install 'descore-sdk[serve]'" in proc.stderr and "Traceback" not in proc.stderr
 
 
