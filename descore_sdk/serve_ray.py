@@ -20,6 +20,7 @@ X-Request-Id response header). Errors are {"error": {"type", "message", "retryab
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 import os
 import signal
@@ -213,6 +214,30 @@ class Gateway:
         self.config = ServeConfig(**config)
         self.replica = replica_handle
         self._info: Optional[dict] = None
+        # Draining (see `stop`): new scoring requests get a retryable 503 while the ones already
+        # here finish. Ray Serve deletes the gateway and the replicas together, so without this a
+        # request still queued for a replica would wait on one that is gone.
+        self._draining = False
+        self._inflight = 0
+
+    def begin_drain(self) -> int:
+        self._draining = True
+        return self._inflight
+
+    def inflight(self) -> int:
+        return self._inflight
+
+    @contextlib.contextmanager
+    def _tracked(self):
+        if self._draining:
+            raise RequestFailed(503, {"type": "ShuttingDown", "retryable": True,
+                                      "message": "The service is shutting down; retry on another instance or later."},
+                                {"Retry-After": "1"})
+        self._inflight += 1
+        try:
+            yield
+        finally:
+            self._inflight -= 1
 
     # -- plumbing --
     def _options(self, options: Optional[Options]) -> dict:
@@ -303,44 +328,47 @@ class Gateway:
     @app.post("/v1/score", summary="score one video")
     async def score(self, body: ScoreRequest, request: Request):
         rid = _request_id(request)
-        data, name = await self._video_bytes(body.video)
-        outcome = await self._call("score", {"video": data, "prompt": body.prompt, "options": self._options(body.options)}, self._deadline(body.timeout_s))
-        if "error" in outcome:
-            status = outcome.pop("status", None) or _status_of(outcome["error"])
-            return _error(status, outcome["error"], rid, {"Retry-After": "1"} if status == 503 else None)
-        return JSONResponse({**self._answer(outcome, name), "request_id": rid}, headers={"X-Request-Id": rid})
+        with self._tracked():
+            data, name = await self._video_bytes(body.video)
+            outcome = await self._call("score", {"video": data, "prompt": body.prompt, "options": self._options(body.options)}, self._deadline(body.timeout_s))
+            if "error" in outcome:
+                status = outcome.pop("status", None) or _status_of(outcome["error"])
+                return _error(status, outcome["error"], rid, {"Retry-After": "1"} if status == 503 else None)
+            return JSONResponse({**self._answer(outcome, name), "request_id": rid}, headers={"X-Request-Id": rid})
 
     @app.post("/v1/score_batch", summary="score many videos (each is batched with other requests' videos)")
     async def score_batch(self, body: ScoreBatchRequest, request: Request):
         rid = _request_id(request)
-        prompts = [body.prompts] * len(body.videos) if isinstance(body.prompts, str) else body.prompts
-        if len(prompts) != len(body.videos):
-            raise RequestFailed(400, error_body(InvalidInputError(f"{len(body.videos)} videos but {len(prompts)} prompts; send one prompt or one per video.")))
-        if not body.videos:
-            raise RequestFailed(400, error_body(InvalidInputError("'videos' is empty.")))
-        videos = [await self._video_bytes(v) for v in body.videos]
-        options = self._options(body.options)
-        deadline = self._deadline(body.timeout_s)
-        outcomes = await asyncio.gather(*(self._call("score", {"video": data, "prompt": prompt, "options": options}, deadline)
-                                          for (data, _), prompt in zip(videos, prompts)))
-        results = []
-        for (_, name), outcome in zip(videos, outcomes):
-            outcome.pop("status", None)
-            results.append(self._answer(outcome, name))
-        return JSONResponse({"results": results, "request_id": rid}, headers={"X-Request-Id": rid})
+        with self._tracked():
+            prompts = [body.prompts] * len(body.videos) if isinstance(body.prompts, str) else body.prompts
+            if len(prompts) != len(body.videos):
+                raise RequestFailed(400, error_body(InvalidInputError(f"{len(body.videos)} videos but {len(prompts)} prompts; send one prompt or one per video.")))
+            if not body.videos:
+                raise RequestFailed(400, error_body(InvalidInputError("'videos' is empty.")))
+            videos = [await self._video_bytes(v) for v in body.videos]
+            options = self._options(body.options)
+            deadline = self._deadline(body.timeout_s)
+            outcomes = await asyncio.gather(*(self._call("score", {"video": data, "prompt": prompt, "options": options}, deadline)
+                                              for (data, _), prompt in zip(videos, prompts)))
+            results = []
+            for (_, name), outcome in zip(videos, outcomes):
+                outcome.pop("status", None)
+                results.append(self._answer(outcome, name))
+            return JSONResponse({"results": results, "request_id": rid}, headers={"X-Request-Id": rid})
 
     @app.post("/v1/compare", summary="compare two videos for one prompt")
     async def compare(self, body: CompareRequest, request: Request):
         rid = _request_id(request)
-        (a, name_a), (b, name_b) = await self._video_bytes(body.video_a), await self._video_bytes(body.video_b)
-        outcome = await self._call("compare", {"video_a": a, "video_b": b, "prompt": body.prompt, "options": self._options(body.options)},
-                                   self._deadline(body.timeout_s))
-        if "error" in outcome:
-            status = outcome.pop("status", None) or _status_of(outcome["error"])
-            return _error(status, outcome["error"], rid, {"Retry-After": "1"} if status == 503 else None)
-        pair = outcome["result"]
-        pair["a"]["video"], pair["b"]["video"] = name_a, name_b
-        return JSONResponse({**pair, "request_id": rid}, headers={"X-Request-Id": rid})
+        with self._tracked():
+            (a, name_a), (b, name_b) = await self._video_bytes(body.video_a), await self._video_bytes(body.video_b)
+            outcome = await self._call("compare", {"video_a": a, "video_b": b, "prompt": body.prompt, "options": self._options(body.options)},
+                                       self._deadline(body.timeout_s))
+            if "error" in outcome:
+                status = outcome.pop("status", None) or _status_of(outcome["error"])
+                return _error(status, outcome["error"], rid, {"Retry-After": "1"} if status == 503 else None)
+            pair = outcome["result"]
+            pair["a"]["video"], pair["b"]["video"] = name_a, name_b
+            return JSONResponse({**pair, "request_id": rid}, headers={"X-Request-Id": rid})
 
 
 # -- deploy --------------------------------------------------------------------------------------------
@@ -387,8 +415,15 @@ def start(config: ServeConfig, *, num_cpus: Optional[float] = None) -> str:
     return f"http://{config.host}:{config.port}"
 
 
-def stop(config: ServeConfig) -> None:
-    """Drain and remove the app: replicas finish what they hold (graceful shutdown), then exit."""
+def stop(config: ServeConfig, timeout_s: Optional[float] = None) -> None:
+    """Drain, then remove the app: the gateway stops taking new scoring requests (503, retryable),
+    every request it already holds is answered (or `timeout_s`, default the request timeout, runs
+    out), and only then are the deployments deleted."""
+    gateway = serve.get_app_handle(config.app_name)
+    gateway.begin_drain.remote().result()
+    deadline = time.monotonic() + (config.request_timeout_s if timeout_s is None else timeout_s)
+    while gateway.inflight.remote().result() > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
     serve.delete(config.app_name)
 
 
