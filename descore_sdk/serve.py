@@ -262,13 +262,13 @@ def _sdk_version() -> str:
 
 
 # -- entry point ----------------------------------------------------------------------------------------
-def run_server(config: ServeConfig, *, block: bool = True, ready_timeout_s: float = 300.0):
+def run_server(config: ServeConfig, *, block: bool = True):
     """Start (or join) Ray, deploy the service and, with `block`, serve until SIGINT/SIGTERM, then
     drain: Ray Serve lets each replica finish the requests it holds (graceful shutdown) before exit.
     Returns the base URL when `block` is False."""
     from . import serve_ray  # noqa: F401 - raises MissingDependencyError without the extra
 
-    return serve_ray.run(config, block=block, ready_timeout_s=ready_timeout_s)
+    return serve_ray.run(config, block=block)
 
 
 __all__ = ["ServeConfig", "ServiceError", "MediaPathError", "resolve_media_path", "ReplicaCore", "model_info", "run_server",

@@ -405,14 +405,24 @@ def build_app(config: ServeConfig):
     ).bind(replica, cfg)
 
 
-def start(config: ServeConfig, *, num_cpus: Optional[float] = None) -> str:
-    """Connect to (or start) Ray, deploy, and return the base URL once the app is running."""
+def connect(config: ServeConfig, *, num_cpus: Optional[float] = None) -> None:
+    """Join the cluster at config.address, or start a local Ray instance."""
     if not ray.is_initialized():
         kwargs = {"address": config.address} if config.address else {"num_cpus": num_cpus, "include_dashboard": False}
         ray.init(**{k: v for k, v in kwargs.items() if v is not None}, logging_level=logging.WARNING, log_to_driver=False)
+
+
+def deploy(config: ServeConfig) -> str:
+    """Deploy the app on the connected cluster; returns the base URL once it is running."""
     serve.start(http_options={"host": config.host, "port": config.port})
     serve.run(build_app(config), name=config.app_name, route_prefix="/")
     return f"http://{config.host}:{config.port}"
+
+
+def start(config: ServeConfig, *, num_cpus: Optional[float] = None) -> str:
+    """`connect` + `deploy`."""
+    connect(config, num_cpus=num_cpus)
+    return deploy(config)
 
 
 def stop(config: ServeConfig, timeout_s: Optional[float] = None) -> None:
@@ -427,15 +437,18 @@ def stop(config: ServeConfig, timeout_s: Optional[float] = None) -> None:
     serve.delete(config.app_name)
 
 
-def run(config: ServeConfig, *, block: bool = True, ready_timeout_s: float = 300.0):
-    url = start(config)
+def run(config: ServeConfig, *, block: bool = True):
+    connect(config)
     if not block:
-        return url
-    print(f"DeScore reward service on {url} (model {config.model}, {config.replicas} replica(s)); "
-          f"OpenAPI at {url}/docs. Ctrl-C drains and stops.", flush=True)
+        return deploy(config)
+    # After ray.init (which installs its own SIGTERM handler: exit at once) and before the app can
+    # answer: a SIGTERM from then on drains, even one that arrives while the app is being deployed.
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
+    url = deploy(config)
+    print(f"DeScore reward service on {url} (model {config.model}, {config.replicas} replica(s)); "
+          f"OpenAPI at {url}/docs. Ctrl-C drains and stops.", flush=True)
     while not stopping.wait(1.0):
         pass
     print("Draining: waiting for in-flight requests ...", flush=True)
