@@ -94,11 +94,13 @@ class RewardClient:
                 raise ServiceError(f"The reward service at {self.url} was not ready within {timeout_s:g} s.", retryable=True)
             time.sleep(0.5)
 
-    def score(self, video, prompt: str, **options) -> ScoreResult:
-        body = {"prompt": prompt, "video": self._video(video), "options": options or None}
+    def score(self, video, prompt: str, *, timeout_s: float | None = None, **options) -> ScoreResult:
+        """One video; `options` are ScoreOptions overrides, `timeout_s` this request's server-side timeout."""
+        body = {"prompt": prompt, "video": self._video(video), "options": options or None, "timeout_s": timeout_s}
         return result_from_json(self._request("POST", "/v1/score", body))
 
-    def score_batch(self, videos: Sequence, prompts: str | Sequence[str], *, on_error: str = "raise", **options) -> list:
+    def score_batch(self, videos: Sequence, prompts: str | Sequence[str], *, on_error: str = "raise", timeout_s: float | None = None,
+                    **options) -> list:
         """Score `videos` in one request (the server batches them with other requests' videos).
 
         on_error: "raise" raises the first video's error; "none" puts None where a video failed.
@@ -114,7 +116,8 @@ class RewardClient:
         pending = list(range(len(videos)))
         errors_by_index: dict[int, dict] = {}
         for attempt in range(self.max_retries + 1):
-            body = {"prompts": [prompts[i] for i in pending], "videos": [encoded[i] for i in pending], "options": options or None}
+            body = {"prompts": [prompts[i] for i in pending], "videos": [encoded[i] for i in pending], "options": options or None,
+                    "timeout_s": timeout_s}
             answer = self._request("POST", "/v1/score_batch", body)
             retry = []
             for i, item in zip(pending, answer["results"]):
@@ -134,8 +137,9 @@ class RewardClient:
                 _raise_for(errors_by_index[i], 200, self.last_request_id)
         return results
 
-    def compare(self, video_a, video_b, prompt: str, **options) -> PairResult:
-        body = {"prompt": prompt, "video_a": self._video(video_a), "video_b": self._video(video_b), "options": options or None}
+    def compare(self, video_a, video_b, prompt: str, *, timeout_s: float | None = None, **options) -> PairResult:
+        body = {"prompt": prompt, "video_a": self._video(video_a), "video_b": self._video(video_b), "options": options or None,
+                "timeout_s": timeout_s}
         answer = self._request("POST", "/v1/compare", body)
         return PairResult(a=result_from_json(answer["a"]), b=result_from_json(answer["b"]))
 
