@@ -41,10 +41,9 @@ def scale_bundle(tmp_path_factory) -> Path:
     pytest.importorskip("torch")
     from descore_sdk.export.bundle import export_bundle
     from descore_sdk.training.tiny import build_tiny_model
-
-    out = tmp_path_factory.mktemp("scale") / "bundle"
     from weights import spread_weights
 
+    out = tmp_path_factory.mktemp("scale") / "bundle"
     model = build_tiny_model("qwen2_5_vl", seed=0, dimension_names=("VQ", "MQ", "TA"))
     spread_weights(model, seed=1)  # O(1) rewards, so comparisons at 1e-4 mean something
     model.save_pretrained(out.parent / "checkpoint")  # the same weights for the torch backend
