@@ -340,7 +340,14 @@ def _add_training(sub) -> None:
     add_subcommands(sub)
 
 
-SUBCOMMANDS = [_add_score, _add_compare, _add_export, _add_convert, _add_quickstart, _add_bench, _add_training]
+def _add_scale(sub) -> None:
+    """`serve` and `score-dataset` (descore_sdk.serve_cli; Ray is imported only when they run)."""
+    from .serve_cli import add_subcommands
+
+    add_subcommands(sub)
+
+
+SUBCOMMANDS = [_add_score, _add_compare, _add_export, _add_convert, _add_quickstart, _add_bench, _add_training, _add_scale]
 
 
 def build_parser() -> argparse.ArgumentParser:

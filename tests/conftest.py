@@ -31,3 +31,21 @@ def sample_data_dir() -> Path:
 @pytest.fixture(scope="session")
 def sample_videos(sample_data_dir) -> list[Path]:
     return sorted((sample_data_dir / "videos").glob("*.mp4"))
+
+
+@pytest.fixture(scope="session")
+def scale_bundle(tmp_path_factory) -> Path:
+    """A tiny random-weight qwen2_5_vl bundle (VQ/MQ/TA heads, 4 frames of ≤160² pixels) for the
+    scoring-at-scale tests (test_serve.py, test_dataset_scoring.py): built and exported once per session;
+    its torch checkpoint is in the sibling folder "checkpoint"."""
+    pytest.importorskip("torch")
+    from descore_sdk.export.bundle import export_bundle
+    from descore_sdk.training.tiny import build_tiny_model
+    from weights import spread_weights
+
+    out = tmp_path_factory.mktemp("scale") / "bundle"
+    model = build_tiny_model("qwen2_5_vl", seed=0, dimension_names=("VQ", "MQ", "TA"))
+    spread_weights(model, seed=1)  # O(1) rewards, so comparisons at 1e-4 mean something
+    model.save_pretrained(out.parent / "checkpoint")  # the same weights for the torch backend
+    export_bundle(model, out, max_frames=4, max_pixels=160 * 160, progress=False, parity=False)
+    return out

@@ -102,11 +102,12 @@ def read_pairs(path: str | os.PathLike, *, on_missing: str = "skip", check_decod
     """Read preference pairs from a VideoAlign CSV, GenAI-Bench JSON or DeScore JSONL file.
 
     on_missing: "skip" drops pairs whose videos are missing/undecodable (with a `DataWarning` listing
-    their rows); "error" raises `DataError` instead. check_decodable: also open each video with PyAV
+    their rows); "error" raises `DataError` instead; "keep" keeps every pair unchecked (`descore
+    score-dataset` writes an error row for each video it cannot score). check_decodable: also open each video with PyAV
     and decode its first frame (slower; each distinct video is probed once).
     """
-    if on_missing not in ("skip", "error"):
-        raise InvalidInputError(f"on_missing must be 'skip' or 'error', got {on_missing!r}.")
+    if on_missing not in ("skip", "error", "keep"):
+        raise InvalidInputError(f"on_missing must be 'skip', 'error' or 'keep', got {on_missing!r}.")
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Data file {path} does not exist (or is not a file). Check the path.")
@@ -123,6 +124,8 @@ def read_pairs(path: str | os.PathLike, *, on_missing: str = "skip", check_decod
         pairs = _parse_genai_json(text, path, root)
     else:
         pairs = _parse_jsonl(text, path, root)
+    if on_missing == "keep":
+        return pairs
     return _check_videos(pairs, path, on_missing=on_missing, check_decodable=check_decodable)
 
 
