@@ -351,7 +351,7 @@ SUBCOMMANDS = [_add_score, _add_compare, _add_export, _add_convert, _add_quickst
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="descore", description="DeScore video reward models: score, compare, export, convert, quickstart, bench, data synth, train, eval.")
+    parser = argparse.ArgumentParser(prog="descore", description="DeScore video reward models: score, compare, export, convert, serve, score-dataset, quickstart, bench, data synth, train, eval.")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)
