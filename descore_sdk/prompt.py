@@ -25,6 +25,11 @@ import numpy as np
 
 from .config import DescoreConfig
 from .errors import ContextLengthError, InvalidInputError, ModelLoadError
+from .user_text import encode_pieces, encode_plain
+
+# Stands in for the user's prompt while the template is rendered (private-use characters, which no
+# template contains), so that the prompt can be tokenized apart from the template around it.
+_PROMPT_SLOT = "\ue000descore-prompt\ue000"
 
 SPECIAL_TOKENS = {
     "im_start": "<|im_start|>",
@@ -147,6 +152,21 @@ class PromptBuilder:
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
 
+    def encode_text(self, text: str) -> np.ndarray:
+        """Ids of user text (a prompt, a rationale) as plain text: never special tokens."""
+        return encode_plain(self.tokenizer, text)
+
+    def _encode_rendered(self, prompt: str, num_groups: int, timestamps) -> np.ndarray:
+        """`encode(render(...))`, except that the user's prompt is tokenized as plain text
+        (descore_sdk.user_text): the same ids for any prompt free of special-token text."""
+        self.instruction(prompt)  # the type / emptiness checks
+        rendered = self.render(_PROMPT_SLOT, num_groups, timestamps)
+        template_parts = rendered.split(_PROMPT_SLOT)
+        pieces = [(template_parts[0], False)]
+        for part in template_parts[1:]:
+            pieces += [(prompt, True), (part, False)]
+        return encode_pieces(self.tokenizer, pieces)
+
     def build(self, prompt: str, video_grid_thw, *, timestamps: np.ndarray | None = None, mode: str = "think") -> PromptIds:
         """Token ids for scoring `prompt` against a video with patch grid `video_grid_thw` (t, h, w).
 
@@ -159,7 +179,7 @@ class PromptBuilder:
         merge2 = self.config.vision.merge_size ** 2
         per_group = h * w // merge2
         qwen3 = self.config.family == "qwen3_vl"
-        ids = self.encode(self.render(prompt, t, timestamps))
+        ids = self._encode_rendered(prompt, t, timestamps)
         # Expand each placeholder to its real token count: one per group (Qwen3-VL) or one per video.
         repeats = np.ones(len(ids), dtype=np.int64)
         repeats[ids == self.ids.video_pad] = per_group if qwen3 else per_group * t

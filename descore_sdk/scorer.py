@@ -26,9 +26,11 @@ from typing import Sequence
 import numpy as np
 
 from .config import CONFIG_NAME, DescoreConfig
+from .cot import cot_stop_reason, is_repeating
 from .errors import DescoreError, InvalidInputError, ModelLoadError
 from .inputs import ModelInputs, clip_features, load_clip, model_inputs
 from .options import ScoreOptions
+from .paths import resolve_model_dir
 from .prompt import PromptBuilder
 from .results import PairResult, ScoreResult, headline_reward
 from .video import VideoClip
@@ -120,7 +122,7 @@ class Scorer:
         adaptive_threshold, adaptive_band)."""
         options = {k: v for k, v in options.items() if v is not None}  # None: the default
         opts = ScoreOptions.from_kwargs(**options)
-        path = Path(path)
+        path = resolve_model_dir(path)  # `~` expanded; a training run folder → its model/
         if not path.exists():
             raise ModelLoadError(f"Model path {path} does not exist; pass a DeScore checkpoint or bundle folder.")
         if not path.is_dir():
@@ -234,6 +236,7 @@ class Scorer:
                     num_frames=int(len(clip.frames)),
                     timings_ms={k: round(float(v), 3) for k, v in timings.items()},
                     video=_describe(video),
+                    **self._cot_report(out.cot_ids, inputs, options, mode),
                 )
             )
         return results
@@ -269,6 +272,14 @@ class Scorer:
         # Adaptive prompts use the think layout: the fast score is read by appending <Reward> to it.
         layout = "fast" if options.mode == "fast" else "think"
         return replace(model_inputs(self.prompts, features, prompt, layout), mode=options.mode)
+
+    def _cot_report(self, cot_ids, inputs: ModelInputs, options: ScoreOptions, mode: str) -> dict:
+        """ScoreResult's cot_stop / cot_repeating (descore_sdk.cot): a runaway CoT is never silent."""
+        if mode != "think":
+            return {}
+        wanted = self.config.max_new_tokens if options.max_new_tokens is None else options.max_new_tokens
+        budget = self._max_new_tokens(replace(inputs, mode="think"), options)
+        return {"cot_stop": cot_stop_reason(len(cot_ids), budget, wanted), "cot_repeating": is_repeating(cot_ids)}
 
     def _max_new_tokens(self, inputs: ModelInputs, options: ScoreOptions) -> int:
         if inputs.mode == "fast":

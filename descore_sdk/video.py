@@ -287,7 +287,7 @@ class _VideoSource:
     @classmethod
     def from_input(cls, video: Any) -> "_VideoSource":
         if isinstance(video, (str, os.PathLike)):
-            return cls._from_path(Path(os.fspath(video)))
+            return cls._from_path(Path(os.path.expanduser(os.fspath(video))))
         if isinstance(video, (bytes, bytearray, memoryview)):
             data = bytes(video)
             if not data:

@@ -151,7 +151,7 @@ def build_row(
         raise InvalidInputError(f"layout {layout!r} needs a rationale; use layout 'fast' for videos without one.")
 
     head = model_inputs(prompts, features, prompt, "think").input_ids
-    cot = prompts.encode(rationale)
+    cot = prompts.encode_text(rationale)  # user data: never special tokens
     stop_id = _token_id(prompts, STOP_TOKEN)
     room = prompts.config.max_context - len(head) - 2  # <Reward> and, for "explain", the stop token
     if len(cot) > room:

@@ -256,7 +256,7 @@ def cmd_train_pretrain(args) -> int:
 def cmd_train_benchmark(args) -> int:
     from .benchmark import main as benchmark_main
 
-    return benchmark_main(list(args.extra_args))
+    return benchmark_main(list(args.extra_args), prog="descore train benchmark")
 
 
 def cmd_train_jrm(args) -> int:
@@ -424,7 +424,7 @@ def add_subcommands(subparsers) -> None:
     add_pretrain_arguments(p)
     p.set_defaults(func=cmd_train_pretrain)
     p = train_sub.add_parser("benchmark", add_help=False,
-                             help="every recipe end to end on the synthetic benchmark (python -m descore_sdk.training.benchmark)")
+                             help="every recipe end to end on the synthetic benchmark (descore train benchmark --help)")
     p.set_defaults(func=cmd_train_benchmark, passthrough=True)
     p = train_sub.add_parser("jrm", help="joint reward model: BT + rationale LM loss, scores in fast mode")
     add_jrm_arguments(p)
