@@ -51,7 +51,7 @@ import numpy as np
 from .errors import InvalidInputError, VideoDecodeError
 from .preprocess import resize_frame, smart_resize
 
-__all__ = ["VideoClip", "sample_frame_indices", "load_video"]
+__all__ = ["VideoClip", "sample_frame_indices", "load_video", "upright"]
 
 
 @dataclass(frozen=True)
@@ -270,7 +270,15 @@ class _FrameFitter:
         return resize_frame(rgb, height, width)
 
     def from_av(self, frame) -> np.ndarray:
-        return self(frame.to_ndarray(format="rgb24"))
+        return self(upright(frame.to_ndarray(format="rgb24"), getattr(frame, "rotation", 0)))
+
+
+def upright(rgb: np.ndarray, rotation: float) -> np.ndarray:
+    """A decoded frame as it is meant to be seen: phones store portrait video as landscape pictures plus
+    a display rotation (the stream's display matrix, which PyAV reports per frame as `rotation`, degrees
+    counter-clockwise). Multiples of 90° only, the ones cameras write; a mirror flag is not applied."""
+    quarter_turns = int(round(float(rotation or 0) / 90.0)) % 4
+    return np.ascontiguousarray(np.rot90(rgb, quarter_turns)) if quarter_turns else rgb
 
 
 # --------------------------------------------------------------------------------------------------
