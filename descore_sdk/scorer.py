@@ -27,6 +27,7 @@ import numpy as np
 
 from .config import CONFIG_NAME, DescoreConfig
 from .cot import cot_stop_reason, is_repeating
+from .frame_budget import context_fit_for, sampling_report
 from .errors import DescoreError, InvalidInputError, ModelLoadError
 from .inputs import ModelInputs, clip_features, load_clip, model_inputs
 from .options import ScoreOptions
@@ -184,7 +185,7 @@ class Scorer:
         """The backend inputs of one video (decoded, sampled, patched, prompt ids), e.g. for parity checks."""
         options = self._options(overrides)
         self.prompts.instruction(prompt)
-        return self._prepare(self._load(video, options), prompt, options)
+        return self._prepare(self._load(video, options, prompt), prompt, options)
 
     # -- scoring -------------------------------------------------------------------------------------
     def _options(self, overrides: dict) -> ScoreOptions:
@@ -211,7 +212,7 @@ class Scorer:
         for video, prompt in zip(videos, prompts):
             t0 = time.perf_counter()
             self.prompts.instruction(prompt)  # reject an empty prompt before decoding anything
-            clip = self._load(video, options)
+            clip = self._load(video, options, prompt)
             t1 = time.perf_counter()
             inputs = self._prepare(clip, prompt, options)
             t2 = time.perf_counter()
@@ -236,6 +237,7 @@ class Scorer:
                     num_frames=int(len(clip.frames)),
                     timings_ms={k: round(float(v), 3) for k, v in timings.items()},
                     video=_describe(video),
+                    sampling=sampling_report(clip),
                     **self._cot_report(out.cot_ids, inputs, options, mode),
                 )
             )
@@ -263,9 +265,18 @@ class Scorer:
 
     # -- steps ---------------------------------------------------------------------------------------
     # Decoding, patching and prompt ids go through descore_sdk.inputs, the path training uses too.
-    def _load(self, video, options: ScoreOptions) -> VideoClip:
+    def _load(self, video, options: ScoreOptions, prompt: str) -> VideoClip:
         return load_clip(video, self.config, fps=options.fps, min_frames=options.min_frames,
-                         max_frames=options.max_frames, max_pixels=options.max_pixels)
+                         max_frames=options.max_frames, max_pixels=options.max_pixels,
+                         plan=self._context_fit(prompt, options))
+
+    def _context_fit(self, prompt: str, options: ScoreOptions):
+        """Lowers frame count and size of a video that would not fit the context (frame_budget.py)."""
+        if options.mode == "fast":
+            return context_fit_for(self.prompts, self.config, prompt, options, reserved_tokens=0)
+        empty = ModelInputs(np.zeros(0, np.int64), np.zeros((0, 0), np.float32), np.zeros(3, np.int64), 1.0, "think")
+        return context_fit_for(self.prompts, self.config, prompt, options,
+                               reserved_tokens=self._max_new_tokens(empty, options) + 1)  # CoT budget + <Reward>
 
     def _prepare(self, clip: VideoClip, prompt: str, options: ScoreOptions) -> ModelInputs:
         features = clip_features(clip, self.config, max_pixels=options.max_pixels)
