@@ -88,39 +88,63 @@ def _result_json(result) -> dict:
     return {k: getattr(result, k) for k in RESULT_JSON_KEYS}
 
 
-def _print_result(result, as_json: bool) -> None:
+def _format_result(result, as_json: bool) -> list[str]:
+    """The lines printed for one result: one JSON object, or a line of rewards and indented details."""
     from .cot import describe_runaway
 
     if as_json:
-        print(json.dumps(_result_json(result)), flush=True)
-        return
+        return [json.dumps(_result_json(result))]
     dims = ", ".join(f"{k}={v:+.4f}" for k, v in result.rewards.items())
-    print(f"{result.video}: reward {result.reward:+.4f} ({dims}) [{result.mode}, {result.backend}, {result.timings_ms['total']:.0f} ms]")
+    lines = [f"{result.video}: reward {result.reward:+.4f} ({dims}) [{result.mode}, {result.backend}, {result.timings_ms['total']:.0f} ms]"]
     if result.sampling and result.sampling.get("fitted"):
         s = result.sampling
-        print(f"  video: {s['frames']} frames of {s['width']}x{s['height']} ({s['fps']:.3g} per second of video), "
-              "fewer and smaller than asked so that the video fits the model's context")
+        lines.append(f"  video: {s['frames']} frames of {s['width']}x{s['height']} ({s['fps']:.3g} per second of video), "
+                     "fewer and smaller than asked so that the video fits the model's context")
     if result.rationale:
-        print(f"  rationale: {result.rationale.strip()[:300]}")
+        lines.append(f"  rationale: {result.rationale.strip()[:300]}")
     warning = describe_runaway(result.cot_stop, result.cot_repeating, result.num_cot_tokens)
     if warning:
-        print(f"  warning: {warning}")
+        lines.append(f"  warning: {warning}")
+    return lines
+
+
+def _print_result(result, as_json: bool, write=None) -> None:
+    """Print one result; `write` replaces print (a progress bar's write, which keeps the bar below)."""
+    for line in _format_result(result, as_json):
+        if write is None:
+            print(line, flush=True)
+        else:
+            write(line)
 
 
 def cmd_score(args) -> int:
+    from . import progress
+
+    progress.quiet_library_bars()
     scorer = _scorer_from_args(args)
     failed = 0
+    # One video at a time, each printed as soon as it is scored; the bar (terminal only) counts them.
+    bar = progress.bar(len(args.videos), "scoring", "video", progress.wanted(args.json) and len(args.videos) > 1)
     for video in args.videos:
         try:
-            _print_result(scorer.score(video, args.prompt), args.json)
+            result = scorer.score(video, args.prompt)
         except DescoreError as exc:
             failed += 1
-            print(f"descore: error: {video}: {exc}", file=sys.stderr)
+            bar.write(f"descore: error: {video}: {exc}", file=sys.stderr)
+        else:
+            _print_result(result, args.json, write=bar.write)
+        bar.update(1)
+    bar.close()
     return EXIT_ERROR if failed else 0
 
 
 def cmd_compare(args) -> int:
+    from . import progress
+
+    progress.quiet_library_bars()
     scorer = _scorer_from_args(args)
+    if progress.wanted(args.json):
+        print(f"scoring 2 videos ({scorer.options.mode} mode, {scorer.backend.name}) ...", file=sys.stderr, flush=True)
     pair = scorer.compare(args.video_a, args.video_b, args.prompt)
     if args.json:
         print(json.dumps({"a": _result_json(pair.a), "b": _result_json(pair.b), "prob_a_better": pair.prob_a_better, "preferred": pair.preferred}))
@@ -351,8 +375,13 @@ def _add_quickstart(sub) -> None:
 def cmd_bench(args) -> int:
     from .bench import format_report, run_bench
 
+    from . import progress as progress_output
+
+    show = progress_output.wanted(args.json)
+
     def progress(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+        if show:  # terminal only, and never with --json
+            print(message, file=sys.stderr, flush=True)
 
     report = run_bench(model=args.model, bundle=args.bundle, videos=args.videos, prompt=args.prompt,
                        cot_tokens=args.cot_tokens, repeats=args.repeats, batch_sizes=args.batch_sizes,

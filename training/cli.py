@@ -267,26 +267,31 @@ def cmd_train_jrm(args) -> int:
 
 # -- descore eval -----------------------------------------------------------------------------------
 def score_pairs(scorer, pairs, *, mode: str, progress: bool = False) -> dict:
-    """{(video path, prompt): ScoreResult} for every distinct video/prompt of `pairs`."""
-    items = sorted({(str(p.video_a), p.prompt) for p in pairs} | {(str(p.video_b), p.prompt) for p in pairs})
-    bar = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm
+    """{(video path, prompt): ScoreResult} for every distinct video/prompt of `pairs`.
 
-            bar = tqdm(total=len(items), desc="scoring", unit="video", file=sys.stderr)
-        except ImportError:  # tqdm comes with the train extra; eval also runs without it
-            bar = None
-    results = {}
-    for video, prompt in items:
-        try:
-            results[(video, prompt)] = scorer.score(video, prompt, mode=mode)
-        except DescoreError as exc:
-            raise type(exc)(f"{video}: {exc}") from exc
-        if bar is not None:
+    progress: a bar on stderr (descore_sdk.progress), counting videos and runaway CoTs. Runaway CoTs
+    (budget hit or a repetition loop) are also reported in one warning line at the end."""
+    from descore_sdk import progress as progress_output
+
+    items = sorted({(str(p.video_a), p.prompt) for p in pairs} | {(str(p.video_b), p.prompt) for p in pairs})
+    bar = progress_output.bar(len(items), f"scoring ({mode})", "video", progress)
+    results, runaway = {}, 0
+    try:
+        for video, prompt in items:
+            try:
+                result = scorer.score(video, prompt, mode=mode)
+            except DescoreError as exc:
+                raise type(exc)(f"{video}: {exc}") from exc
+            results[(video, prompt)] = result
+            runaway += result.cot_runaway
             bar.update(1)
-    if bar is not None:
+            if runaway:
+                bar.set_postfix_str(f"runaway CoTs: {runaway}")
+    finally:
         bar.close()
+    if runaway:
+        print(f"descore: warning: {runaway} of {len(items)} CoTs hit the token budget or ended in a repetition loop; "
+              "their rewards are unreliable (see cot_stop / cot_repeating of each result).", file=sys.stderr)
     return results
 
 
@@ -377,7 +382,10 @@ def without_nan(value):
 
 
 def cmd_eval(args) -> int:
+    from descore_sdk import progress as progress_output
     from descore_sdk.scorer import Scorer
+
+    progress_output.quiet_library_bars()
 
     from .data import read_pairs
 
@@ -386,7 +394,12 @@ def cmd_eval(args) -> int:
     mode = args.mode or ("fast" if getattr(scorer.config, "method", "descore") == "jrm" else "think")
     pairs = read_pairs(args.data, on_missing=args.on_missing)
     calib_pairs = read_pairs(args.calib, on_missing=args.on_missing) if args.calib else None
-    report = evaluate_with_scorer(scorer, pairs, mode=mode, calib_pairs=calib_pairs, progress=not args.json and sys.stderr.isatty())
+    show = progress_output.wanted(args.json)
+    if show:
+        budget = f", CoT budget {args.max_new_tokens or scorer.config.max_new_tokens} tokens" if mode == "think" else ""
+        print(f"Scoring the videos of {len(pairs) + len(calib_pairs or [])} pairs ({mode} mode, "
+              f"{scorer.backend.name} backend{budget}) ...", file=sys.stderr, flush=True)
+    report = evaluate_with_scorer(scorer, pairs, mode=mode, calib_pairs=calib_pairs, progress=show)
     if args.json:
         meta = {"model": str(args.model), "data": str(args.data), "calib": args.calib, "mode": mode,
                 "backend": scorer.backend.name, "n_pairs": len(pairs)}
@@ -436,7 +449,7 @@ def add_subcommands(subparsers) -> None:
     p.set_defaults(func=cmd_train_rl, passthrough=True)
 
     p = subparsers.add_parser("eval", help="pairwise accuracy of a model on a preference file")
-    p.add_argument("model", help="checkpoint folder or exported bundle")
+    p.add_argument("model", help="checkpoint folder, exported bundle, or a training run folder (its model/ is used)")
     p.add_argument("data", help="pairs to evaluate (.jsonl, VideoAlign .csv, GenAI-Bench .json)")
     p.add_argument("--calib", default=None, help="separate pairs to calibrate the tie threshold on (honest with-ties accuracy)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
