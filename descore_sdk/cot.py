@@ -32,8 +32,9 @@ def cot_stop_reason(num_cot_tokens: int, budget: int, wanted: int) -> str:
 
 
 def repeated_tail(ids) -> tuple[int, int]:
-    """(period, length) of the longest periodic suffix of `ids` over periods 1..MAX_PERIOD, the
-    shortest period winning ties; (0, 0) when `ids` is empty.
+    """(period, length) of the longest suffix of `ids` made of at least two back-to-back copies of a
+    unit of 1..MAX_PERIOD tokens (the last copy may be partial), the shortest period winning ties;
+    (0, 0) when there is none.
 
     Example: ids [5, 1, 2, 1, 2, 1, 2] → period 2, length 6 (the suffix 1 2 1 2 1 2)."""
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -43,8 +44,8 @@ def repeated_tail(ids) -> tuple[int, int]:
         matches = ids[:-period] == ids[period:]
         mismatch = np.flatnonzero(~matches)
         run = len(matches) - (mismatch[-1] + 1 if len(mismatch) else 0)
-        length = run + period
-        if length > best[1]:
+        length = int(run + period)
+        if run >= period and length > best[1]:  # at least two whole copies of the unit
             best = (period, length)
     return best
 
