@@ -265,10 +265,11 @@ class Scorer:
 
     # -- steps ---------------------------------------------------------------------------------------
     # Decoding, patching and prompt ids go through descore_sdk.inputs, the path training uses too.
-    def _load(self, video, options: ScoreOptions, prompt: str) -> VideoClip:
+    def _load(self, video, options: ScoreOptions, prompt: str | None = None) -> VideoClip:
+        """Decode and sample; with `prompt`, a video too long for the context is fitted into it."""
         return load_clip(video, self.config, fps=options.fps, min_frames=options.min_frames,
                          max_frames=options.max_frames, max_pixels=options.max_pixels,
-                         plan=self._context_fit(prompt, options))
+                         plan=None if prompt is None else self._context_fit(prompt, options))
 
     def _context_fit(self, prompt: str, options: ScoreOptions):
         """Lowers frame count and size of a video that would not fit the context (frame_budget.py)."""
