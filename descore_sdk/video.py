@@ -707,7 +707,9 @@ def _decode_by_counting(source: _VideoSource, sampling: dict, fit: _FrameFitter,
             if first_time is None:
                 first_time, height, width = last_time, frame.height, frame.width
         total = decoder.decoded
-        rate = stream.average_rate or stream.guessed_rate
+        # The nominal rate first: FFmpeg derives the average rate from the stream's duration, which is
+        # exactly what unusable timestamps corrupt (e.g. every pts 0 gives a "3024 fps" 126-frame clip).
+        rate = stream.guessed_rate or stream.average_rate
     finally:
         container.close()
     if total == 0:

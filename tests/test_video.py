@@ -191,10 +191,10 @@ def test_streams_without_usable_timestamps_fall_back_to_counting(video_dir, cont
     # AVI stores decode-order timestamps (wrong with B-frames); a raw H.264 stream has none at all.
     path = _synthetic(video_dir, "h264", container, 2, 8)
     clip = load_video(path, fps=6.0)
-    with av.open(str(path)) as handle:
-        declared_fps = float(handle.streams.video[0].average_rate)  # 24 for AVI, FFmpeg's 25 for raw
-    assert clip.source_fps == declared_fps
-    assert clip.frame_indices.tolist() == rule_indices(NUM_FRAMES, declared_fps, 6.0)
+    # The rate the file was written with: the nominal rate (AVI header, H.264 SPS timing), not FFmpeg's
+    # average rate, which comes from the broken timestamps (25, FFmpeg's guess, for the raw stream).
+    assert clip.source_fps == SOURCE_FPS
+    assert clip.frame_indices.tolist() == rule_indices(NUM_FRAMES, SOURCE_FPS, 6.0)
     _assert_matches_reference(path, clip)
     assert [media.read_index(frame) for frame in clip.frames] == clip.frame_indices.tolist()
     assert clip.decoded_frames <= 2 * NUM_FRAMES
@@ -496,3 +496,16 @@ def test_display_rotation_is_applied_like_ffmpeg(video_dir, rotation):
     # Resizing happens after turning: the pixel budget is fitted to the upright size.
     small = load_video(turned, fps=8.0, min_frames=4, max_frames=8, max_pixels=16 * 32, min_pixels=16 * 16, factor=16)
     assert small.frames.shape[1:3] == ((16, 32) if rotation % 180 == 0 else (32, 16))
+
+
+def test_shipped_samples_with_zero_timestamps_keep_their_real_rate():
+    """The packaged sample videos carry pts 0 on every frame (FFmpeg then reports a 3024 fps average
+    over a 0.04 s stream); counting mode takes the nominal 24 fps, so 126 frames span 5.25 s and the
+    2 fps rule keeps 10 frames, as the same clip from the original dataset gives."""
+    from importlib import resources
+
+    video = resources.files("descore_sdk.assets").joinpath("videos/example_1_A.mp4")
+    with resources.as_file(video) as path:
+        clip = load_video(path)
+    assert clip.total_frames == 126 and clip.source_fps == 24.0
+    assert clip.frame_indices.tolist() == rule_indices(126, 24.0)
