@@ -199,7 +199,14 @@ class _Worker:
         self.requests, self.replies = context.Queue(), context.Queue()
         self.process = context.Process(target=_worker, args=(model, backend, seed, self.requests, self.replies), daemon=True)
         self.process.start()
-        tag, self.canary, self.rss_start = self.replies.get(timeout=300)
+        deadline = time.monotonic() + 300
+        while True:  # wait for the model to load, or for the worker to fail doing so
+            try:
+                tag, self.canary, self.rss_start = self.replies.get(timeout=1)
+                break
+            except Exception:  # queue.Empty
+                if not self.process.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"the fuzz worker could not load {model} (exit code {self.process.exitcode}); see its traceback above")
         assert tag == "ready"
 
     def call(self, index: int, limit_s: float):
