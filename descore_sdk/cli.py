@@ -214,8 +214,8 @@ def _quickstart_model(args, out: Path) -> Path:
         from .training.cold_start import quick_train
 
         print(f"Training a tiny {args.family} DeScore model on the synthetic benchmark in {out} "
-              "(once; later runs reuse it). It takes 1-2 minutes on 2 idle CPU cores, longer when they are busy; the first\n"
-              "steps also decode the training clips, so the first time estimate is several times too long ...")
+              "(once; later runs reuse it): the training clips are decoded first, then 300 steps;\n"
+              "1-2 minutes on 2 idle CPU cores, several times that when other work shares the cores ...")
         trained = quick_train(out / QUICKSTART_TRAINING, family=args.family, progress=True)
         shutil.copytree(trained, out, dirs_exist_ok=True)
     if args.backend == "torch":

@@ -27,8 +27,8 @@ import numpy as np
 
 from .config import CONFIG_NAME, DescoreConfig
 from .cot import cot_stop_reason, is_repeating
-from .frame_budget import context_fit_for, sampling_report
 from .errors import DescoreError, InvalidInputError, ModelLoadError
+from .frame_budget import context_fit_for, sampling_report
 from .inputs import ModelInputs, clip_features, load_clip, model_inputs
 from .options import ScoreOptions
 from .paths import resolve_model_dir

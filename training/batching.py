@@ -96,6 +96,23 @@ class FeatureCache:
             self._keep(key, clip)
         return clip_features(clip, self.config)
 
+    def warm(self, video: str | os.PathLike) -> bool:
+        """Decode `video` into the cache ahead of use; False when the cache has no room left for it
+        (then nothing more is worth warming: later clips would push earlier ones out)."""
+        path = Path(video)
+        try:
+            stat = path.stat()
+        except OSError:
+            return True  # a missing file is reported when a batch needs it
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key in self._clips:
+            return True
+        clip = load_clip(path, self.config)
+        if self.max_bytes is not None and self.bytes + clip.frames.nbytes > self.max_bytes:
+            return False
+        self._keep(key, clip)
+        return True
+
     def _keep(self, key: tuple, clip: VideoClip) -> None:
         size = clip.frames.nbytes
         if self.max_bytes is not None and size > self.max_bytes:
