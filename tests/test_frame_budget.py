@@ -23,13 +23,14 @@ PROMPT = "a red fox running through fresh snow"
 COT_RESERVE = 129  # a 128-token CoT budget + <Reward>
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(PromptBuilder, DescoreConfig) of a tiny Qwen3-VL checkpoint with a 4,096-token context."""
+@pytest.fixture(scope="module", params=["qwen3_vl", "qwen2_5_vl"])
+def tiny(request, tmp_path_factory):
+    """(PromptBuilder, DescoreConfig) of a tiny checkpoint with a 4,096-token context: Qwen3-VL (32-pixel
+    merged patches, a timestamp per group) and Qwen2.5-VL (28 pixels, no timestamps)."""
     from descore_sdk.training.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("budget")
-    build_tiny_model("qwen3_vl", seed=0, out_dir=root / "ckpt")
+    build_tiny_model(request.param, seed=0, out_dir=root / "ckpt")
     config = DescoreConfig.load(root / "ckpt")
     assert config.max_context == 4096 and config.sampling.max_pixels == 448 * 448
     return PromptBuilder.from_dir(root / "ckpt", config), config
@@ -79,7 +80,7 @@ def test_default_settings_are_fitted_into_the_context(tiny, long_video):
 
 
 def test_a_shorter_video_only_gets_smaller_frames(tiny, tmp_path):
-    """48 s: 96 frames at 448² = 48 groups of 196 tokens (over 4,096); at ~70 tokens a group all fit."""
+    """48 s: 96 frames at 448² = 48 groups of 196 (Qwen3-VL) or 256 tokens, over 4,096; at ~70 tokens a group all fit."""
     prompts, config = tiny
     video = media.write_video(tmp_path / "mid.mp4", width=448, height=448, fps=4, num_frames=192, gop=48)
     fit = context_fit_for(prompts, config, PROMPT, ScoreOptions(), reserved_tokens=COT_RESERVE)
@@ -87,7 +88,7 @@ def test_a_shorter_video_only_gets_smaller_frames(tiny, tmp_path):
     assert len(clip.frames) == 96 and sampling_report(clip)["fitted"]
     h, w = clip.frames.shape[1:3]
     factor = config.vision.factor
-    assert FLOOR_TOKENS_PER_GROUP <= (h // factor) * (w // factor) < 196
+    assert FLOOR_TOKENS_PER_GROUP <= (h // factor) * (w // factor) < (448 // factor) ** 2
     assert _prompt_tokens(prompts, config, clip) + COT_RESERVE + 1 <= config.max_context
 
 

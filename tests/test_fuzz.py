@@ -46,7 +46,6 @@ def test_case_generation_is_reproducible():
         assert (a == b).all() if hasattr(a, "shape") else a == b
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_threads_on_one_scorer_equal_serial_calls(tiny_model, backend):
     model = tiny_model / "onnx" if backend == "onnxruntime" else tiny_model
