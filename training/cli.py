@@ -223,8 +223,13 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def cmd_data_synth(args) -> int:
+    from descore_sdk import progress
+
     from .synth import generate_benchmark
 
+    if progress.wanted():
+        total = 2 * (args.n_train + args.n_test + args.n_heldout)
+        print(f"Writing the synthetic benchmark (up to {total} clips) to {args.out_dir} ...", file=sys.stderr, flush=True)
     paths = generate_benchmark(
         args.out_dir, n_train=args.n_train, n_test=args.n_test, n_heldout=args.n_heldout,
         seed=args.seed, size=args.size, num_frames=args.frames, fps=args.fps,
