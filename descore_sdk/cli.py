@@ -170,8 +170,17 @@ def cmd_export(args) -> int:
     out_dir = Path(args.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidInputError(f"{out_dir} is a file; pass a folder to write the bundle into.")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not args.overwrite:
-        raise InvalidInputError(f"{out_dir} already exists and is not empty; pass --overwrite to replace what is there, or choose another folder.")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not args.overwrite:
+            raise InvalidInputError(f"{out_dir} already exists and is not empty; pass --overwrite to replace the bundle in it, or choose another folder.")
+        from .bundle import MANIFEST_NAME
+
+        # Replace only what an export wrote: a folder of other files is never deleted on a flag.
+        if not (out_dir / MANIFEST_NAME).is_file():
+            raise InvalidInputError(f"{out_dir} holds files but no DeScore bundle ({MANIFEST_NAME}); --overwrite only replaces a bundle. Choose an empty or new folder.")
+        import shutil
+
+        shutil.rmtree(out_dir)
 
     export_bundle(
         args.checkpoint,
@@ -355,7 +364,7 @@ def _add_export(sub) -> None:
     p.add_argument("--max-pixels", type=int, default=None, help="most pixels per frame (default: the checkpoint's, 448*448)")
     p.add_argument("--parity-video", default=None, help="real video for the parity check (default: the packaged sample)")
     p.add_argument("--no-parity", action="store_true", help="skip the ONNX-vs-torch parity check")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it already holds files")
+    p.add_argument("--overwrite", action="store_true", help="replace the bundle already in OUT_DIR (a folder of other files is refused)")
     p.set_defaults(func=cmd_export)
 
 

@@ -139,6 +139,13 @@ def test_export_refuses_to_replace_a_folder_without_overwrite(quickstart_dir, tm
     assert main(["export", str(quickstart_dir), str(out), "--no-parity"]) == 1
     err = capsys.readouterr().err
     assert "--overwrite" in err and (out / "mine.txt").read_text() == "do not delete"
+    # --overwrite replaces a bundle, never a folder of other files.
+    assert main(["export", str(quickstart_dir), str(out), "--no-parity", "--overwrite"]) == 1
+    assert "no DeScore bundle" in capsys.readouterr().err and (out / "mine.txt").is_file()
+    bundle = quickstart_dir / "onnx"
+    (bundle / "stale.txt").write_text("from an earlier export")
+    assert main(["export", str(quickstart_dir), str(bundle), "--no-parity", "--overwrite"]) == 0
+    assert (bundle / "manifest.json").is_file() and not (bundle / "stale.txt").exists()
 
 
 def test_runaway_cot_is_reported_in_text_and_json(capsys):

@@ -404,10 +404,14 @@ def cmd_eval(args) -> int:
         budget = f", CoT budget {args.max_new_tokens or scorer.config.max_new_tokens} tokens" if mode == "think" else ""
         print(f"Scoring the videos of {len(pairs) + len(calib_pairs or [])} pairs ({mode} mode, "
               f"{scorer.backend.name} backend{budget}) ...", file=sys.stderr, flush=True)
-    report = evaluate_with_scorer(scorer, pairs, mode=mode, calib_pairs=calib_pairs, progress=show)
+    if not pairs:
+        raise InvalidInputError("No pairs to evaluate: the data file is empty or all its pairs were skipped.")
+    results = score_pairs(scorer, list(pairs) + list(calib_pairs or []), mode=mode, progress=show)
+    report = evaluate_with_scorer(scorer, pairs, mode=mode, calib_pairs=calib_pairs, results=results)
+    runaway = sum(r.cot_runaway for r in results.values())
     if args.json:
         meta = {"model": str(args.model), "data": str(args.data), "calib": args.calib, "mode": mode,
-                "backend": scorer.backend.name, "n_pairs": len(pairs)}
+                "backend": scorer.backend.name, "n_pairs": len(pairs), "videos_scored": len(results), "cot_runaway": runaway}
         print(json.dumps(without_nan({**meta, **report})))
     else:
         header = f"{args.data}: {len(pairs)} pairs, model {args.model} ({mode} mode, {scorer.backend.name} backend)"
@@ -459,12 +463,13 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--calib", default=None, help="separate pairs to calibrate the tie threshold on (honest with-ties accuracy)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--mode", default=None, choices=["think", "fast"], help="default: fast for JRM checkpoints, else think")
-    p.add_argument("--backend", default="auto")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="CoT length cap in think mode")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--on-missing", default="skip", choices=["skip", "error"])
+    p.add_argument("--backend", default="auto", help="auto (onnxruntime for a bundle, torch for a checkpoint), torch, onnxruntime")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="CoT length cap in think mode (default: the model's own)")
+    p.add_argument("--temperature", type=float, default=0.0, help="CoT sampling temperature (default 0: greedy)")
+    p.add_argument("--seed", type=int, default=None, help="random seed of CoT sampling (temperature > 0)")
+    p.add_argument("--on-missing", default="skip", choices=["skip", "error"],
+                   help="pairs whose videos are missing: skip them with a warning (default) or stop with an error")
     p.set_defaults(func=cmd_eval)
 
 
