@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import json
 import threading
+import weakref
 from typing import Sequence
 
 import numpy as np
 
 from .errors import InvalidInputError
 
-_PLAIN_CACHE: dict[int, tuple[object, object, frozenset]] = {}
+# Per tokenizer object, weakly held: the entry goes when the Scorer that owns the tokenizer goes.
+_PLAIN_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _PLAIN_LOCK = threading.Lock()
 
 
@@ -31,16 +33,15 @@ def _plain(tokenizer):
     """(plain tokenizer, added token ids) for `tokenizer`, built once per tokenizer object."""
     from tokenizers import Tokenizer
 
-    key = id(tokenizer)
     with _PLAIN_LOCK:
-        cached = _PLAIN_CACHE.get(key)
-        if cached is not None and cached[0] is tokenizer:
-            return cached[1], cached[2]
+        cached = _PLAIN_CACHE.get(tokenizer)
+        if cached is not None:
+            return cached
         spec = json.loads(tokenizer.to_str())
         spec["added_tokens"] = []
         plain = Tokenizer.from_str(json.dumps(spec))
         added = frozenset(tokenizer.get_added_tokens_decoder())
-        _PLAIN_CACHE[key] = (tokenizer, plain, added)  # keeps `tokenizer` alive, so its id stays unique
+        _PLAIN_CACHE[tokenizer] = (plain, added)
         return plain, added
 
 
