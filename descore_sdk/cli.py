@@ -182,8 +182,10 @@ def cmd_export(args) -> int:
 
         shutil.rmtree(out_dir)
 
+    from .paths import resolve_model_dir
+
     export_bundle(
-        args.checkpoint,
+        resolve_model_dir(args.checkpoint),  # a training run folder means its model/
         args.out_dir,
         opset=args.opset,
         max_frames=args.max_frames,
@@ -356,7 +358,7 @@ def _add_compare(sub) -> None:
 
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint as a bundle (ONNX graphs, tokenizer, manifest, parity report)")
-    p.add_argument("checkpoint", help="DeScore checkpoint folder")
+    p.add_argument("checkpoint", help="DeScore checkpoint folder (or a training run folder: its model/)")
     p.add_argument("out_dir", help="bundle folder to write")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="bundle format (onnx)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")

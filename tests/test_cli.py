@@ -130,6 +130,8 @@ def test_a_training_run_folder_is_taken_as_its_model(quickstart_dir, sample_vide
     by_run = Scorer.from_pretrained(run, mode="fast").score(sample_videos[0], PROMPT)
     by_model = Scorer.from_pretrained(run / "model", mode="fast").score(sample_videos[0], PROMPT)
     assert by_run.rewards == by_model.rewards
+    assert main(["export", str(run), str(tmp_path / "bundle"), "--no-parity"]) == 0
+    assert (tmp_path / "bundle" / "manifest.json").is_file()
 
 
 def test_export_refuses_to_replace_a_folder_without_overwrite(quickstart_dir, tmp_path, capsys):
