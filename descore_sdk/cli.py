@@ -11,33 +11,52 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
 
-from .errors import DescoreError
+from ._version import __version__
+from .errors import DescoreError, InvalidInputError
 
 EXIT_ERROR = 1
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1 (a thread or batch count of 0 would otherwise pass silently)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
+    return value
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="checkpoint folder or exported bundle")
+    p.add_argument("--model", required=True, help="checkpoint folder, exported bundle, or a training run folder (its model/ is used)")
     p.add_argument("--backend", default="auto", help="auto (default: onnxruntime for a bundle, torch for a checkpoint), torch, onnxruntime")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (onnxruntime on GPU needs descore-sdk[gpu])")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: one per core)")
+    p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime intra-op threads, ≥ 1 (default: one per core)")
     p.add_argument("--mode", default=None, choices=["think", "fast", "adaptive"],
                    help="default: think (fast for JRM models, which score without a CoT)")
     p.add_argument("--adaptive-threshold", type=float, default=0.5,
                    help="adaptive compare: write CoTs only when |r_A - r_B| is below this")
     p.add_argument("--adaptive-band", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="adaptive score: write a CoT only when the fast reward lies in [LOW, HIGH]")
-    p.add_argument("--max-new-tokens", type=int, default=None)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--json", action="store_true", help="print one JSON object per video")
+    p.add_argument("--max-new-tokens", type=nonnegative_int, default=None,
+                   help="CoT length cap in think mode (default: the model's own, from its descore_config.json)")
+    p.add_argument("--temperature", type=float, default=0.0, help="CoT sampling temperature (default 0: greedy)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the smallest set of tokens with this much probability (1 = off)")
+    p.add_argument("--top-k", type=nonnegative_int, default=0, help="sample among the k most likely tokens only (0 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="divide the logits of tokens already in the CoT by this (> 1 discourages loops; 1 = off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed of CoT sampling (temperature > 0)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per video (no progress output)")
 
 
 def _scorer_from_args(args):
@@ -61,35 +80,71 @@ def _scorer_from_args(args):
     )
 
 
+RESULT_JSON_KEYS = ("video", "reward", "rewards", "rationale", "mode", "backend", "timings_ms", "num_frames",
+                    "num_cot_tokens", "cot_stop", "cot_repeating", "sampling")
+
+
 def _result_json(result) -> dict:
-    keys = ("video", "reward", "rewards", "rationale", "mode", "backend", "timings_ms")
-    return {k: getattr(result, k) for k in keys}
+    return {k: getattr(result, k) for k in RESULT_JSON_KEYS}
 
 
-def _print_result(result, as_json: bool) -> None:
+def _format_result(result, as_json: bool) -> list[str]:
+    """The lines printed for one result: one JSON object, or a line of rewards and indented details."""
+    from .cot import describe_runaway
+
     if as_json:
-        print(json.dumps(_result_json(result)), flush=True)
-        return
+        return [json.dumps(_result_json(result))]
     dims = ", ".join(f"{k}={v:+.4f}" for k, v in result.rewards.items())
-    print(f"{result.video}: reward {result.reward:+.4f} ({dims}) [{result.mode}, {result.backend}, {result.timings_ms['total']:.0f} ms]")
+    lines = [f"{result.video}: reward {result.reward:+.4f} ({dims}) [{result.mode}, {result.backend}, {result.timings_ms['total']:.0f} ms]"]
+    if result.sampling and result.sampling.get("fitted"):
+        s = result.sampling
+        lines.append(f"  video: {s['frames']} frames of {s['width']}x{s['height']} ({s['fps']:.3g} per second of video), "
+                     "fewer and smaller than asked so that the video fits the model's context")
     if result.rationale:
-        print(f"  rationale: {result.rationale.strip()[:300]}")
+        lines.append(f"  rationale: {result.rationale.strip()[:300]}")
+    warning = describe_runaway(result.cot_stop, result.cot_repeating, result.num_cot_tokens)
+    if warning:
+        lines.append(f"  warning: {warning}")
+    return lines
+
+
+def _print_result(result, as_json: bool, write=None) -> None:
+    """Print one result; `write` replaces print (a progress bar's write, which keeps the bar below)."""
+    for line in _format_result(result, as_json):
+        if write is None:
+            print(line, flush=True)
+        else:
+            write(line)
 
 
 def cmd_score(args) -> int:
+    from . import progress
+
+    progress.quiet_library_bars()
     scorer = _scorer_from_args(args)
     failed = 0
+    # One video at a time, each printed as soon as it is scored; the bar (terminal only) counts them.
+    bar = progress.bar(len(args.videos), "scoring", "video", progress.wanted(args.json) and len(args.videos) > 1)
     for video in args.videos:
         try:
-            _print_result(scorer.score(video, args.prompt), args.json)
+            result = scorer.score(video, args.prompt)
         except DescoreError as exc:
             failed += 1
-            print(f"descore: {video}: {exc}", file=sys.stderr)
+            bar.write(f"descore: error: {video}: {exc}", file=sys.stderr)
+        else:
+            _print_result(result, args.json, write=bar.write)
+        bar.update(1)
+    bar.close()
     return EXIT_ERROR if failed else 0
 
 
 def cmd_compare(args) -> int:
+    from . import progress
+
+    progress.quiet_library_bars()
     scorer = _scorer_from_args(args)
+    if progress.wanted(args.json):
+        print(f"scoring 2 videos ({scorer.options.mode} mode, {scorer.backend.name}) ...", file=sys.stderr, flush=True)
     pair = scorer.compare(args.video_a, args.video_b, args.prompt)
     if args.json:
         print(json.dumps({"a": _result_json(pair.a), "b": _result_json(pair.b), "prob_a_better": pair.prob_a_better, "preferred": pair.preferred}))
@@ -112,8 +167,25 @@ def cmd_export(args) -> int:
     require("onnx", "export", "descore export")
     from .export.bundle import export_bundle
 
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InvalidInputError(f"{out_dir} is a file; pass a folder to write the bundle into.")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not args.overwrite:
+            raise InvalidInputError(f"{out_dir} already exists and is not empty; pass --overwrite to replace the bundle in it, or choose another folder.")
+        from .bundle import MANIFEST_NAME
+
+        # Replace only what an export wrote: a folder of other files is never deleted on a flag.
+        if not (out_dir / MANIFEST_NAME).is_file():
+            raise InvalidInputError(f"{out_dir} holds files but no DeScore bundle ({MANIFEST_NAME}); --overwrite only replaces a bundle. Choose an empty or new folder.")
+        import shutil
+
+        shutil.rmtree(out_dir)
+
+    from .paths import resolve_model_dir
+
     export_bundle(
-        args.checkpoint,
+        resolve_model_dir(args.checkpoint),  # a training run folder means its model/
         args.out_dir,
         opset=args.opset,
         max_frames=args.max_frames,
@@ -153,7 +225,8 @@ def _quickstart_model(args, out: Path) -> Path:
         from .training.cold_start import quick_train
 
         print(f"Training a tiny {args.family} DeScore model on the synthetic benchmark in {out} "
-              "(about 2-3 minutes on 2 CPU cores, once; later runs reuse it) ...")
+              "(once; later runs reuse it): the training clips are decoded first, then 300 steps;\n"
+              "1-2 minutes on 2 idle CPU cores, several times that when other work shares the cores ...")
         trained = quick_train(out / QUICKSTART_TRAINING, family=args.family, progress=True)
         shutil.copytree(trained, out, dirs_exist_ok=True)
     if args.backend == "torch":
@@ -167,32 +240,65 @@ def _quickstart_model(args, out: Path) -> Path:
 
 
 def cmd_quickstart(args) -> int:
-    from importlib import resources
-
     from .scorer import Scorer
 
     out = Path(args.out) if args.out else default_cache_dir()
     model_dir = _quickstart_model(args, out)
     backend = "torch" if args.backend == "torch" else "onnxruntime"
     scorer = Scorer.from_pretrained(model_dir, backend=backend, mode=args.mode, max_new_tokens=args.max_new_tokens)
+    _quickstart_samples(scorer, args.mode)
+    _quickstart_synthetic_demo(scorer, out / QUICKSTART_TRAINING / "data" / "test_id.jsonl")
+    kind = "a checkpoint (torch)" if backend == "torch" else "an ONNX bundle (onnxruntime, no torch needed)"
+    print(f"\nThe model in {model_dir} is {kind}. Score your own videos with it:\n"
+          f"  descore score VIDEO --prompt TEXT --model {model_dir} --mode fast\n"
+          "(fast mode: this tiny model's CoT is a template learned from synthetic clips, see above.)")
+    return 0
+
+
+def _verdict(margin: float) -> str:
+    return "A" if margin > 0 else "B" if margin < 0 else "same"
+
+
+def _quickstart_samples(scorer, mode: str) -> None:
+    """Score the shipped sample pairs and set each dimension's verdict beside the human label."""
+    from importlib import resources
+
+    from .cot import describe_runaway
+
     assets = resources.files("descore_sdk.assets")
     samples = json.loads(assets.joinpath("samples.json").read_text())
-    print(f"\nScoring the shipped sample videos ({args.mode} mode, backend {scorer.backend.name}):\n")
-    header = f"{'pair':<5} {'video':<18} {'reward':>9} {'P(A better)':>12} {'human (VQ/MQ/TA)':>17} {'path':>6} {'ms':>7}"
-    print(header)
-    print("-" * len(header))
+    dims = scorer.config.dimension_names
+    print(f"\nScoring the sample videos shipped with the package ({mode} mode, backend {scorer.backend.name}).\n"
+          "They are real generated videos with human labels (VideoAlign). The quickstart model is a 2-layer toy\n"
+          "trained for a minute on synthetic coloured shapes: it judges sharpness, noise and motion of such\n"
+          "clips (see the synthetic pairs below), not real footage. Its rewards here only show that the pipeline\n"
+          "runs; expect agreement with the humans near chance. A real DeScore checkpoint is what judges these.\n")
+    agree = total = 0
     for i, pair in enumerate(samples["pairs"], 1):
         with resources.as_file(assets.joinpath(pair["video_a"])) as a, resources.as_file(assets.joinpath(pair["video_b"])) as b:
             result = scorer.compare(a, b, pair["prompt"])
-        human = "/".join(pair["labels"].values())
+        print(f"Pair {i}: {pair['prompt']}")
+        columns = [d for d in dims]
+        print(f"  {'':<22}" + "".join(f"{d:>9}" for d in columns))
         for tag, r in (("A", result.a), ("B", result.b)):
             name = Path(pair[f"video_{tag.lower()}"]).name
-            p = f"{result.prob_a_better:.3f}" if tag == "A" else ""
-            print(f"{i:<5} {name:<18} {r.reward:>+9.4f} {p:>12} {human if tag == 'A' else '':>17} {r.mode:>6} {r.timings_ms['total']:>7.0f}")
-    _quickstart_synthetic_demo(scorer, out / QUICKSTART_TRAINING / "data" / "test_id.jsonl")
-    kind = "a checkpoint (torch)" if backend == "torch" else "an ONNX bundle (onnxruntime, no torch needed)"
-    print(f"\nThe model in {model_dir} is {kind}: descore score VIDEO --prompt TEXT --model {model_dir}")
-    return 0
+            print(f"  {tag + ' ' + name:<22}" + "".join(f"{r.rewards[d]:>+9.3f}" for d in columns))
+        model_row = {d: _verdict(result.a.rewards[d] - result.b.rewards[d]) for d in columns}
+        print(f"  {'model prefers':<22}" + "".join(f"{model_row[d]:>9}" for d in columns))
+        print(f"  {'humans prefer':<22}" + "".join(f"{pair['labels'].get(d, '-'):>9}" for d in columns))
+        scored = [d for d in columns if pair["labels"].get(d) in ("A", "B")]
+        hits = sum(model_row[d] == pair["labels"][d] for d in scored)
+        agree, total = agree + hits, total + len(scored)
+        ms = max(result.a.timings_ms["total"], result.b.timings_ms["total"])
+        print(f"  P(A better) = {result.prob_a_better:.3f} (headline reward); agrees with the humans on {hits} of "
+              f"{len(scored)} labelled dimension{'s' if len(scored) != 1 else ''} (ties not counted); "
+              f"path {result.a.mode}/{result.b.mode}, {ms:.0f} ms")
+        for tag, r in (("A", result.a), ("B", result.b)):
+            warning = describe_runaway(r.cot_stop, r.cot_repeating, r.num_cot_tokens)
+            if warning:
+                print(f"  {tag}: warning: {warning}")
+        print()
+    print(f"Agreement with the human labels on the samples: {agree} of {total} (chance: half).")
 
 
 def _quickstart_synthetic_demo(scorer, test_file: Path, max_pairs: int = 4) -> None:
@@ -201,50 +307,58 @@ def _quickstart_synthetic_demo(scorer, test_file: Path, max_pairs: int = 4) -> N
     if not test_file.is_file():
         return
     rows = [json.loads(line) for line in test_file.read_text().splitlines() if line.strip()]
-    demo = []
+    demo, clean_clips = [], set()
     for row in rows:
         factors_a, factors_b = row["meta_a"]["factors"], row["meta_b"]["factors"]
-        if not factors_a and set(factors_b) & {"blur", "noise"} and row["labels"].get("TA") == "same":
+        # One pair per clean clip: the same clip against a second twin would read as a duplicated row.
+        if (not factors_a and set(factors_b) & {"blur", "noise"} and row["labels"].get("TA") == "same"
+                and row["video_a"] not in clean_clips):
             demo.append((row, next(iter(factors_b))))
+            clean_clips.add(row["video_a"])
         if len(demo) == max_pairs:
             break
     if not demo:
         return
     # Fast mode: a 2-layer model's own CoTs are often wrong about the video, and a think-mode reward
     # follows its CoT, so the head reading prompt + video directly is the honest demo here.
-    print("\nSynthetic test pairs (new scenes, not seen in training): clean clip vs its degraded twin, fast mode\n")
-    header = f"{'prompt':<52} {'twin':<6} {'clean':>8} {'twin':>8} {'P(clean better)':>16}"
+    print("\nSynthetic test pairs (new scenes, not seen in training): a clean clip against its blurred or noisy twin,\n"
+          "fast mode, visual-quality reward (VQ) — what this tiny model did learn:\n")
+    dim = "VQ" if "VQ" in scorer.config.dimension_names else scorer.config.dimension_names[0]
+    prompt_width = max(len(row["prompt"]) for row, _ in demo)
+    header = f"{'prompt':<{prompt_width}}  {'twin':<6} {'clean ' + dim:>9} {'twin ' + dim:>9} {'P(clean better)':>16}"
     print(header)
     print("-" * len(header))
     wins = 0
     for row, factor in demo:
         root = test_file.parent
         pair = scorer.compare(root / row["video_a"], root / row["video_b"], row["prompt"], mode="fast")
-        wins += pair.prob_a_better > 0.5
-        print(f"{row['prompt'][:52]:<52} {factor:<6} {pair.a.reward:>+8.3f} {pair.b.reward:>+8.3f} {pair.prob_a_better:>16.3f}")
-    print(f"\nThe clean clip wins {wins} of {len(demo)}.")
+        margin = pair.a.rewards[dim] - pair.b.rewards[dim]
+        p_clean = 1.0 / (1.0 + math.exp(-margin)) if margin >= 0 else math.exp(margin) / (1.0 + math.exp(margin))
+        wins += margin > 0
+        print(f"{row['prompt']:<{prompt_width}}  {factor:<6} {pair.a.rewards[dim]:>+9.3f} {pair.b.rewards[dim]:>+9.3f} {p_clean:>16.3f}")
+    print(f"\nThe clean clip wins {wins} of {len(demo)} on {dim}.")
 
 
 def _add_score(sub) -> None:
     p = sub.add_parser("score", help="score one or more videos against a prompt")
-    p.add_argument("videos", nargs="+")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("videos", nargs="+", help="video files (any format FFmpeg reads)")
+    p.add_argument("--prompt", required=True, help="the text prompt the videos were generated from")
     _add_model_options(p)
     p.set_defaults(func=cmd_score)
 
 
 def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="compare two videos for one prompt")
-    p.add_argument("video_a")
-    p.add_argument("video_b")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("video_a", help="first video file")
+    p.add_argument("video_b", help="second video file")
+    p.add_argument("--prompt", required=True, help="the text prompt both videos were generated from")
     _add_model_options(p)
     p.set_defaults(func=cmd_compare)
 
 
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint as a bundle (ONNX graphs, tokenizer, manifest, parity report)")
-    p.add_argument("checkpoint", help="DeScore checkpoint folder")
+    p.add_argument("checkpoint", help="DeScore checkpoint folder (or a training run folder: its model/)")
     p.add_argument("out_dir", help="bundle folder to write")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="bundle format (onnx)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
@@ -252,6 +366,7 @@ def _add_export(sub) -> None:
     p.add_argument("--max-pixels", type=int, default=None, help="most pixels per frame (default: the checkpoint's, 448*448)")
     p.add_argument("--parity-video", default=None, help="real video for the parity check (default: the packaged sample)")
     p.add_argument("--no-parity", action="store_true", help="skip the ONNX-vs-torch parity check")
+    p.add_argument("--overwrite", action="store_true", help="replace the bundle already in OUT_DIR (a folder of other files is refused)")
     p.set_defaults(func=cmd_export)
 
 
@@ -262,16 +377,22 @@ def _add_quickstart(sub) -> None:
     p.add_argument("--mode", default="think", choices=["think", "fast", "adaptive"])
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"],
                    help="onnxruntime (default: exports the tiny model to OUT/onnx) or torch (scores the checkpoint)")
-    p.add_argument("--max-new-tokens", type=int, default=96, help="CoT length cap")
-    p.add_argument("--untrained", action="store_true", help="skip the ~3 min training: random weights (for smoke tests)")
+    p.add_argument("--max-new-tokens", type=nonnegative_int, default=None,
+                   help="CoT length cap (default: the model's own; the quickstart model carries what it was trained to write)")
+    p.add_argument("--untrained", action="store_true", help="skip the training (1-2 min): random weights (for smoke tests)")
     p.set_defaults(func=cmd_quickstart)
 
 
 def cmd_bench(args) -> int:
     from .bench import format_report, run_bench
 
+    from . import progress as progress_output
+
+    show = progress_output.wanted(args.json)
+
     def progress(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+        if show:  # terminal only, and never with --json
+            print(message, file=sys.stderr, flush=True)
 
     report = run_bench(model=args.model, bundle=args.bundle, videos=args.videos, prompt=args.prompt,
                        cot_tokens=args.cot_tokens, repeats=args.repeats, batch_sizes=args.batch_sizes,
@@ -291,7 +412,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--cot-tokens", type=int, default=DEFAULT_COT_TOKENS, help="CoT tokens every think run writes (stop tokens off)")
     p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="measured runs after one warm-up")
     p.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)), help="score_batch sizes, e.g. 1,4,8")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads for both backends (default: usable CPUs)")
+    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads for both backends, ≥ 1 (default: usable CPUs)")
     p.add_argument("--work-dir", default=None, help="keep the tiny model here and reuse it (default: a temporary folder)")
     p.add_argument("--json", action="store_true", help="print one JSON object (keys: descore_sdk/bench.py)")
     p.set_defaults(func=cmd_bench)
@@ -351,11 +472,30 @@ SUBCOMMANDS = [_add_score, _add_compare, _add_export, _add_convert, _add_quickst
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="descore", description="DeScore video reward models: score, compare, export, convert, serve, score-dataset, quickstart, bench, data synth, train, eval.")
+    parser = argparse.ArgumentParser(
+        prog="descore",
+        description="DeScore video reward models: score, compare, export, convert, serve, score-dataset, quickstart, "
+                    "bench, data synth, train pretrain|cold-start|rl|jrm|benchmark, eval.")
+    parser.add_argument("--version", action="version", version=f"descore-sdk {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)
     return parser
+
+
+# Arguments that name files or folders. A quoted "~/..." reaches us unexpanded (the shell only
+# expands a bare ~), so it is expanded here for every command.
+PATH_ARGUMENTS = ("model", "bundle", "checkpoint", "out_dir", "out", "data", "calib", "parity_video", "work_dir",
+                  "videos", "video_a", "video_b")
+
+
+def expand_user_paths(args: argparse.Namespace) -> None:
+    for name in PATH_ARGUMENTS:
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, os.path.expanduser(value))
+        elif isinstance(value, list):
+            setattr(args, name, [os.path.expanduser(v) if isinstance(v, str) else v for v in value])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -363,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "passthrough", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    expand_user_paths(args)
     args.extra_args = extra  # for subcommands that parse their own options (train rl)
     try:
         return args.func(args)

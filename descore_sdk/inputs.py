@@ -87,9 +87,11 @@ def load_clip(
     max_frames: int | None = None,
     max_pixels: int | None = None,
     min_pixels: int | None = None,
+    plan=None,
 ) -> VideoClip:
     """Decode and sample `video` with the checkpoint's sampling settings; a non-None keyword
-    overrides the matching `config.sampling` value (the Scorer passes its ScoreOptions here)."""
+    overrides the matching `config.sampling` value (the Scorer passes its ScoreOptions here).
+    plan: see `load_video` (the Scorer fits long videos into the context with it)."""
     s = config.sampling
     return load_video(
         video,
@@ -100,6 +102,7 @@ def load_clip(
         max_pixels=max_pixels or s.max_pixels,
         min_pixels=min_pixels or s.min_pixels,
         factor=config.vision.factor,
+        plan=plan,
     )
 
 

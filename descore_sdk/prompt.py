@@ -32,6 +32,7 @@ import numpy as np
 
 from .config import DescoreConfig
 from .errors import ContextLengthError, InvalidInputError, ModelLoadError
+from .user_text import encode_plain
 
 SPECIAL_TOKENS = {
     "im_start": "<|im_start|>",
@@ -110,7 +111,7 @@ class PromptIds:
 class PromptBuilder:
     """Builds DeScore prompts as token ids for one checkpoint (tokenizer + DescoreConfig).
 
-    Text the user controls (the prompt, a generated CoT) is data: it is tokenized with special-token
+    Text the user controls (the prompt, a generated CoT) is data: it is tokenized with added-token
     matching turned off, so a prompt containing "<Reward>" or "<|im_start|>" stays those characters.
     The structure (chat markers, video block, reward tokens, special tokens written in the template)
     is inserted as ids. Text between two structural tokens is tokenized as one run, exactly as
@@ -142,13 +143,10 @@ class PromptBuilder:
                 )
             self.reward_ids.append(int(token_id))
         self.reward_ids = tuple(self.reward_ids)
-        # A copy that never matches special tokens, for user text; and the special tokens a template
-        # may contain on purpose (VideoReward's <|VQ_reward|> ...), longest first so none shadows another.
-        from tokenizers import Tokenizer
-
-        self._data_tokenizer = Tokenizer.from_str(tokenizer.to_str())
-        self._data_tokenizer.encode_special_tokens = True
-        specials = sorted((t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special), key=len, reverse=True)
+        # Added tokens a template may contain on purpose (VideoReward's <|VQ_reward|> ...) go in as ids,
+        # as whole-text tokenization would match them; longest first so none shadows another. User
+        # text never matches any (see `encode`).
+        specials = sorted((t.content for t in tokenizer.get_added_tokens_decoder().values()), key=len, reverse=True)
         self._special_ids = {text: tokenizer.token_to_id(text) for text in specials}
         self._special_pattern = re.compile("|".join(re.escape(t) for t in specials)) if specials else None
         self._template = self._split_template(config)
@@ -239,8 +237,8 @@ class PromptBuilder:
 
     # -- ids -----------------------------------------------------------------------------------------
     def encode(self, text: str) -> np.ndarray:
-        """Ids of user text: special-token strings in it stay plain text."""
-        return np.asarray(self._data_tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+        """Ids of user text: added-token strings in it stay plain text (descore_sdk.user_text)."""
+        return encode_plain(self.tokenizer, text)
 
     def _ids(self, pieces: list) -> np.ndarray:
         """Concatenate pieces: adjacent text is joined and tokenized as one run; ("id", n) goes in as is."""
@@ -273,6 +271,10 @@ class PromptBuilder:
                 f"The prompt with its {num_video} video tokens is {len(ids)} tokens, over the model's "
                 f"context of {limit}. Shorten the prompt, or lower max_frames / max_pixels."
             )
+
+    def encode_text(self, text: str) -> np.ndarray:
+        """Ids of user text (a prompt, a rationale) as plain text: never special tokens."""
+        return self.encode(text)
 
     def build(self, prompt: str, video_grid_thw, *, timestamps: np.ndarray | None = None, mode: str = "think") -> PromptIds:
         """Token ids for scoring `prompt` against a video with patch grid `video_grid_thw` (t, h, w).

@@ -12,6 +12,13 @@ class ScoreResult:
 
     `reward` is the headline number: the "overall" dimension when the model has one, else the mean of
     all dimensions. `rewards` maps every dimension name to its value.
+
+    cot_stop: why the CoT ended (think mode; None in fast mode): "stop_token" (the model finished it),
+        "budget" (max_new_tokens written without finishing) or "context" (the context filled first).
+    cot_repeating: the CoT ends in a repetition loop (see descore_sdk.cot). With "budget"/"context",
+        this is a runaway CoT (`cot_runaway`): the reward that follows it is unreliable.
+    sampling: what was taken from the video — frames, frame height/width, frames per second of video
+        ("fps"), and "fitted": True when frame count and size were lowered to fit the model's context.
     """
 
     reward: float
@@ -24,6 +31,14 @@ class ScoreResult:
     num_frames: int
     timings_ms: dict[str, float] = field(default_factory=dict)
     video: str | None = None
+    cot_stop: str | None = None
+    cot_repeating: bool = False
+    sampling: dict | None = None
+
+    @property
+    def cot_runaway(self) -> bool:
+        """The CoT did not end by itself, or ends in a loop."""
+        return self.cot_stop in ("budget", "context") or self.cot_repeating
 
     def to_dict(self) -> dict:
         return asdict(self)

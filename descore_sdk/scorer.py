@@ -27,9 +27,12 @@ from typing import Sequence
 import numpy as np
 
 from .config import CONFIG_NAME, DescoreConfig
+from .cot import cot_stop_reason, is_repeating
 from .errors import DescoreError, InvalidInputError, ModelLoadError
+from .frame_budget import context_fit_for, sampling_report
 from .inputs import ModelInputs, clip_features, load_clip, model_inputs
 from .options import ScoreOptions
+from .paths import resolve_model_dir
 from .prompt import PromptBuilder
 from .results import PairResult, ScoreResult, headline_reward
 from .video import VideoClip
@@ -122,7 +125,7 @@ class Scorer:
         adaptive_threshold, adaptive_band)."""
         options = {k: v for k, v in options.items() if v is not None}  # None: the default
         opts = ScoreOptions.from_kwargs(**options)
-        path = Path(path)
+        path = resolve_model_dir(path)  # `~` expanded; a training run folder → its model/
         if not path.exists():
             raise ModelLoadError(f"Model path {path} does not exist; pass a DeScore checkpoint or bundle folder.")
         if not path.is_dir():
@@ -189,7 +192,7 @@ class Scorer:
         """The backend inputs of one video (decoded, sampled, patched, prompt ids), e.g. for parity checks."""
         options = self._options(overrides)
         self.prompts.instruction(prompt)
-        return self._prepare(self._load(video, options), prompt, options)
+        return self._prepare(self._load(video, options, prompt), prompt, options)
 
     # -- scoring -------------------------------------------------------------------------------------
     def _options(self, overrides: dict) -> ScoreOptions:
@@ -230,7 +233,7 @@ class Scorer:
         for video, prompt in zip(videos, prompts):
             t0 = time.perf_counter()
             self.prompts.instruction(prompt)  # reject an empty prompt before decoding anything
-            clip = self._load(video, options)
+            clip = self._load(video, options, prompt)
             t1 = time.perf_counter()
             inputs = self._prepare(clip, prompt, options)
             t2 = time.perf_counter()
@@ -257,6 +260,8 @@ class Scorer:
                     num_frames=int(len(clip.frames)),
                     timings_ms={k: round(float(v), 3) for k, v in timings.items()},
                     video=_describe(video),
+                    sampling=sampling_report(clip),
+                    **self._cot_report(out.cot_ids, inputs, options, mode),
                 )
             )
         return results
@@ -313,15 +318,33 @@ class Scorer:
 
     # -- steps ---------------------------------------------------------------------------------------
     # Decoding, patching and prompt ids go through descore_sdk.inputs, the path training uses too.
-    def _load(self, video, options: ScoreOptions) -> VideoClip:
+    def _load(self, video, options: ScoreOptions, prompt: str | None = None) -> VideoClip:
+        """Decode and sample; with `prompt`, a video too long for the context is fitted into it."""
         return load_clip(video, self.config, fps=options.fps, min_frames=options.min_frames,
-                         max_frames=options.max_frames, max_pixels=options.max_pixels)
+                         max_frames=options.max_frames, max_pixels=options.max_pixels,
+                         plan=None if prompt is None else self._context_fit(prompt, options))
+
+    def _context_fit(self, prompt: str, options: ScoreOptions):
+        """Lowers frame count and size of a video that would not fit the context (frame_budget.py)."""
+        if options.mode == "fast":
+            return context_fit_for(self.prompts, self.config, prompt, options, reserved_tokens=0)
+        empty = ModelInputs(np.zeros(0, np.int64), np.zeros((0, 0), np.float32), np.zeros(3, np.int64), 1.0, "think")
+        return context_fit_for(self.prompts, self.config, prompt, options,
+                               reserved_tokens=self._max_new_tokens(empty, options) + 1)  # CoT budget + <Reward>
 
     def _prepare(self, clip: VideoClip, prompt: str, options: ScoreOptions) -> ModelInputs:
         features = clip_features(clip, self.config, max_pixels=options.max_pixels)
         # Adaptive prompts use the think layout: the fast score is read by appending <Reward> to it.
         layout = "fast" if options.mode == "fast" else "think"
         return replace(model_inputs(self.prompts, features, prompt, layout), mode=options.mode)
+
+    def _cot_report(self, cot_ids, inputs: ModelInputs, options: ScoreOptions, mode: str) -> dict:
+        """ScoreResult's cot_stop / cot_repeating (descore_sdk.cot): a runaway CoT is never silent."""
+        if mode != "think":
+            return {}
+        wanted = self.config.max_new_tokens if options.max_new_tokens is None else options.max_new_tokens
+        budget = self._max_new_tokens(replace(inputs, mode="think"), options)
+        return {"cot_stop": cot_stop_reason(len(cot_ids), budget, wanted), "cot_repeating": is_repeating(cot_ids)}
 
     def _max_new_tokens(self, inputs: ModelInputs, options: ScoreOptions) -> int:
         if inputs.mode == "fast":

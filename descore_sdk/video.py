@@ -51,7 +51,7 @@ import numpy as np
 from .errors import InvalidInputError, VideoDecodeError
 from .preprocess import resize_frame, smart_resize
 
-__all__ = ["VideoClip", "sample_frame_indices", "load_video"]
+__all__ = ["VideoClip", "sample_frame_indices", "load_video", "upright"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ class VideoClip:
     duration_s: float
     decoded_frames: int
     total_frames: int | None = None
+    fitted: bool = False  # a `plan` lowered frame count or size so that the video fits the model's context
 
     @property
     def timestamps(self) -> np.ndarray:
@@ -159,6 +160,7 @@ def load_video(
     min_pixels: int | None = None,
     factor: int | None = None,
     array_fps: float | None = None,
+    plan: Callable | None = None,
 ) -> VideoClip:
     """Decode and sample a video.
 
@@ -170,6 +172,9 @@ def load_video(
     max_pixels, factor (and optionally min_pixels): resize every kept frame right after decoding to
         `smart_resize(H, W, factor, min_pixels, max_pixels)` of the source size (Pillow bicubic). Without
         them frames keep the source size (frames of another size mid-stream are resized to the first).
+    plan: called as plan(total_frames, video_fps, height, width) once those are known and before any
+        frame is decoded (files only); returns an object with max_frames, max_pixels and fitted that
+        replace those settings (descore_sdk.frame_budget.ContextFit fits a video into the context).
 
     Raises VideoDecodeError when the input is not a readable video, InvalidInputError for bad options or
     a malformed array.
@@ -183,7 +188,7 @@ def load_video(
     source = _VideoSource.from_input(video)
     sampling = dict(fps=fps, min_frames=min_frames, max_frames=max_frames, frame_factor=frame_factor)
     try:
-        return _decode_clip(source, sampling, fit)
+        return _decode_clip(source, sampling, fit, plan)
     except VideoDecodeError:
         raise
     except Exception as exc:  # FFmpeg / I/O failures must surface as our error type
@@ -241,6 +246,14 @@ class _FrameFitter:
         self._factor, self._min_pixels, self._max_pixels = factor, min_pixels, max_pixels
         self._size: tuple[int, int] | None = None
 
+    @property
+    def factor(self) -> int | None:
+        return self._factor
+
+    @property
+    def min_pixels(self) -> int | None:
+        return self._min_pixels
+
     @classmethod
     def from_options(cls, max_pixels: int | None, min_pixels: int | None, factor: int | None) -> "_FrameFitter":
         if (max_pixels is None) != (factor is None):
@@ -270,7 +283,15 @@ class _FrameFitter:
         return resize_frame(rgb, height, width)
 
     def from_av(self, frame) -> np.ndarray:
-        return self(frame.to_ndarray(format="rgb24"))
+        return self(upright(frame.to_ndarray(format="rgb24"), getattr(frame, "rotation", 0)))
+
+
+def upright(rgb: np.ndarray, rotation: float) -> np.ndarray:
+    """A decoded frame as it is meant to be seen: phones store portrait video as landscape pictures plus
+    a display rotation (the stream's display matrix, which PyAV reports per frame as `rotation`, degrees
+    counter-clockwise). Multiples of 90° only, the ones cameras write; a mirror flag is not applied."""
+    quarter_turns = int(round(float(rotation or 0) / 90.0)) % 4
+    return np.ascontiguousarray(np.rot90(rgb, quarter_turns)) if quarter_turns else rgb
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,7 +308,7 @@ class _VideoSource:
     @classmethod
     def from_input(cls, video: Any) -> "_VideoSource":
         if isinstance(video, (str, os.PathLike)):
-            return cls._from_path(Path(os.fspath(video)))
+            return cls._from_path(Path(os.path.expanduser(os.fspath(video))))
         if isinstance(video, (bytes, bytearray, memoryview)):
             data = bytes(video)
             if not data:
@@ -422,23 +443,36 @@ class _ClipBuffer:
             self.used[row] = frame_index
 
 
-def _decode_clip(source: _VideoSource, sampling: dict, fit: _FrameFitter) -> VideoClip:
+def _settle(plan, sampling: dict, fit: _FrameFitter, total: int, video_fps: float, height: int, width: int):
+    """(sampling, fit, fitted) after `plan` (see load_video) has seen the video's size; unchanged without one."""
+    if plan is None or not height or not width:
+        return sampling, fit, False
+    chosen = plan(total, video_fps, height, width)
+    sampling = {**sampling, "max_frames": chosen.max_frames, "min_frames": min(sampling["min_frames"], chosen.max_frames)}
+    if fit.factor is not None:  # without a factor frames keep their source size: nothing to lower
+        fit = _FrameFitter.from_options(chosen.max_pixels, fit.min_pixels, fit.factor)
+    return sampling, fit, bool(chosen.fitted)
+
+
+def _decode_clip(source: _VideoSource, sampling: dict, fit: _FrameFitter, plan=None) -> VideoClip:
     container, stream = source.open()
     try:
         index = _index_stream(container, stream, source.name, sampling["fps"])
+        height, width = stream.codec_context.height, stream.codec_context.width
     finally:
         container.close()
     if index is None:
-        return _decode_by_counting(source, sampling, fit)
+        return _decode_by_counting(source, sampling, fit, plan)
 
     total = len(index.frame_pts)
-    targets = sample_frame_indices(total, index.fps, **sampling)
+    planned, planned_fit, fitted = _settle(plan, sampling, fit, total, index.fps, height, width)
+    targets = sample_frame_indices(total, index.fps, **planned)
     buffer = _ClipBuffer(targets)
     try:
-        decoded = _decode_by_timestamp(source, index, buffer, fit)
+        decoded = _decode_by_timestamp(source, index, buffer, planned_fit)
     except _TimestampsUnusable:
-        return _decode_by_counting(source, sampling, fit)
-    return VideoClip(buffer.frames, buffer.used, index.fps, total / index.fps, decoded, total)
+        return _decode_by_counting(source, sampling, fit, plan)
+    return VideoClip(buffer.frames, buffer.used, index.fps, total / index.fps, decoded, total, fitted)
 
 
 def _index_stream(container, stream, name: str, fallback_fps: float) -> _StreamIndex | None:
@@ -660,18 +694,22 @@ class _TimestampReader:
         return self._latest
 
 
-def _decode_by_counting(source: _VideoSource, sampling: dict, fit: _FrameFitter) -> VideoClip:
+def _decode_by_counting(source: _VideoSource, sampling: dict, fit: _FrameFitter, plan=None) -> VideoClip:
     """Fallback for streams without usable timestamps: count frames in one sequential decode, then
     decode again and keep the targets by their position in decode output."""
     container, stream = source.open()
     try:
         decoder = _Decoder(container, stream)
         first_time = last_time = None
+        height = width = 0
         while (frame := decoder.next_frame()) is not None:
             last_time = frame.time
-            first_time = last_time if first_time is None else first_time
+            if first_time is None:
+                first_time, height, width = last_time, frame.height, frame.width
         total = decoder.decoded
-        rate = stream.average_rate or stream.guessed_rate
+        # The nominal rate first: FFmpeg derives the average rate from the stream's duration, which is
+        # exactly what unusable timestamps corrupt (e.g. every pts 0 gives a "3024 fps" 126-frame clip).
+        rate = stream.guessed_rate or stream.average_rate
     finally:
         container.close()
     if total == 0:
@@ -685,6 +723,7 @@ def _decode_by_counting(source: _VideoSource, sampling: dict, fit: _FrameFitter)
         video_fps = (total - 1) / (last_time - first_time)
     else:
         video_fps = float(sampling["fps"])
+    sampling, fit, fitted = _settle(plan, sampling, fit, total, video_fps, height, width)
     buffer = _ClipBuffer(sample_frame_indices(total, video_fps, **sampling))
     pending = buffer.targets
     container, stream = source.open()
@@ -704,4 +743,4 @@ def _decode_by_counting(source: _VideoSource, sampling: dict, fit: _FrameFitter)
             buffer.put(target, position, fit.from_av(last))
     finally:
         container.close()
-    return VideoClip(buffer.frames, buffer.used, video_fps, total / video_fps, decoded, total)
+    return VideoClip(buffer.frames, buffer.used, video_fps, total / video_fps, decoded, total, fitted)

@@ -88,6 +88,7 @@ def write_video(
     first_pts: int = 0,
     audio: bool = False,
     faststart: bool = False,
+    display_rotation: int | None = None,
 ) -> Path:
     """Encode `num_frames` index frames to `path` (container picked from its suffix).
 
@@ -97,6 +98,8 @@ def write_video(
     first_pts: timestamp of the first frame, in frame periods (a stream that does not start at 0).
     audio: also mux a silent AAC track, interleaved with the video.
     faststart: MP4 only, put the index (moov) before the data, so a truncated copy still opens.
+    display_rotation: write a display matrix rotating the picture by this many degrees
+        counter-clockwise (what phones write for portrait video; PyAV's `set_display_rotation`).
     """
     path = Path(path)
     options = {"movflags": "faststart"} if faststart else {}
@@ -104,6 +107,8 @@ def write_video(
         stream = container.add_stream(ENCODERS[codec], rate=fps, options=_encoder_options(codec, gop, bframes))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = gop
+        if display_rotation is not None:
+            stream.set_display_rotation(display_rotation)
         if frame_durations is not None:
             stream.codec_context.time_base = Fraction(1, 1000)
         audio_stream = container.add_stream("aac", rate=16000) if audio else None

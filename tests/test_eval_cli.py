@@ -78,6 +78,7 @@ def test_eval_json_matches_scores_computed_here(bench, model_dir, capsys):
     assert "NaN" not in out  # strict JSON
     report = json.loads(out)
     assert report["mode"] == "fast" and report["backend"] == "torch" and report["n_pairs"] == 10
+    assert report["cot_runaway"] == 0 and report["videos_scored"] > 0  # fast mode writes no CoT
     assert set(report["dims"]) == {"VQ", "MQ", "TA", "overall"}
     assert report["scored_with"] == {"VQ": "VQ", "overall": "overall", "MQ": "reward (headline)", "TA": "reward (headline)"}
     finite = 0

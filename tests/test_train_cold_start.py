@@ -105,6 +105,12 @@ def test_feature_cache_keeps_decoded_clips_within_its_byte_budget(checkpoint, be
         assert cache.bytes <= sizes[0] + sizes[1]
     # v0 v1 v2 (drops v0) | v2 hit, v1 hit, v0 miss (drops v2)
     assert (cache.misses, cache.hits, len(cache)) == (4, 2, 2)
+    # Warming ahead of training fills the cache up to its budget and no further; a warmed clip is a hit.
+    warmed = FeatureCache(config, max_bytes=sizes[0] + sizes[1])
+    assert [warmed.warm(v) for v in videos] == [True, True, False]
+    assert len(warmed) == 2 and warmed.bytes == sizes[0] + sizes[1]
+    np.testing.assert_array_equal(warmed(videos[0]).patches, video_features(videos[0], config).patches)
+    assert (warmed.hits, warmed.misses) == (1, 0)
     empty = FeatureCache(config, max_bytes=0)
     empty(videos[0]), empty(videos[0])
     assert (empty.misses, empty.hits, len(empty), empty.bytes) == (2, 0, 0, 0)

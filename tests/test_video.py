@@ -191,10 +191,10 @@ def test_streams_without_usable_timestamps_fall_back_to_counting(video_dir, cont
     # AVI stores decode-order timestamps (wrong with B-frames); a raw H.264 stream has none at all.
     path = _synthetic(video_dir, "h264", container, 2, 8)
     clip = load_video(path, fps=6.0)
-    with av.open(str(path)) as handle:
-        declared_fps = float(handle.streams.video[0].average_rate)  # 24 for AVI, FFmpeg's 25 for raw
-    assert clip.source_fps == declared_fps
-    assert clip.frame_indices.tolist() == rule_indices(NUM_FRAMES, declared_fps, 6.0)
+    # The rate the file was written with: the nominal rate (AVI header, H.264 SPS timing), not FFmpeg's
+    # average rate, which comes from the broken timestamps (25, FFmpeg's guess, for the raw stream).
+    assert clip.source_fps == SOURCE_FPS
+    assert clip.frame_indices.tolist() == rule_indices(NUM_FRAMES, SOURCE_FPS, 6.0)
     _assert_matches_reference(path, clip)
     assert [media.read_index(frame) for frame in clip.frames] == clip.frame_indices.tolist()
     assert clip.decoded_frames <= 2 * NUM_FRAMES
@@ -451,3 +451,61 @@ def test_unreadable_inputs_raise_video_decode_error(tmp_path):
 def test_module_does_not_import_torch():
     code = "import sys, descore_sdk.video; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def _ffmpeg_display_rotation(matrix_bytes: bytes) -> float:
+    """FFmpeg's av_display_rotation_get (libavutil/display.c) on a raw 3x3 16.16 display matrix:
+    the counter-clockwise angle by which the matrix turns the picture."""
+    m = np.frombuffer(matrix_bytes, dtype="<i4").astype(np.float64) / 65536.0
+    scale0, scale1 = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
+    return -math.degrees(math.atan2(m[1] / scale1, m[0] / scale0))
+
+
+def _ffmpeg_autorotate(frame: np.ndarray, ccw_degrees: float) -> np.ndarray:
+    """The ffmpeg command line's autorotate (fftools get_rotation): theta = -rotation, mod 360;
+    90 → transpose=clock, 180 → hflip+vflip, 270 → transpose=cclock."""
+    theta = round(-ccw_degrees) % 360
+    if theta == 90:
+        return np.rot90(frame, k=-1)  # clockwise
+    if theta == 180:
+        return frame[::-1, ::-1]
+    if theta == 270:
+        return np.rot90(frame, k=1)  # counter-clockwise
+    return frame
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_display_rotation_is_applied_like_ffmpeg(video_dir, rotation):
+    """A phone-style clip (landscape pixels + a display matrix) comes out upright: equal to the same
+    clip without the matrix turned the way the ffmpeg CLI turns it, reading the raw matrix."""
+    plain = media.write_video(video_dir / "rot_none.mp4", width=64, height=32, num_frames=8, gop=8)
+    turned = media.write_video(video_dir / f"rot_{rotation}.mp4", width=64, height=32, num_frames=8, gop=8,
+                               display_rotation=rotation)
+    with av.open(str(turned)) as container:
+        frame = next(container.decode(video=0))
+        matrix = next(bytes(sd) for sd in frame.side_data if "DISPLAYMATRIX" in str(sd.type))
+    ccw = _ffmpeg_display_rotation(matrix)
+    assert round(ccw) % 360 == rotation % 360
+
+    upright = load_video(turned, fps=8.0, min_frames=4, max_frames=8)
+    source = load_video(plain, fps=8.0, min_frames=4, max_frames=8)
+    assert np.array_equal(upright.frame_indices, source.frame_indices)
+    expected = np.stack([_ffmpeg_autorotate(f, ccw) for f in source.frames])
+    assert upright.frames.shape == expected.shape  # 90°: a 64x32 landscape picture becomes 32x64
+    assert np.array_equal(upright.frames, expected)
+    # Resizing happens after turning: the pixel budget is fitted to the upright size.
+    small = load_video(turned, fps=8.0, min_frames=4, max_frames=8, max_pixels=16 * 32, min_pixels=16 * 16, factor=16)
+    assert small.frames.shape[1:3] == ((16, 32) if rotation % 180 == 0 else (32, 16))
+
+
+def test_shipped_samples_with_zero_timestamps_keep_their_real_rate():
+    """The packaged sample videos carry pts 0 on every frame (FFmpeg then reports a 3024 fps average
+    over a 0.04 s stream); counting mode takes the nominal 24 fps, so 126 frames span 5.25 s and the
+    2 fps rule keeps 10 frames, as the same clip from the original dataset gives."""
+    from importlib import resources
+
+    video = resources.files("descore_sdk.assets").joinpath("videos/example_1_A.mp4")
+    with resources.as_file(video) as path:
+        clip = load_video(path)
+    assert clip.total_frames == 126 and clip.source_fps == 24.0
+    assert clip.frame_indices.tolist() == rule_indices(126, 24.0)

@@ -100,6 +100,23 @@ class FeatureCache:
             self._keep(key, clip)
         return clip_features(clip, self.config)
 
+    def warm(self, video: str | os.PathLike) -> bool:
+        """Decode `video` into the cache ahead of use; False when the cache has no room left for it
+        (then nothing more is worth warming: later clips would push earlier ones out)."""
+        path = Path(video)
+        try:
+            stat = path.stat()
+        except OSError:
+            return True  # a missing file is reported when a batch needs it
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key in self._clips:
+            return True
+        clip = load_clip(path, self.config)
+        if self.max_bytes is not None and self.bytes + clip.frames.nbytes > self.max_bytes:
+            return False
+        self._keep(key, clip)
+        return True
+
     def _keep(self, key: tuple, clip: VideoClip) -> None:
         size = clip.frames.nbytes
         if self.max_bytes is not None and size > self.max_bytes:
@@ -157,7 +174,7 @@ def build_row(
     if prompts.config.layout.cot_position == "user":
         return _user_turn_row(prompts, features, prompt, layout, rationale, with_labels)
     head = model_inputs(prompts, features, prompt, "think").input_ids
-    cot = prompts.encode(rationale)
+    cot = prompts.encode_text(rationale)  # user data: never special tokens
     stop_id = _token_id(prompts, STOP_TOKEN)
     room = prompts.config.max_context - len(head) - 2  # <Reward> and, for "explain", the stop token
     if len(cot) > room:

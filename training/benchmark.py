@@ -217,8 +217,8 @@ def format_summary(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m descore_sdk.training.benchmark", description=__doc__.split("\n\n")[0])
+def main(argv=None, prog: str = "python -m descore_sdk.training.benchmark") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (numbers mean nothing)")

@@ -223,8 +223,13 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def cmd_data_synth(args) -> int:
+    from descore_sdk import progress
+
     from .synth import generate_benchmark
 
+    if progress.wanted():
+        total = 2 * (args.n_train + args.n_test + args.n_heldout)
+        print(f"Writing the synthetic benchmark (up to {total} clips) to {args.out_dir} ...", file=sys.stderr, flush=True)
     paths = generate_benchmark(
         args.out_dir, n_train=args.n_train, n_test=args.n_test, n_heldout=args.n_heldout,
         seed=args.seed, size=args.size, num_frames=args.frames, fps=args.fps,
@@ -256,7 +261,7 @@ def cmd_train_pretrain(args) -> int:
 def cmd_train_benchmark(args) -> int:
     from .benchmark import main as benchmark_main
 
-    return benchmark_main(list(args.extra_args))
+    return benchmark_main(list(args.extra_args), prog="descore train benchmark")
 
 
 def cmd_train_jrm(args) -> int:
@@ -267,26 +272,31 @@ def cmd_train_jrm(args) -> int:
 
 # -- descore eval -----------------------------------------------------------------------------------
 def score_pairs(scorer, pairs, *, mode: str, progress: bool = False) -> dict:
-    """{(video path, prompt): ScoreResult} for every distinct video/prompt of `pairs`."""
-    items = sorted({(str(p.video_a), p.prompt) for p in pairs} | {(str(p.video_b), p.prompt) for p in pairs})
-    bar = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm
+    """{(video path, prompt): ScoreResult} for every distinct video/prompt of `pairs`.
 
-            bar = tqdm(total=len(items), desc="scoring", unit="video", file=sys.stderr)
-        except ImportError:  # tqdm comes with the train extra; eval also runs without it
-            bar = None
-    results = {}
-    for video, prompt in items:
-        try:
-            results[(video, prompt)] = scorer.score(video, prompt, mode=mode)
-        except DescoreError as exc:
-            raise type(exc)(f"{video}: {exc}") from exc
-        if bar is not None:
+    progress: a bar on stderr (descore_sdk.progress), counting videos and runaway CoTs. Runaway CoTs
+    (budget hit or a repetition loop) are also reported in one warning line at the end."""
+    from descore_sdk import progress as progress_output
+
+    items = sorted({(str(p.video_a), p.prompt) for p in pairs} | {(str(p.video_b), p.prompt) for p in pairs})
+    bar = progress_output.bar(len(items), f"scoring ({mode})", "video", progress)
+    results, runaway = {}, 0
+    try:
+        for video, prompt in items:
+            try:
+                result = scorer.score(video, prompt, mode=mode)
+            except DescoreError as exc:
+                raise type(exc)(f"{video}: {exc}") from exc
+            results[(video, prompt)] = result
+            runaway += result.cot_runaway
             bar.update(1)
-    if bar is not None:
+            if runaway:
+                bar.set_postfix_str(f"runaway CoTs: {runaway}")
+    finally:
         bar.close()
+    if runaway:
+        print(f"descore: warning: {runaway} of {len(items)} CoTs hit the token budget or ended in a repetition loop; "
+              "their rewards are unreliable (see cot_stop / cot_repeating of each result).", file=sys.stderr)
     return results
 
 
@@ -377,7 +387,10 @@ def without_nan(value):
 
 
 def cmd_eval(args) -> int:
+    from descore_sdk import progress as progress_output
     from descore_sdk.scorer import Scorer
+
+    progress_output.quiet_library_bars()
 
     from .data import read_pairs
 
@@ -386,10 +399,19 @@ def cmd_eval(args) -> int:
     mode = args.mode or ("fast" if getattr(scorer.config, "method", "descore") == "jrm" else "think")
     pairs = read_pairs(args.data, on_missing=args.on_missing)
     calib_pairs = read_pairs(args.calib, on_missing=args.on_missing) if args.calib else None
-    report = evaluate_with_scorer(scorer, pairs, mode=mode, calib_pairs=calib_pairs, progress=not args.json and sys.stderr.isatty())
+    show = progress_output.wanted(args.json)
+    if show:
+        budget = f", CoT budget {args.max_new_tokens or scorer.config.max_new_tokens} tokens" if mode == "think" else ""
+        print(f"Scoring the videos of {len(pairs) + len(calib_pairs or [])} pairs ({mode} mode, "
+              f"{scorer.backend.name} backend{budget}) ...", file=sys.stderr, flush=True)
+    if not pairs:
+        raise InvalidInputError("No pairs to evaluate: the data file is empty or all its pairs were skipped.")
+    results = score_pairs(scorer, list(pairs) + list(calib_pairs or []), mode=mode, progress=show)
+    report = evaluate_with_scorer(scorer, pairs, mode=mode, calib_pairs=calib_pairs, results=results)
+    runaway = sum(r.cot_runaway for r in results.values())
     if args.json:
         meta = {"model": str(args.model), "data": str(args.data), "calib": args.calib, "mode": mode,
-                "backend": scorer.backend.name, "n_pairs": len(pairs)}
+                "backend": scorer.backend.name, "n_pairs": len(pairs), "videos_scored": len(results), "cot_runaway": runaway}
         print(json.dumps(without_nan({**meta, **report})))
     else:
         header = f"{args.data}: {len(pairs)} pairs, model {args.model} ({mode} mode, {scorer.backend.name} backend)"
@@ -424,7 +446,7 @@ def add_subcommands(subparsers) -> None:
     add_pretrain_arguments(p)
     p.set_defaults(func=cmd_train_pretrain)
     p = train_sub.add_parser("benchmark", add_help=False,
-                             help="every recipe end to end on the synthetic benchmark (python -m descore_sdk.training.benchmark)")
+                             help="every recipe end to end on the synthetic benchmark (descore train benchmark --help)")
     p.set_defaults(func=cmd_train_benchmark, passthrough=True)
     p = train_sub.add_parser("jrm", help="joint reward model: BT + rationale LM loss, scores in fast mode")
     add_jrm_arguments(p)
@@ -436,17 +458,18 @@ def add_subcommands(subparsers) -> None:
     p.set_defaults(func=cmd_train_rl, passthrough=True)
 
     p = subparsers.add_parser("eval", help="pairwise accuracy of a model on a preference file")
-    p.add_argument("model", help="checkpoint folder or exported bundle")
+    p.add_argument("model", help="checkpoint folder, exported bundle, or a training run folder (its model/ is used)")
     p.add_argument("data", help="pairs to evaluate (.jsonl, VideoAlign .csv, GenAI-Bench .json)")
     p.add_argument("--calib", default=None, help="separate pairs to calibrate the tie threshold on (honest with-ties accuracy)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--mode", default=None, choices=["think", "fast"], help="default: fast for JRM checkpoints, else think")
-    p.add_argument("--backend", default="auto")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="CoT length cap in think mode")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--on-missing", default="skip", choices=["skip", "error"])
+    p.add_argument("--backend", default="auto", help="auto (onnxruntime for a bundle, torch for a checkpoint), torch, onnxruntime")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="CoT length cap in think mode (default: the model's own)")
+    p.add_argument("--temperature", type=float, default=0.0, help="CoT sampling temperature (default 0: greedy)")
+    p.add_argument("--seed", type=int, default=None, help="random seed of CoT sampling (temperature > 0)")
+    p.add_argument("--on-missing", default="skip", choices=["skip", "error"],
+                   help="pairs whose videos are missing: skip them with a warning (default) or stop with an error")
     p.set_defaults(func=cmd_eval)
 
 

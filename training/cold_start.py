@@ -126,11 +126,31 @@ def quick_train(
     model.descore_config.prompt_template = QUICK_PROMPT_TEMPLATE
     model.descore_config.system_prompt = None
     model.save_pretrained(out / "base")
+    # The checkpoint carries the CoT budget it was trained for: a tiny model never learns to write more
+    # than its training rationales, and left at DeScore's 4096 it loops until the budget on a video
+    # unlike its training data (what `descore score` with the model's defaults would then do).
+    model.descore_config.max_new_tokens = rationale_budget(data["train"], out / "base")
+    model.descore_config.save(out / "base")
     config = TrainConfig(
         steps=steps, batch_size=16, lr=2e-3, warmup_steps=10, schedule="cosine", seed=seed,
         train_lm_head=True, progress=progress,
     )
     return train_cold_start(out / "base", data["train"], out / "run", config, cot_drop=0.5, lm_weight=1.0, eval_data=data["test_id"])
+
+
+def rationale_budget(data_file, model_dir, *, margin: float = 1.25, multiple: int = 32) -> int:
+    """A CoT budget for a model trained on `data_file`'s rationales: the longest one in tokens of
+    `model_dir`'s tokenizer, times `margin`, rounded up to a multiple of `multiple`."""
+    import math
+
+    from descore_sdk.prompt import load_tokenizer
+
+    from .data import read_pairs
+
+    tokenizer = load_tokenizer(model_dir)
+    texts = [t for p in read_pairs(data_file) for t in (p.rationale_a, p.rationale_b) if t]
+    longest = max((len(tokenizer.encode(t, add_special_tokens=False).ids) for t in texts), default=0)
+    return max(multiple, math.ceil(longest * margin / multiple) * multiple)
 
 
 # -- command line -----------------------------------------------------------------------------------

@@ -108,7 +108,7 @@ def read_pairs(path: str | os.PathLike, *, on_missing: str = "skip", check_decod
     """
     if on_missing not in ("skip", "error", "keep"):
         raise InvalidInputError(f"on_missing must be 'skip', 'error' or 'keep', got {on_missing!r}.")
-    path = Path(path)
+    path = Path(os.path.expanduser(os.fspath(path)))
     if not path.is_file():
         raise DataError(f"Data file {path} does not exist (or is not a file). Check the path.")
     try:
