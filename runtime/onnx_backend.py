@@ -33,7 +33,7 @@ class OnnxDecoderModel:
     """vision.onnx + decoder.onnx + embed_tokens.npy of one bundle, as the decode loop's `DecoderModel`."""
 
     def __init__(self, bundle: Bundle, *, device: str = "cpu", providers: list | None = None, threads: int | None = None,
-                 vision_chunk_patches: int = DEFAULT_VISION_CHUNK_PATCHES):
+                 vision_chunk_patches: int = DEFAULT_VISION_CHUNK_PATCHES, shrink_arena: bool = True):
         self.bundle = bundle
         model = bundle.model
         self.rope = RopeSpec(
@@ -46,8 +46,9 @@ class OnnxDecoderModel:
         self.num_deepstack = int(model["num_deepstack"])
         self.vision_spec = VisionGraphSpec.from_dict(model["vision"])
         self.vision_chunk_patches = int(vision_chunk_patches)
-        self.vision = OnnxRuntimeRunner(bundle.graph_path("vision"), device=device, providers=providers, threads=threads)
-        self.decoder = OnnxRuntimeRunner(bundle.graph_path("decoder"), device=device, providers=providers, threads=threads)
+        runner = dict(device=device, providers=providers, threads=threads, shrink_arena=shrink_arena)
+        self.vision = OnnxRuntimeRunner(bundle.graph_path("vision"), **runner)
+        self.decoder = OnnxRuntimeRunner(bundle.graph_path("decoder"), **runner)
         self.table = np.load(bundle.embedding_path, mmap_mode="r")  # pages in only the rows used
         self._cache_names = [n for n in bundle.graph("decoder")["inputs"] if n["name"].startswith("past_key_values.")]
         # Work done, for checking the one-encode/one-prefill promise: encode_video calls and decoder
@@ -135,11 +136,11 @@ class OnnxBackend:
 
     def __init__(self, path: str | Path, *, device: str = "cpu", family: str | None = None, verify: bool = True,
                  providers: list | None = None, threads: int | None = None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
-                 vision_chunk_patches: int = DEFAULT_VISION_CHUNK_PATCHES):
+                 vision_chunk_patches: int = DEFAULT_VISION_CHUNK_PATCHES, shrink_arena: bool = True):
         self.bundle = load_bundle(path, family=family, verify=verify)
         self.descore_config = self.bundle.descore_config
         self.model = OnnxDecoderModel(self.bundle, device=device, providers=providers, threads=threads,
-                                      vision_chunk_patches=vision_chunk_patches)
+                                      vision_chunk_patches=vision_chunk_patches, shrink_arena=shrink_arena)
         self.reward_token_id = int(self.bundle.manifest["reward_token_id"])
         tokenizer = load_tokenizer(self.bundle.path)
         self.blocked_ids = blocked_generation_ids(tokenizer, self.bundle.descore_config)

@@ -89,12 +89,17 @@ class OnnxRuntimeRunner(Runner):
 
     device: "cpu" (default), "cuda" or "cuda:N"; providers: an explicit provider list instead.
     threads: intra-op threads (None: onnxruntime's default, one per physical core).
+    shrink_arena: give the CPU arena back after every run (default; see `_activate`). False keeps
+        onnxruntime's defaults: ~10–20% faster on a tiny model whose prompt lengths vary, at the cost of
+        holding the largest call's memory for the session's life.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | Path, *, device: str = "cpu", providers: list | None = None, threads: int | None = None):
+    def __init__(self, path: str | Path, *, device: str = "cpu", providers: list | None = None, threads: int | None = None,
+                 shrink_arena: bool = True):
         super().__init__()
+        self.shrink_arena = bool(shrink_arena)
         self.path = Path(path)
         self.device = device
         self.providers = providers
@@ -111,6 +116,15 @@ class OnnxRuntimeRunner(Runner):
         if self.threads is not None:
             options.intra_op_num_threads = int(self.threads)
             options.inter_op_num_threads = 1
+        # Prompt lengths differ from call to call. Memory patterns are planned per input shape, and the CPU
+        # arena keeps its largest extent: a service that once saw a 3,000-token prompt held that memory
+        # for good (measured: RSS 140 MB → 1.3 GB over a 10,000-input fuzz run). So: no per-shape
+        # patterns, and the CPU arena shrinks back after every run (onnxruntime's
+        # "memory.enable_memory_arena_shrinkage" run option; it needs the arena enabled).
+        options.enable_mem_pattern = not self.shrink_arena
+        self._run_options = ort.RunOptions()
+        if self.shrink_arena and any((p[0] if isinstance(p, tuple) else p) == "CPUExecutionProvider" for p in providers):
+            self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         if not self.path.is_file():
             raise ModelLoadError(f"ONNX graph {self.path} not found; re-export the bundle.")
         try:
@@ -133,4 +147,4 @@ class OnnxRuntimeRunner(Runner):
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [node.name for node in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, feed)))
+        return dict(zip(names, self.session.run(names, feed, self._run_options)))
