@@ -300,7 +300,7 @@ class RowStore:
 
 # -- the job -------------------------------------------------------------------------------------------------
 class _RowResult:
-    """What `training.cli.pair_rewards` reads from a scored video."""
+    """What `training.evaluation.pair_rewards` reads from a scored video."""
 
     def __init__(self, row: dict):
         self.reward = row["reward"]
@@ -311,7 +311,7 @@ def accuracy_report(pairs, rows: list[dict], dimensions: list[str], data_root: P
     """`descore eval`'s report over the pairs whose two videos both scored (None without labels)."""
     if not pairs or not any(p.labels for p in pairs):
         return None
-    from .training.cli import pair_rewards
+    from .training.evaluation import pair_rewards
     from .training.metrics import evaluate
 
     scored = {}
@@ -402,7 +402,7 @@ def format_summary(summary: dict) -> str:
         lines.append(f"{summary['errors_in_output']} error row(s) in the output; rerun with --retry-errors to score them again")
     report = summary.get("report")
     if report and "dims" in report:
-        from .training.cli import format_report
+        from .training.evaluation import format_report
 
         header = (f"accuracy on {report['n_pairs_evaluated']} pairs"
                   + (f" ({report['n_pairs_skipped']} skipped: a video not scored)" if report["n_pairs_skipped"] else ""))

@@ -80,7 +80,7 @@ def test_units_are_distinct_videos_and_a_folder_needs_a_prompt(tmp_path, sample_
 
 def test_every_row_equals_a_direct_scorer_call_and_the_report_equals_descore_eval(tmp_path, scale_bundle, sample_data_dir,
                                                                                  scorer, direct):
-    from descore_sdk.training.cli import evaluate_with_scorer
+    from descore_sdk.training.evaluation import evaluate_with_scorer
     from descore_sdk.training.data import read_pairs
 
     out = tmp_path / "results.parquet"

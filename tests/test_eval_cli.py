@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from descore_sdk import Scorer  # noqa: E402
-from descore_sdk.training import cli  # noqa: E402
+from descore_sdk.training import arguments, cli  # noqa: E402
 from descore_sdk.training.data import read_pairs  # noqa: E402
 from descore_sdk.training.tiny import build_tiny_model  # noqa: E402
 
@@ -137,11 +137,11 @@ def test_train_options_parse_into_a_train_config():
         "--ties", "rao_kupper", "--cot-drop", "0.3", "--lm-weight", "0.2", "--video-cache-mb", "0",
     ])
     assert args.func is cli.cmd_train_cold_start and args.resume and args.ties == "rao_kupper" and args.cot_drop == 0.3
-    config = cli.train_config_from_args(args)
+    config = arguments.train_config_from_args(args)
     assert (config.lora, config.lora_r, config.lora_targets, config.train_vision) == (True, 16, ("q_proj", "v_proj"), False)
     assert (config.steps, config.batch_size, config.max_grad_norm, config.video_cache_mb) == (7, 4, None, 0)
     jrm = parser.parse_args(["train", "jrm", "--model", "m", "--data", "d", "--out", "o"])
-    assert jrm.func is cli.cmd_train_jrm and jrm.lm_weight == cli.DEFAULT_JRM_LM_WEIGHT
+    assert jrm.func is cli.cmd_train_jrm and jrm.lm_weight == arguments.DEFAULT_JRM_LM_WEIGHT
 
 
 def test_building_the_parser_does_not_import_torch():

@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from descore_sdk.errors import InvalidInputError  # noqa: E402
-from descore_sdk.training import cli, losses  # noqa: E402
+from descore_sdk.training import arguments, losses  # noqa: E402
 from descore_sdk.training.losses import (  # noqa: E402
     IGNORE_INDEX,
     IGNORE_LABEL,
@@ -115,7 +115,7 @@ def test_preference_loss_dispatch_and_validation():
 
 
 def test_tie_settings_are_shared_with_the_cli():
-    assert losses.TIE_MODES == cli.TIE_MODES == ("drop", "rao_kupper")
+    assert losses.TIE_MODES == arguments.TIE_MODES == ("drop", "rao_kupper")
     assert losses.DEFAULT_TIE_THETA == 5.0
 
 

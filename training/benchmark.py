@@ -18,7 +18,7 @@ interrupted benchmark continues where it stopped):
               a policy lr of 1e-5: enough to move the policy (KL to the reference ~1e-3 per token).
 8. export     cold_start and rl exported as ONNX bundles.
 
-Evaluation: `descore eval`'s code (`training.cli.evaluate_with_scorer`): accuracy without ties per
+Evaluation: `descore eval`'s code (`training.evaluation.evaluate_with_scorer`): accuracy without ties per
 dimension and its mean over VQ/MQ/TA, the with-ties accuracy at the threshold calibrated on a slice of
 the TRAIN split (never on the split reported). DeScore models are scored in think mode (the model
 writes its own rationale, greedy) and fast mode, JRM and plain BT in fast mode; every model on
@@ -107,7 +107,7 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
     """Run (or continue) the benchmark in `out_dir`; returns the report (also saved as report.json)."""
     from descore_sdk.scorer import Scorer
 
-    from .cli import evaluate_with_scorer, score_pairs, without_nan
+    from .evaluation import evaluate_with_scorer, score_pairs, without_nan
     from .cold_start import QUICK_PROMPT_TEMPLATE, train_cold_start
     from .data import read_pairs
     from .jrm import train_jrm
@@ -238,7 +238,7 @@ def main(argv=None, prog: str = "python -m descore_sdk.training.benchmark") -> i
     except DescoreError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 1
-    from .cli import without_nan
+    from .evaluation import without_nan
 
     print(json.dumps(without_nan(report)) if args.json else format_summary(report))
     return 0

@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 
-from .cli import DEFAULT_TIE_THETA, add_cold_start_arguments, report_trained, stage_main
+from .arguments import DEFAULT_TIE_THETA, add_cold_start_arguments, report_trained, stage_main
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def rationale_budget(data_file, model_dir, *, margin: float = 1.25, multiple: in
 # -- command line -----------------------------------------------------------------------------------
 def run(args) -> int:
     """Run the stage from parsed `add_cold_start_arguments` options."""
-    from .cli import train_config_from_args
+    from .arguments import train_config_from_args
 
     final = train_cold_start(
         args.model, args.data, args.out, train_config_from_args(args),

@@ -29,8 +29,8 @@ import sys
 from pathlib import Path
 
 
-from .cli import DEFAULT_JRM_LM_WEIGHT as DEFAULT_LM_WEIGHT
-from .cli import DEFAULT_TIE_THETA, add_jrm_arguments, report_trained, stage_main
+from .arguments import DEFAULT_JRM_LM_WEIGHT as DEFAULT_LM_WEIGHT
+from .arguments import DEFAULT_TIE_THETA, add_jrm_arguments, report_trained, stage_main
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def train_jrm(
 # -- command line -----------------------------------------------------------------------------------
 def run(args) -> int:
     """Run the stage from parsed `add_jrm_arguments` options."""
-    from .cli import train_config_from_args
+    from .arguments import train_config_from_args
 
     final = train_jrm(
         args.model, args.data, args.out, train_config_from_args(args),

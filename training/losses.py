@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from descore_sdk.errors import InvalidInputError
 
-from .cli import DEFAULT_TIE_THETA, TIE_MODES  # noqa: E402  (torch-free home of the settings)
+from .arguments import DEFAULT_TIE_THETA, TIE_MODES  # noqa: E402  (torch-free home of the settings)
 
 IGNORE_LABEL = -100  # preference code of a dimension a pair has no label for
 IGNORE_INDEX = -100  # LM label of a token without a target (as in transformers)

@@ -210,7 +210,7 @@ def caption_discrimination(model, pairs, *, prompt: str = CAPTION_PROMPT, ration
 
 # -- command line -----------------------------------------------------------------------------------
 def run(args) -> int:
-    from .cli import report_trained, train_config_from_args
+    from .arguments import report_trained, train_config_from_args
 
     config = train_config_from_args(args)
     config.train_lm_head = not config.lora  # captions need an LM head that learns to use the vocabulary
@@ -220,14 +220,14 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    from .cli import stage_main
+    from .arguments import stage_main
 
     return stage_main(argv, prog="python -m descore_sdk.training.pretrain", description=__doc__.split("\n\n")[0],
                       add_arguments=add_pretrain_arguments, run=run)
 
 
 def add_pretrain_arguments(p) -> None:
-    from .cli import add_train_arguments
+    from .arguments import add_train_arguments
 
     add_train_arguments(p)
     p.add_argument("--no-questions", action="store_true", help="captions only, no grounding questions")

@@ -84,7 +84,7 @@ from descore_sdk.prompt import PromptBuilder
 from . import metrics as metrics_module
 from .batching import FeatureCache, PairBatch, PairCollator, build_row, collate_rows
 from .checkpoint import CheckpointManager, export_model
-from .cli import TrainConfig  # lives in the torch-free cli module; re-exported here
+from .arguments import TrainConfig  # lives in the torch-free arguments module; re-exported here
 from .data import PreferencePair
 from .losses import (
     DEFAULT_TIE_THETA,
