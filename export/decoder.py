@@ -90,8 +90,10 @@ class DecoderWithCache(nn.Module):
         scores = torch.matmul(q, key[:, :, None].transpose(-1, -2)) * self.scaling  # (B, kvh, g, S, P+S)
         # A finite fill keeps fully padded query rows finite (uniform) instead of NaN, so padding never
         # poisons the cache; real rows always see at least themselves.
-        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+        # Softmax in fp32. The cast is explicit: `softmax(x, dtype=float32)` on a half tensor exports as
+        # Softmax → Cast(fp32) → Cast(fp16), which the ONNX optimiser folds into an fp16 Softmax.
+        scores = scores.float().masked_fill(~allowed, torch.finfo(torch.float32).min)
+        probs = torch.softmax(scores, dim=-1).to(value.dtype)
         out = torch.matmul(probs, value[:, :, None])  # (B, kvh, g, S, hd)
         out = out.reshape(batch, self.num_heads, length, self.head_dim).transpose(1, 2)
         return attn.o_proj(out.reshape(batch, length, self.num_heads * self.head_dim)), key, value

@@ -291,6 +291,8 @@ def fidelity_report(
         "mean_abs_diff": float(delta.mean()),
         "reference_reward_std": float(ref_head.std()),  # a Δ means something only next to the spread
         "finite": bool(np.isfinite(test_all).all()),
+        # Headline rewards in pair order (a0, b0, a1, b1, ...), so the figures above can be re-derived.
+        "rewards": {"reference": [float(v) for v in ref_head], "test": [float(v) for v in test_head]},
     }
 
     samples = sample_videos if sample_videos is not None else packaged_samples()

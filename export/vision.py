@@ -66,10 +66,11 @@ class VisionEncoderForExport(nn.Module):
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (t, heads, hw, hd)
-        scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scaling
+        # fp32 softmax with an explicit cast (see decoder.py: the optimiser folds softmax's own dtype= away).
+        scores = (torch.matmul(q, k.transpose(-1, -2)) * attn.scaling).float()
         if allowed is not None:
-            scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+            scores = scores.masked_fill(~allowed, torch.finfo(torch.float32).min)
+        probs = torch.softmax(scores, dim=-1).to(v.dtype)
         out = torch.matmul(probs, v).transpose(1, 2).reshape(t, hw, width)
         return attn.proj(out)
 
