@@ -5,7 +5,7 @@
 Builds a random-weight qwen3_vl DeScore model (the tiny test architecture widened: `--hidden`, `--layers`,
 `--vocab`; weights at O(1) activation scale so rewards spread), exports it at fp32, int8, int4 and fp16
 (each with its fidelity report), adds int8 / int4 decoders quantized with MatMulNBits' default
-accuracy level (unset = 0) for comparison, then times the SDK's own Scorer in think mode: the same
+accuracy level (unset = 0) for comparison (with their own fidelity reports), then times the SDK's own Scorer in think mode: the same
 `--cot-tokens` greedy CoT tokens per run (stop tokens off), decode ms/token = the decode loop's
 "generate" time / (CoT tokens + `<Reward>`). Variants run alternately (one call each per round, order
 rotated every round) so a load change on a shared machine hits all of them alike. Prints a table and
@@ -58,7 +58,7 @@ def build_model(hidden: int, layers: int, vocab: int, seed: int = 0):
 def export_all(model, out: Path, precisions, fidelity_videos: int) -> dict[str, Path]:
     from descore_sdk.bundle import file_record, read_manifest, write_manifest
     from descore_sdk.export.bundle import export_bundle
-    from descore_sdk.export.precision import quantize_graph
+    from descore_sdk.export.precision import fidelity_report, fidelity_summary, format_fidelity, quantize_graph
 
     bundles = {}
     for precision in precisions:
@@ -77,9 +77,14 @@ def export_all(model, out: Path, precisions, fidelity_videos: int) -> dict[str, 
             manifest = read_manifest(folder)
             manifest["files"]["decoder.onnx"] = file_record(folder, "decoder.onnx")
             manifest["precision"]["accuracy_level"] = 0
-            manifest.pop("fidelity", None)  # measured for the accuracy_level-4 graph, not this one
-            manifest["files"].pop("fidelity.json", None)
-            (folder / "fidelity.json").unlink(missing_ok=True)
+            write_manifest(folder, manifest)
+            # Its own fidelity (the copied report was the accuracy_level-4 graph's): weight error alone.
+            report = {"precision": f"{precision} (accuracy_level 0)",
+                      **fidelity_report(model, folder, bundles["fp32"], num_videos=fidelity_videos, print_table=False)}
+            print(format_fidelity(report), flush=True)
+            (folder / "fidelity.json").write_text(json.dumps(report, indent=2) + "\n")
+            manifest["files"]["fidelity.json"] = file_record(folder, "fidelity.json")
+            manifest["fidelity"] = fidelity_summary(report)
             write_manifest(folder, manifest)
         bundles[f"{precision}-acc0"] = folder
     return bundles
