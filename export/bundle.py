@@ -4,8 +4,9 @@
     bundle = export_bundle("checkpoints/descore-8b", "bundles/descore-8b", max_frames=64)
     scorer = Scorer.from_pretrained(bundle)              # onnxruntime, no torch
 
-or `descore export CHECKPOINT OUT_DIR --format onnx`. The folder layout and the manifest are described
-in `descore_sdk/bundle.py`, which also loads and verifies bundles (torch-free).
+or `descore export CHECKPOINT OUT_DIR --format onnx [--precision fp16|bf16|int8|int4]`. The folder layout
+and the manifest are described in `descore_sdk/bundle.py`, which also loads and verifies bundles
+(torch-free); reduced precision in `export/precision.py` and export/DESIGN.md.
 
 Order matters: an old manifest in OUT_DIR is removed first and the new one is written only after every
 file it lists is complete, so an interrupted export never leaves a folder that loads as a bundle.
@@ -85,6 +86,7 @@ def export_bundle(
     out.mkdir(parents=True, exist_ok=True)
     for stale in (MANIFEST_NAME, PARITY_NAME, FIDELITY_NAME):
         (out / stale).unlink(missing_ok=True)
+    shutil.rmtree(out / REFERENCE_DIR, ignore_errors=True)  # left by an interrupted reduced-precision export
 
     start = time.perf_counter()
     model, source = _load_model(checkpoint_dir_or_model, say)

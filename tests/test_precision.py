@@ -139,6 +139,17 @@ def test_quantize_graph_rejects_bad_settings(tmp_path):
         quantize_graph(tmp_path / "a.onnx", tmp_path / "b.onnx", 4, block_size=48)
 
 
+def test_unknown_precision_is_refused_before_any_work(tmp_path):
+    from descore_sdk.export.bundle import export_bundle
+    from descore_sdk.export.onnx_export import export_onnx
+
+    with pytest.raises(InvalidInputError, match="fp16, bf16, int8, int4"):
+        export_bundle(tmp_path / "no-checkpoint", tmp_path / "out", precision="int3")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(InvalidInputError, match="float_type"):
+        export_onnx(None, tmp_path / "out", float_type="int8")  # integer types are a bundle step, not an export
+
+
 # -- int4 bundle ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def int4(tmp_path_factory):
