@@ -17,8 +17,8 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 HALF_TYPES = ("fp16", "bf16")
 QUANTIZED_BITS = {"int8": 8, "int4": 4}
 # MatMulNBits' accuracy_level 4 = the activation is quantized to int8 per block and the product runs on
-# int8 dot-product kernels; the default (0 = unset) dequantizes the weights to fp32 on every call,
-# which on this CPU made int8 ~10x slower than the fp32 graph (DESIGN.md).
+# int8 dot-product kernels; the default (0 = unset) computes in fp32 from the dequantized weights,
+# which on this 2-core CPU made int8 6-10x slower than the fp32 graph (DESIGN.md, measured).
 DEFAULT_ACCURACY_LEVEL = 4
 DEFAULT_BLOCK_SIZE = 32
 
@@ -39,8 +39,8 @@ def half_precision_copy(module, float_type: str):
     - the vision patch embedding (one Conv over the pixels): ONNX Conv accepts bfloat16 only from
       opset 22, and its cost is small next to the blocks.
 
-    RMSNorm inside the layers upcasts to fp32 by itself (transformers' Qwen RMSNorm), softmax is taken
-    in fp32 by the wrappers (`softmax(..., dtype=float32)`), and the vision LayerNorm becomes an ONNX
+    RMSNorm inside the layers upcasts to fp32 by itself (transformers' Qwen RMSNorm), the wrappers cast
+    attention scores to fp32 before the softmax, and the vision LayerNorm becomes an ONNX
     LayerNormalization, which accumulates in fp32 (`stash_type=1`). The copy is built tensor by tensor,
     so exporting an fp16 graph of a model never holds a second fp32 copy of it.
     """
@@ -126,11 +126,11 @@ def _gemms_to_matmuls(graph, keep: tuple[str, ...]) -> int:
     """Rewrite `Gemm(A, W, transB=1)` with a constant 2-D W and no bias (the exporter's form of a bias-free
     nn.Linear on a 2-D input, e.g. the LM head) as `MatMul(A, Wᵀ)`, which MatMulNBitsQuantizer handles
     (it quantizes MatMul only). Gemms with a bias, alpha/beta ≠ 1 or transA stay as they are. Returns the
-    number rewritten."""
+    number of weights laid out anew."""
     from onnx import helper, numpy_helper
 
     initializers = {init.name: init for init in graph.initializer}
-    rewritten = 0
+    replaced = set()
     for index, node in enumerate(list(graph.node)):
         if node.op_type != "Gemm" or len(node.input) != 2 or node.input[1] in keep:
             continue
@@ -140,19 +140,20 @@ def _gemms_to_matmuls(graph, keep: tuple[str, ...]) -> int:
         weight = initializers.get(node.input[1])
         if weight is None or len(weight.dims) != 2:
             continue
-        array = numpy_helper.to_array(weight)
-        if attrs.get("transB", 0):
-            array = array.T
-        transposed = numpy_helper.from_array(array.copy(), name=node.input[1] + "_matmul")
-        graph.initializer.append(transposed)
-        graph.node[index].CopyFrom(helper.make_node("MatMul", [node.input[0], transposed.name], list(node.output),
+        name = f"{node.input[1]}_matmul{'_t' if attrs.get('transB', 0) else ''}"
+        if name not in initializers:  # a weight shared by several Gemms is laid out once
+            array = numpy_helper.to_array(weight)
+            array = array.T if attrs.get("transB", 0) else array
+            initializers[name] = numpy_helper.from_array(array.copy(), name=name)
+            graph.initializer.append(initializers[name])
+        graph.node[index].CopyFrom(helper.make_node("MatMul", [node.input[0], name], list(node.output),
                                                     name=node.name or f"gemm_as_matmul_{index}"))
-        rewritten += 1
-    used = {name for node in graph.node for name in node.input}
+        replaced.add(node.input[1])
+    used = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
     for init in list(graph.initializer):
-        if init.name not in used and init.name in initializers:
+        if init.name in replaced and init.name not in used:  # the untransposed copy, now unread
             graph.initializer.remove(init)
-    return rewritten
+    return len(replaced)
 
 
 # -- fidelity: the reduced bundle against fp32 -------------------------------------------------------------
