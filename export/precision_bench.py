@@ -9,7 +9,8 @@ accuracy level (unset = 0) for comparison (with their own fidelity reports), the
 `--cot-tokens` greedy CoT tokens per run (stop tokens off), decode ms/token = the decode loop's
 "generate" time / (CoT tokens + `<Reward>`). Variants run alternately (one call each per round, order
 rotated every round) so a load change on a shared machine hits all of them alike. Prints a table and
-writes `<out>/precision_bench.json`. A benchmark, not a test: numbers depend on the CPU and its load.
+writes `<out>/precision_bench.json`. `--vision`: only `bench_vision` (weight-only quantization of the
+vision encoder). A benchmark, not a test: numbers depend on the CPU and its load.
 """
 
 from __future__ import annotations
@@ -120,7 +121,18 @@ def main(argv=None) -> int:
     parser.add_argument("--cot-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--vision", action="store_true", help="only the vision-encoder comparison (bench_vision)")
     args = parser.parse_args(argv)
+    if args.vision:
+        args.out.mkdir(parents=True, exist_ok=True)
+        report = bench_vision(args.out, args.rounds, args.threads)
+        (args.out / "vision_bench.json").write_text(json.dumps(report, indent=2) + "\n")
+        scale = report.pop("reference_mean_abs")
+        print(f"vision encoder (width 512, 4 blocks, 1,568 patches; {args.threads} threads); mean |embedding| {scale:.3f}")
+        for name, r in report.items():
+            print(f"  {name:<5} {r['median_ms']:>8.1f} ms  {report['fp32']['median_ms'] / r['median_ms']:.2f}x  "
+                  f"max |Δ| {r['max_abs_diff']:.3f}")
+        return 0
     if "fp32" not in args.precisions:
         parser.error("--precisions must include fp32 (the reference)")
 
@@ -153,6 +165,57 @@ def main(argv=None) -> int:
             f"{f['reward_spearman']:.4f} / {f['pair_agreement']:.3f} / {f['max_abs_reward_diff_samples']:.2e}" if f else "-")
         print(f"  {name:<10} {s['median_ms_per_token']:>9.2f} {base / s['median_ms_per_token']:>7.2f}x {size:>8.1f}  {text}")
     return 0
+
+
+def bench_vision(out: Path, rounds: int, threads: int) -> dict:
+    """Does weight-only quantization pay in the vision encoder? A random qwen3_vl tower widened to 512
+    (4 blocks, MLP 2048), one 2-step 448×448 video (1,568 patches): vision.onnx at fp32 and with its
+    MatMuls as MatMulNBits int8 / int4 (accuracy_level 4), timed alternately, and max |Δ| of the visual
+    embeddings against fp32."""
+    import numpy as np
+    import torch
+    import transformers
+
+    from descore_sdk.export.onnx_export import export_onnx
+    from descore_sdk.export.onnx_runner import cpu_session, run_vision
+    from descore_sdk.export.precision import quantize_graph
+    from descore_sdk.training.model import BACKBONE_CLASSES, DeScoreModel, descore_config_for
+    from descore_sdk.training.tiny import tiny_backbone_config
+    from descore_sdk.training.tokenizer import build_tokenizer
+
+    config = tiny_backbone_config("qwen3_vl")
+    vision = config.vision_config
+    vision.hidden_size, vision.intermediate_size, vision.num_heads, vision.depth = 512, 2048, 8, 4
+    vision.deepstack_visual_indexes = [1, 2]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        backbone = getattr(transformers, BACKBONE_CLASSES["qwen3_vl"])(config).eval()
+        with torch.no_grad():
+            for param in backbone.parameters():
+                if param.ndim > 1:
+                    param.copy_(torch.randn(param.shape) / param[0].numel() ** 0.5)
+    model = DeScoreModel(backbone, build_tokenizer(family="qwen3_vl"), descore_config_for(backbone.config), head_seed=0)
+    folder = out / "vision"
+    graphs = export_onnx(model.eval(), folder, max_frames=4, max_pixels=448 * 448)
+    files = {"fp32": folder / "vision.onnx"}
+    for bits in (8, 4):
+        files[f"int{bits}"] = folder / f"vision_int{bits}.onnx"
+        quantize_graph(files["fp32"], files[f"int{bits}"], bits)
+    grid = (2, 28, 28)
+    patches = np.random.default_rng(0).standard_normal((int(np.prod(grid)), 3 * 2 * 16 * 16)).astype(np.float32)
+    sessions = {name: cpu_session(path, threads=threads) for name, path in files.items()}
+    reference = run_vision(sessions["fp32"], graphs.vision, patches, grid)["visual_embeds"]
+    result = {name: {"max_abs_diff": float(np.abs(run_vision(s, graphs.vision, patches, grid)["visual_embeds"] - reference).max()),
+                     "ms": []} for name, s in sessions.items()}
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            run_vision(session, graphs.vision, patches, grid)
+            result[name]["ms"].append((time.perf_counter() - start) * 1e3)
+    for name in result:
+        result[name]["median_ms"] = statistics.median(result[name].pop("ms"))
+    result["reference_mean_abs"] = float(np.abs(reference).mean())
+    return result
 
 
 def read_fidelity(folder: Path) -> dict | None:
