@@ -299,8 +299,10 @@ def fidelity_report(
     samples = sample_videos if sample_videos is not None else packaged_samples()
     sample_test = scorer.score_batch([v for v, _ in samples], [p for _, p in samples], batch_size=batch_size)
     sample_ref = reference.score_batch([v for v, _ in samples], [p for _, p in samples], batch_size=batch_size)
-    per_video = {Path(str(v)).name: float(np.abs(np.array(list(t.rewards.values())) - np.array(list(r.rewards.values()))).max())
-                 for (v, _), t, r in zip(samples, sample_test, sample_ref)}
+    names = [Path(str(v)).name for v, _ in samples]
+    names = names if len(set(names)) == len(names) else [str(v) for v, _ in samples]  # two folders, same names
+    per_video = {name: float(np.abs(np.array(list(t.rewards.values())) - np.array(list(r.rewards.values()))).max())
+                 for name, t, r in zip(names, sample_test, sample_ref)}
     report["samples"] = {"mode": "fast", "max_frames": DEFAULT_MAX_FRAMES, "abs_diff": per_video,
                          "max_abs_diff": max(per_video.values()) if per_video else float("nan")}
 

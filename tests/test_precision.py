@@ -152,8 +152,17 @@ def test_unknown_precision_is_refused_before_any_work(tmp_path):
 
 # -- int4 bundle ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def int4(tmp_path_factory):
-    return _export(tmp_path_factory, "int4")
+def int4(tmp_path_factory, sample_data_dir):
+    # The sample videos of the fidelity report: the packaged ones and the VideoAlign originals they were
+    # re-encoded from (example.csv: path_A, path_B, prompt).
+    import csv
+
+    from descore_sdk.export.precision import packaged_samples
+
+    with open(sample_data_dir / "example.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    shared = [(sample_data_dir / row[key], row["prompt"]) for row in rows for key in ("path_A", "path_B")]
+    return _export(tmp_path_factory, "int4", fidelity_samples=packaged_samples() + shared)
 
 
 def test_int4_bundle_records_its_precision_and_verifies(int4):
@@ -199,7 +208,7 @@ def test_int4_fidelity_report_is_the_bundles_real_rewards_and_within_tolerance(i
     # int4 really changed the rewards, but kept their order (tolerances: module docstring).
     assert 1e-3 < generated["max_abs_diff"] < 1.0
     assert generated["spearman"] > 0.85 and generated["pair_agreement"] > 0.75
-    assert report["samples"]["max_abs_diff"] < 1.0 and len(report["samples"]["abs_diff"]) == 6
+    assert report["samples"]["max_abs_diff"] < 1.0 and len(report["samples"]["abs_diff"]) == 12
     summary = _manifest(bundle)["fidelity"]
     assert summary["reward_spearman"] == generated["spearman"] and summary["finite"]
 
