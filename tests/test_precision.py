@@ -294,3 +294,29 @@ def test_cli_exports_int8(tmp_path_factory):
     fidelity = manifest["fidelity"]
     assert fidelity["reward_spearman"] > 0.98 and fidelity["pair_agreement"] > 0.9  # measured 0.998 / 0.97
     assert 1e-4 < fidelity["max_abs_reward_diff_generated"] < 0.3
+
+
+@pytest.mark.slow
+def test_fp16_overflow_is_reported_and_fails_a_strict_export(tmp_path_factory):
+    """A model whose residual stream exceeds fp16's range (65504) is fine in fp32 but gives NaN rewards in
+    fp16; the fidelity report must say so and a strict export must refuse the bundle."""
+    import torch
+
+    from descore_sdk.errors import BundleIntegrityError
+    from descore_sdk.export.bundle import export_bundle
+    from descore_sdk.training.tiny import build_tiny_model
+    from weights import spread_weights
+
+    model = build_tiny_model(FAMILY, seed=0)
+    spread_weights(model, seed=1)
+    with torch.no_grad():  # layer 0's MLP output ×1e5: residuals of ~1e5, normalised away by the next RMSNorm
+        model.backbone.model.language_model.layers[0].mlp.down_proj.weight.mul_(1e5)
+    out = tmp_path_factory.mktemp("overflow")
+    with pytest.raises(BundleIntegrityError, match="non-finite"):
+        export_bundle(model, out, max_frames=MAX_FRAMES, max_pixels=MAX_PIXELS, progress=False, parity=False,
+                      precision="fp16", fidelity_videos=20)
+    report = json.loads((out / FIDELITY_NAME).read_text())
+    assert report["measurable"] and not report["finite"] and not report["generated"]["finite"]
+    assert np.isfinite(report["generated"]["rewards"]["reference"]).all()  # fp32 copes; fp16 overflowed
+    assert not np.isfinite(report["generated"]["rewards"]["test"]).all()
+    assert _manifest(out)["fidelity"]["finite"] is False
