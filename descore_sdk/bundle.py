@@ -9,12 +9,17 @@ A bundle is a folder written by `descore export` (`descore_sdk.export.bundle.exp
     embed_tokens.npy     the token-embedding table (float32, memory-mapped by the runtime)
     tokenizer.json, tokenizer_config.json, chat_template.jinja     the checkpoint's tokenizer
     descore_config.json  reward dimensions, reward token, prompt layout, frame sampling
-    parity.json          the ONNX-vs-torch parity report measured at export time
+    parity.json          the ONNX-vs-torch parity report of the fp32 graphs, measured at export time
+    [fidelity.json]      a reduced-precision bundle only: its fidelity report against fp32
 
 manifest.json (format_version 1) holds: the SDK version that wrote it, the model family, every other
 file with its size and sha256, each graph's file and I/O names/shapes/dtypes (read from the ONNX files),
 the opset, the tokenizer files, the reward token and its id, the dimension names, the frame-sampling and
 generation defaults, and the model sizes the runtime needs (layers, heads, vision constants).
+Precision: each graph entry has `precision` ("fp32", "fp16", "bf16", "int8" or "int4"; absent in
+bundles from before it existed = "fp32"), `manifest["precision"]` says what was asked for and how
+(quantization bits / block size / accuracy level, or the float type), and a reduced bundle has
+`manifest["fidelity"]`, the summary of fidelity.json. Graph I/O is float32 at every precision.
 
 Loading refuses, with `BundleIntegrityError`, a bundle whose files were changed or removed since export,
 one written by an SDK of another MAJOR version, one of a newer bundle format, and one of another family
@@ -34,6 +39,7 @@ from .errors import BundleIntegrityError, ModelLoadError
 
 MANIFEST_NAME = "manifest.json"
 PARITY_NAME = "parity.json"
+FIDELITY_NAME = "fidelity.json"
 BUNDLE_FORMAT = "descore-onnx-bundle"
 BUNDLE_FORMAT_VERSION = 1
 GRAPH_KINDS = ("vision", "decoder")
@@ -85,6 +91,10 @@ class Bundle:
     def graph(self, kind: str) -> dict:
         """`{"file", "inputs": [{name, dtype, shape}], "outputs": [...]}` of "vision" or "decoder"."""
         return self.manifest["graphs"][kind]
+
+    def precision(self, kind: str) -> str:
+        """Weights/activations type of graph "vision" or "decoder" ("fp32" for bundles older than the field)."""
+        return self.graph(kind).get("precision", "fp32")
 
     def graph_path(self, kind: str) -> Path:
         return self.path / self.graph(kind)["file"]
@@ -211,6 +221,7 @@ def write_manifest(folder: str | Path, manifest: dict) -> Path:
 __all__ = [
     "MANIFEST_NAME",
     "PARITY_NAME",
+    "FIDELITY_NAME",
     "BUNDLE_FORMAT",
     "BUNDLE_FORMAT_VERSION",
     "Bundle",

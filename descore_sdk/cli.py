@@ -192,6 +192,8 @@ def cmd_export(args) -> int:
         max_pixels=args.max_pixels,
         parity=not args.no_parity,
         parity_video=args.parity_video,
+        precision=args.precision,
+        fidelity_videos=args.fidelity_videos,
     )
     return 0
 
@@ -367,6 +369,12 @@ def _add_export(sub) -> None:
     p.add_argument("--parity-video", default=None, help="real video for the parity check (default: the packaged sample)")
     p.add_argument("--no-parity", action="store_true", help="skip the ONNX-vs-torch parity check")
     p.add_argument("--overwrite", action="store_true", help="replace the bundle already in OUT_DIR (a folder of other files is refused)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8", "int4"],
+                   help="graph precision: fp32 (default); fp16/bf16 weights and activations (fp32 norms, softmax, "
+                        "rotary, reward head); int8/int4 weight-only decoder (MatMulNBits). A reduced bundle gets a "
+                        "fidelity report against fp32 (fidelity.json)")
+    p.add_argument("--fidelity-videos", type=int, default=None,
+                   help="generated videos in the fidelity report of a reduced-precision export (default 200)")
     p.set_defaults(func=cmd_export)
 
 

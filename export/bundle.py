@@ -4,8 +4,9 @@
     bundle = export_bundle("checkpoints/descore-8b", "bundles/descore-8b", max_frames=64)
     scorer = Scorer.from_pretrained(bundle)              # onnxruntime, no torch
 
-or `descore export CHECKPOINT OUT_DIR --format onnx`. The folder layout and the manifest are described
-in `descore_sdk/bundle.py`, which also loads and verifies bundles (torch-free).
+or `descore export CHECKPOINT OUT_DIR --format onnx [--precision fp16|bf16|int8|int4]`. The folder layout
+and the manifest are described in `descore_sdk/bundle.py`, which also loads and verifies bundles
+(torch-free); reduced precision in `export/precision.py` and export/DESIGN.md.
 
 Order matters: an old manifest in OUT_DIR is removed first and the new one is written only after every
 file it lists is complete, so an interrupted export never leaves a folder that loads as a bundle.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 import shutil
 import sys
 import time
@@ -27,6 +29,7 @@ from descore_sdk._version import __version__
 from descore_sdk.bundle import (
     BUNDLE_FORMAT,
     BUNDLE_FORMAT_VERSION,
+    FIDELITY_NAME,
     MANIFEST_NAME,
     PARITY_NAME,
     file_record,
@@ -51,6 +54,9 @@ def export_bundle(
     parity_video: str | Path | None = None,
     parity_threads: int | None = None,
     strict: bool = True,
+    precision: str = "fp32",
+    fidelity_videos: int | None = None,
+    fidelity_samples: list[tuple] | None = None,
 ) -> Path:
     """Export a DeScore checkpoint folder (or an in-memory float32 DeScoreModel) as a bundle in `out_dir`.
 
@@ -58,18 +64,29 @@ def export_bundle(
     built for; they become its default frame sampling (default: the checkpoint's). parity: run the
     teacher-forced ONNX-vs-torch check on `parity_video` (default: the packaged sample video) and save it
     as parity.json; with `strict`, a check over 1e-4 raises BundleIntegrityError (the files stay for
-    inspection, but the folder is marked failed in the manifest). Returns the bundle folder.
+    inspection, but the folder is marked failed in the manifest).
+    precision: "fp32" (default), "fp16" / "bf16" (both graphs in that type, fp32 islands) or "int8" /
+    "int4" (weight-only MatMulNBits decoder). The fp32 graphs are exported and parity-checked first; the
+    reduced graphs replace them and a fidelity report against fp32 (`fidelity_videos` generated videos,
+    default 200, and `fidelity_samples` [(video, prompt)], default the packaged samples) is printed,
+    saved as fidelity.json and summarised in the manifest. With `strict`, non-finite rewards (an fp16
+    overflow) raise BundleIntegrityError. Returns the bundle folder.
     """
     from .onnx_export import DEFAULT_OPSET, export_onnx
     from .parity import parity_report
+    from .precision import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise InvalidInputError(f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
 
     say = _printer(progress)
     out = Path(out_dir)
     if isinstance(checkpoint_dir_or_model, (str, Path)) and Path(checkpoint_dir_or_model).resolve() == out.resolve():
         raise InvalidInputError(f"Export into a new folder, not into the checkpoint {out} itself.")
     out.mkdir(parents=True, exist_ok=True)
-    for stale in (MANIFEST_NAME, PARITY_NAME):
+    for stale in (MANIFEST_NAME, PARITY_NAME, FIDELITY_NAME):
         (out / stale).unlink(missing_ok=True)
+    shutil.rmtree(out / REFERENCE_DIR, ignore_errors=True)  # left by an interrupted reduced-precision export
 
     start = time.perf_counter()
     model, source = _load_model(checkpoint_dir_or_model, say)
@@ -96,8 +113,102 @@ def export_bundle(
                 f"The exported graphs differ from the torch model by up to {report['max_abs_diff']:.2e} "
                 f"(tolerance {report['tolerance']:.0e}); see {out / PARITY_NAME}. Do not deploy this bundle."
             )
+    if precision != "fp32":
+        _reduce_precision(model, out, manifest, precision, say, opset=opset or DEFAULT_OPSET, graphs=graphs,
+                          threads=parity_threads, fidelity_videos=fidelity_videos, fidelity_samples=fidelity_samples,
+                          progress=progress, strict=strict)
     say(f"Bundle ready in {out} ({time.perf_counter() - start:.1f} s). Score with: descore score VIDEO --prompt TEXT --model {out}")
     return out
+
+
+# -- reduced precision ------------------------------------------------------------------------------
+REFERENCE_DIR = ".fp32-reference"  # inside the bundle while the fidelity report runs; removed after
+
+
+def _reduce_precision(model, out: Path, manifest: dict, precision: str, say, *, opset: int, graphs, threads,
+                      fidelity_videos, fidelity_samples, progress: bool, strict: bool) -> None:
+    """Replace the fp32 graphs in `out` by `precision` ones, then measure and record what that cost.
+
+    The fp32 bundle moves to `out/.fp32-reference` (graphs moved, other files hard-linked) to serve as
+    the fidelity reference, and is deleted at the end. The manifest is removed first and rewritten only
+    once the new graphs are complete, as for any export."""
+    from .onnx_export import export_onnx
+    from .precision import DEFAULT_FIDELITY_VIDEOS, HALF_TYPES, QUANTIZED_BITS, fidelity_report, fidelity_summary, quantize_graph
+
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    reference = out / REFERENCE_DIR
+    shutil.rmtree(reference, ignore_errors=True)
+    reference.mkdir()
+    graph_files = {name for name in manifest["files"] if name.endswith((".onnx", ".onnx.data"))}
+    for name in manifest["files"]:
+        if name in graph_files:
+            (out / name).replace(reference / name)
+        else:
+            _link_or_copy(out / name, reference / name)
+    write_manifest(reference, manifest)
+
+    try:
+        if precision in HALF_TYPES:
+            say(f"Exporting {precision} graphs (fp32 islands: norms, softmax, rotary, final norm, reward head) ...")
+            (out / graphs.embedding_file).unlink(missing_ok=True)  # a new file, not a write through the hard link
+            half = export_onnx(model, out, opset=opset, max_frames=graphs.max_frames, max_pixels=graphs.max_pixels,
+                               float_type=precision)
+            written = [name for name in half.files if name.endswith((".onnx", ".onnx.data"))] + [graphs.embedding_file]
+            per_graph = {"vision": precision, "decoder": precision}
+            details = {"float_type": precision, "io": "float32"}
+        else:
+            bits = QUANTIZED_BITS[precision]
+            say(f"Quantizing the decoder's weights to {precision} (MatMulNBits) ...")
+            details = quantize_graph(reference / graphs.decoder_file, out / graphs.decoder_file, bits)
+            for name in graph_files:
+                if name.startswith(graphs.vision_file):
+                    _link_or_copy(reference / name, out / name)
+            written = [name for name in (graphs.vision_file, graphs.vision_file + ".data", graphs.decoder_file,
+                                         graphs.decoder_file + ".data") if (out / name).is_file()]
+            per_graph = {"vision": "fp32", "decoder": precision}
+            say(f"  {details['quantized']} MatMuls now MatMulNBits ({bits} bits, block {details['block_size']}, "
+                f"accuracy_level {details['accuracy_level']}); kept fp32: {', '.join(details['kept_fp32']) or 'none'}")
+
+        files = {name: record for name, record in manifest["files"].items() if name not in graph_files}
+        files.update({name: file_record(out, name) for name in written})
+        manifest["files"] = dict(sorted(files.items()))
+        for kind, file in (("vision", graphs.vision_file), ("decoder", graphs.decoder_file)):
+            manifest["graphs"][kind] = {"file": file, "precision": per_graph[kind], **graph_io(out / file)}
+        manifest["precision"] = {"requested": precision, **details}
+        if "parity" in manifest:
+            manifest["parity"]["graphs"] = "fp32 (before --precision; the reduced graphs are in fidelity.json)"
+        write_manifest(out, manifest)
+
+        videos = DEFAULT_FIDELITY_VIDEOS if fidelity_videos is None else int(fidelity_videos)
+        say(f"Measuring the {precision} graphs against fp32 ({videos} generated videos, the sample videos, "
+            "teacher-forced logits) ...")
+        report = {"precision": precision, "graphs": per_graph,
+                  **fidelity_report(model, out, reference, num_videos=videos, sample_videos=fidelity_samples,
+                                    threads=threads, print_table=False)}
+        if progress:
+            from .precision import format_fidelity
+
+            print(format_fidelity(report), flush=True)
+        (out / FIDELITY_NAME).write_text(json.dumps(report, indent=2) + "\n")
+        manifest["files"][FIDELITY_NAME] = file_record(out, FIDELITY_NAME)
+        manifest["fidelity"] = fidelity_summary(report)
+        write_manifest(out, manifest)
+    finally:
+        shutil.rmtree(reference, ignore_errors=True)
+    if strict and report.get("measurable") and not report["finite"]:
+        raise BundleIntegrityError(
+            f"The {precision} graphs give non-finite rewards (overflow); see {out / FIDELITY_NAME}. Export with "
+            "--precision bf16 or fp32 instead."
+        )
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link (no copy of a multi-GB file) where the filesystem allows, else a copy."""
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 # -- pieces -----------------------------------------------------------------------------------------
@@ -199,9 +310,10 @@ def build_manifest(out: Path, graphs, model, config, tokenizer_files: list[str])
         "family": graphs.family,
         "opset": graphs.opset,
         "graphs": {
-            "vision": {"file": graphs.vision_file, **graph_io(out / graphs.vision_file)},
-            "decoder": {"file": graphs.decoder_file, **graph_io(out / graphs.decoder_file)},
+            "vision": {"file": graphs.vision_file, "precision": graphs.float_type, **graph_io(out / graphs.vision_file)},
+            "decoder": {"file": graphs.decoder_file, "precision": graphs.float_type, **graph_io(out / graphs.decoder_file)},
         },
+        "precision": {"requested": graphs.float_type},
         "embedding": {"file": graphs.embedding_file, "dtype": table.dtype.name, "shape": list(table.shape)},
         "tokenizer": {
             "file": "tokenizer.json",

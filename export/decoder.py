@@ -75,10 +75,13 @@ class DecoderWithCache(nn.Module):
         if self.has_qk_norm:
             q, k = attn.q_norm(q), attn.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, S, hd)
+        # Angles and cos/sin are fp32; in a half-precision graph they meet q/k in q's type, as in
+        # transformers (`cos.to(x.dtype)`). A no-op, hence no node, in the fp32 graph.
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        key = torch.cat((past_key, k), dim=2)  # (B, kv_heads, P+S, hd)
-        value = torch.cat((past_value, v), dim=2)
+        key = torch.cat((past_key.to(k.dtype), k), dim=2)  # (B, kv_heads, P+S, hd)
+        value = torch.cat((past_value.to(v.dtype), v), dim=2)
 
         # Grouped-query attention without repeating K/V: split the query heads into (kv_heads, group)
         # and let matmul broadcast each K/V head over its group.
@@ -87,8 +90,10 @@ class DecoderWithCache(nn.Module):
         scores = torch.matmul(q, key[:, :, None].transpose(-1, -2)) * self.scaling  # (B, kvh, g, S, P+S)
         # A finite fill keeps fully padded query rows finite (uniform) instead of NaN, so padding never
         # poisons the cache; real rows always see at least themselves.
-        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+        # Softmax in fp32. The cast is explicit: `softmax(x, dtype=float32)` on a half tensor exports as
+        # Softmax → Cast(fp32) → Cast(fp16), which the ONNX optimiser folds into an fp16 Softmax.
+        scores = scores.float().masked_fill(~allowed, torch.finfo(torch.float32).min)
+        probs = torch.softmax(scores, dim=-1).to(value.dtype)
         out = torch.matmul(probs, value[:, :, None])  # (B, kvh, g, S, hd)
         out = out.reshape(batch, self.num_heads, length, self.head_dim).transpose(1, 2)
         return attn.o_proj(out.reshape(batch, length, self.num_heads * self.head_dim)), key, value
@@ -96,7 +101,10 @@ class DecoderWithCache(nn.Module):
     def _run(self, inputs_embeds, attention_mask, position_ids, past_key_values, deepstack_embeds):
         cos, sin = self._rotary(position_ids)
         allowed = self._allowed(attention_mask, inputs_embeds.shape[1])
-        hidden = inputs_embeds
+        # Graph I/O is float32 at every precision (the host's embedding table, KV cache and decode loop
+        # stay as they are); a half-precision graph casts on the way in and out. No-ops at fp32.
+        compute = self.layers[0].input_layernorm.weight.dtype
+        hidden = inputs_embeds.to(compute)
         presents = []
         for index, layer in enumerate(self.layers):
             past_key, past_value = past_key_values[index]
@@ -106,11 +114,15 @@ class DecoderWithCache(nn.Module):
             hidden = hidden + attended
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
             if index < self.num_deepstack:
-                hidden = hidden + deepstack_embeds[index]  # zeros away from visual tokens: exact no-op there
-            presents += [key, value]
+                hidden = hidden + deepstack_embeds[index].to(compute)  # zeros away from visual tokens: exact no-op there
+            presents += [key.float(), value.float()]
         # The norm is per position, so normalising only the last one equals slicing the full output.
-        last = self.norm(hidden[:, -1, :])
-        return (self.lm_head(last), last, self.reward_head(last), *presents)
+        # Each of norm / LM head / reward head runs in its own weights' type: export/precision.py keeps
+        # the final norm and the reward head in fp32 in a half-precision graph (DESIGN.md).
+        last = self.norm(hidden[:, -1, :].to(self.norm.weight.dtype))
+        logits = self.lm_head(last.to(self.lm_head.weight.dtype))
+        reward = self.reward_head(last.to(self.reward_head.weight.dtype))
+        return (logits.float(), last.float(), reward.float(), *presents)
 
     # -- names ----------------------------------------------------------------------------------------
     @property

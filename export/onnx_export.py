@@ -68,6 +68,7 @@ class ExportedGraphs:
     max_frames: int
     max_pixels: int
     max_vision_patches: int  # per vision call, for the whole video at max_frames × max_pixels
+    float_type: str = "fp32"  # weights/activations of both graphs (their I/O is float32 regardless)
     files: list[str] = field(default_factory=list)  # every file written, relative to out_dir
     timings_s: dict[str, float] = field(default_factory=dict)
 
@@ -87,6 +88,7 @@ def export_onnx(
     max_pixels: int | None = None,
     optimize: bool = True,
     external_data: bool | None = None,
+    float_type: str = "fp32",
 ) -> ExportedGraphs:
     """Export `model` (a DeScoreModel, or a Qwen-VL backbone plus `reward_head`) to ONNX in `out_dir`.
 
@@ -96,7 +98,14 @@ def export_onnx(
     any lower-precision build is later checked against. `external_data`: store weights next to each graph
     (`<graph>.onnx.data`); None does so only for a graph over the 2 GB protobuf limit (any real backbone's
     decoder). `optimize` runs the ONNX optimiser (constant folding, dead-node removal) after export.
+    `float_type`: "fp32" (default), or "fp16" / "bf16" for graphs whose weights and activations are in
+    that type, with the fp32 islands of `export/precision.py` (I/O stays float32); the source model is
+    still float32 and is not modified.
     """
+    from .precision import HALF_TYPES, half_precision_copy
+
+    if float_type != "fp32" and float_type not in HALF_TYPES:
+        raise InvalidInputError(f"float_type must be fp32, {' or '.join(HALF_TYPES)}; got {float_type!r}.")
     backbone, head = split_model(model, reward_head)
     parts = backbone_parts(backbone)
     _check_float32(backbone, head)
@@ -119,6 +128,8 @@ def export_onnx(
             start = time.perf_counter()
             logger.info("[1/3] exporting the %s vision encoder → %s", parts.family, out / VISION_FILE)
             vision = vision_encoder_for_export(parts)
+            if float_type != "fp32":
+                vision = half_precision_copy(vision, float_type)
             _export(vision, _vision_example(vision, spec), _vision_dynamic_shapes(vision), out / VISION_FILE,
                     list(vision.input_names), list(vision.output_names), opset, optimize, external_data, _VISION_AXES)
             timings["vision"] = time.perf_counter() - start
@@ -127,6 +138,8 @@ def export_onnx(
             logger.info("[2/3] exporting the decoder (%d layers, KV cache, reward head) → %s",
                         len(parts.text_model.layers), out / DECODER_FILE)
             decoder = decoder_for_export(parts, head)
+            if float_type != "fp32":
+                decoder = half_precision_copy(decoder, float_type)
             _export(decoder, _decoder_example(decoder, parts), _decoder_dynamic_shapes(decoder), out / DECODER_FILE,
                     decoder.input_names, decoder.output_names, opset, optimize, external_data, _DECODER_AXES)
             timings["decoder"] = time.perf_counter() - start
@@ -164,6 +177,7 @@ def export_onnx(
         max_frames=max_frames,
         max_pixels=max_pixels,
         max_vision_patches=-(-max_frames // spec.temporal_patch_size) * patches_per_frame,
+        float_type=float_type,
         files=[name for graph in (VISION_FILE, DECODER_FILE) for name in (graph, graph + ".data") if (out / name).is_file()]
         + [EMBEDDING_FILE],
         timings_s={k: round(v, 2) for k, v in timings.items()},

@@ -46,6 +46,9 @@ class VisionEncoderForExport(nn.Module):
     def _embed_patches(self, pixel_values: torch.Tensor, frame_patches: int) -> torch.Tensor:
         """`(t·h·w, C·tp·p²)` → `(t, h·w, hidden)`."""
         x = self.patch_embed(pixel_values)
+        # A half-precision graph keeps the patch embedding (one Conv) in fp32: ONNX Conv takes bfloat16
+        # only from opset 22. Its output joins the blocks in their type (a no-op at fp32).
+        x = x.to(self.blocks[0].norm1.weight.dtype)
         return x.reshape(-1, frame_patches, x.shape[-1])
 
     def _block(self, block: nn.Module, x, cos, sin, allowed=None) -> torch.Tensor:
@@ -58,14 +61,16 @@ class VisionEncoderForExport(nn.Module):
         allowed: optional `(hw, hw)` bool (True = may attend)."""
         t, hw, width = x.shape
         q, k, v = attn.qkv(x).reshape(t, hw, 3, attn.num_heads, -1).unbind(2)  # each (t, hw, heads, hd)
-        cos, sin = cos[:, None, :], sin[:, None, :]
+        # fp32 angles meet q/k in q's type (a no-op in the fp32 graph), as in transformers.
+        cos, sin = cos[:, None, :].to(q.dtype), sin[:, None, :].to(q.dtype)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (t, heads, hw, hd)
-        scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scaling
+        # fp32 softmax with an explicit cast (see decoder.py: the optimiser folds softmax's own dtype= away).
+        scores = (torch.matmul(q, k.transpose(-1, -2)) * attn.scaling).float()
         if allowed is not None:
-            scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+            scores = scores.masked_fill(~allowed, torch.finfo(torch.float32).min)
+        probs = torch.softmax(scores, dim=-1).to(v.dtype)
         out = torch.matmul(probs, v).transpose(1, 2).reshape(t, hw, width)
         return attn.proj(out)
 
@@ -82,7 +87,7 @@ class Qwen2VLVisionForExport(VisionEncoderForExport):
         x = self._embed_patches(pixel_values, patch_position_ids.shape[0])
         for block in self.blocks:
             x = self._block(block, x, cos, sin)
-        return self.merger(x)
+        return self.merger(x).float()  # graph outputs are float32 at every precision
 
 
 class Qwen2_5VLVisionForExport(VisionEncoderForExport):
@@ -106,7 +111,7 @@ class Qwen2_5VLVisionForExport(VisionEncoderForExport):
         x = self._embed_patches(pixel_values, patch_position_ids.shape[0])
         for index, block in enumerate(self.blocks):
             x = self._block(block, x, cos, sin, None if index in self.full_attention_blocks else same_window)
-        return self.merger(x)
+        return self.merger(x).float()
 
 
 class Qwen3VLVisionForExport(VisionEncoderForExport):
@@ -136,7 +141,7 @@ class Qwen3VLVisionForExport(VisionEncoderForExport):
             if index in self.deepstack_level:
                 level = self.deepstack_level[index]
                 deepstack[level] = self.deepstack_mergers[level](x)
-        return self.merger(x), torch.stack(deepstack, dim=0)
+        return self.merger(x).float(), torch.stack(deepstack, dim=0).float()
 
 
 VISION_ENCODERS = {

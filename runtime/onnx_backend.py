@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from descore_sdk.bundle import Bundle, load_bundle
-from descore_sdk.errors import BundleIntegrityError
+from descore_sdk.errors import BundleIntegrityError, ModelLoadError
 from descore_sdk.prompt import blocked_generation_ids, load_tokenizer
 
 from .decode import DEFAULT_PREFILL_CHUNK, DecodeRequest, DecodeSettings, RopeSpec, StepOutput, decode
@@ -46,6 +46,7 @@ class OnnxDecoderModel:
         self.num_deepstack = int(model["num_deepstack"])
         self.vision_spec = VisionGraphSpec.from_dict(model["vision"])
         self.vision_chunk_patches = int(vision_chunk_patches)
+        _check_precision_runs(bundle, device, providers)
         runner = dict(device=device, providers=providers, threads=threads, shrink_arena=shrink_arena)
         self.vision = OnnxRuntimeRunner(bundle.graph_path("vision"), **runner)
         self.decoder = OnnxRuntimeRunner(bundle.graph_path("decoder"), **runner)
@@ -111,6 +112,18 @@ class OnnxDecoderModel:
         self.counters["decoder_positions"] += int(np.prod(feed["inputs_embeds"].shape[:2]))
         new_cache = {name.replace("present.", "past_key_values.", 1): value for name, value in out.items() if name.startswith("present.")}
         return StepOutput(out["logits"], out["hidden"], out["reward"]), new_cache
+
+
+def _check_precision_runs(bundle: Bundle, device: str, providers: list | None) -> None:
+    """A bf16 bundle on onnxruntime's CPU provider would fail deep inside session creation ("Could not find
+    an implementation for Add(14)"): CPU has no bfloat16 kernels for the graphs' basic ops (ORT 1.32)."""
+    bf16 = [kind for kind in ("vision", "decoder") if bundle.precision(kind) == "bf16"]
+    if bf16 and providers is None and str(device).split(":")[0] == "cpu":
+        raise ModelLoadError(
+            f"The bundle at {bundle.path} has bf16 graphs ({', '.join(bf16)}), which onnxruntime's CPU provider "
+            "cannot run. Score it on a GPU (device='cuda'), or export a CPU bundle with --precision fp32, fp16, "
+            "int8 or int4."
+        )
 
 
 def _check_io(bundle: Bundle, kind: str, runner: OnnxRuntimeRunner) -> None:
