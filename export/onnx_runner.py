@@ -1,7 +1,9 @@
-"""Drive exported graphs with onnxruntime: the small harness the export parity tests use.
+"""Drive exported graphs one call at a time: the small helpers the export graph tests use.
 
-Torch-free (numpy + onnxruntime). It follows the graph contracts of DESIGN.md and nothing more: no
-tokenizer, no sampling, no stopping rules — those belong to the runtime's decode loop.
+They run every graph through the runtime's own `OnnxRuntimeRunner` (runtime/onnxruntime_runner.py),
+so the tests exercise the same session settings and feed checks users get. Torch-free. They follow
+the graph contracts of DESIGN.md and nothing more: no tokenizer, no sampling, no stopping rules —
+those belong to the runtime's decode loop.
 """
 
 from __future__ import annotations
@@ -15,34 +17,30 @@ from descore_sdk.runtime.vision_inputs import VisionGraphSpec, vision_graph_inpu
 
 
 def cpu_session(path: str | Path, *, threads: int = 1):
-    """An onnxruntime CPU session over `path` with full graph optimisations and `threads` intra-op threads."""
-    import onnxruntime as ort  # a base dependency of the SDK
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    """The runtime's active `OnnxRuntimeRunner` over `path` on the CPU with `threads` intra-op threads."""
+    from descore_sdk.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(path, device="cpu", threads=threads).activate()
 
 
-def run_vision(session, spec: VisionGraphSpec, pixel_values: np.ndarray, grid_thw) -> dict[str, np.ndarray]:
+def run_vision(runner, spec: VisionGraphSpec, pixel_values: np.ndarray, grid_thw) -> dict[str, np.ndarray]:
     """`visual_embeds (N/m², H)` [+ `deepstack_embeds (levels, N/m², H)`] for one video's patches."""
     inputs = vision_graph_inputs(spec, pixel_values, grid_thw)
-    names = [i.name for i in session.get_inputs()]
-    outputs = session.run(None, {name: inputs[name] for name in names})
-    return dict(zip((o.name for o in session.get_outputs()), outputs))
+    return runner.infer({name: inputs[name] for name in runner.input_metadata()})
 
 
-def empty_cache(session, batch_size: int) -> dict[str, np.ndarray]:
+def empty_cache(runner, batch_size: int) -> dict[str, np.ndarray]:
     """Zero-length `past_key_values.{i}.key/value` (B, kv_heads, 0, head_dim) for a prefill."""
     cache = {}
-    for node in session.get_inputs():
-        if node.name.startswith("past_key_values."):
-            _, kv_heads, _, head_dim = node.shape
-            cache[node.name] = np.zeros((batch_size, kv_heads, 0, head_dim), dtype=np.float32)
+    for name, meta in runner.input_metadata().items():
+        if name.startswith("past_key_values."):
+            _, kv_heads, _, head_dim = meta.shape
+            cache[name] = np.zeros((batch_size, kv_heads, 0, head_dim), dtype=np.float32)
     return cache
 
 
 def run_decoder(
-    session,
+    runner,
     inputs_embeds: np.ndarray,
     attention_mask: np.ndarray,
     position_ids: np.ndarray,
@@ -59,23 +57,22 @@ def run_decoder(
         "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64),
         **cache,
     }
-    wanted = {i.name for i in session.get_inputs()}
+    wanted = runner.input_metadata()
     if "deepstack_embeds" in wanted:
         if deepstack_embeds is None:  # text-only step: DeepStack adds nothing
-            levels = session.get_inputs()[[i.name for i in session.get_inputs()].index("deepstack_embeds")].shape[0]
+            levels = wanted["deepstack_embeds"].shape[0]
             deepstack_embeds = np.zeros((levels, *feeds["inputs_embeds"].shape), dtype=np.float32)
         feeds["deepstack_embeds"] = np.ascontiguousarray(deepstack_embeds, dtype=np.float32)
     elif deepstack_embeds is not None:
         raise InvalidInputError("This decoder graph has no deepstack_embeds input (only qwen3_vl has DeepStack).")
-    names = [o.name for o in session.get_outputs()]
-    values = dict(zip(names, session.run(None, feeds)))
+    values = runner.infer(feeds)
     new_cache = {n.replace("present.", "past_key_values."): v for n, v in values.items() if n.startswith("present.")}
     heads = {n: v for n, v in values.items() if not n.startswith("present.")}
     return heads, new_cache
 
 
 def teacher_forced(
-    session,
+    runner,
     inputs_embeds: np.ndarray,
     attention_mask: np.ndarray,
     position_ids: np.ndarray,
@@ -86,13 +83,13 @@ def teacher_forced(
     lengths (e.g. `[prompt, 1, 1, 1]`). Returns, per chunk, (index of its last position, its outputs)."""
     if sum(chunks) != inputs_embeds.shape[1]:
         raise InvalidInputError(f"chunks {chunks} sum to {sum(chunks)}, not the sequence length {inputs_embeds.shape[1]}.")
-    cache = empty_cache(session, inputs_embeds.shape[0])
+    cache = empty_cache(runner, inputs_embeds.shape[0])
     results, start = [], 0
     for length in chunks:
         end = start + length
         deepstack = None if deepstack_embeds is None else deepstack_embeds[:, :, start:end]
         heads, cache = run_decoder(
-            session,
+            runner,
             inputs_embeds[:, start:end],
             attention_mask[:, :end],
             position_ids[:, :, start:end],

@@ -19,7 +19,7 @@ from descore_sdk.errors import InvalidInputError
 from descore_sdk.export.decoder import decoder_for_export
 from descore_sdk.export.families import backbone_parts, mrope_frequency_rows, vision_graph_spec
 from descore_sdk.export.onnx_export import export_onnx
-from descore_sdk.export.onnx_runner import cpu_session, run_decoder, run_vision, teacher_forced
+from descore_sdk.export.onnx_runner import cpu_session, run_vision, teacher_forced
 from descore_sdk.export.vision import vision_encoder_for_export
 from descore_sdk.preprocess import frames_to_patches, resize_frame
 from descore_sdk.runtime.vision_inputs import vision_graph_inputs
@@ -333,23 +333,23 @@ def test_exported_files_have_the_documented_interface(case):
     layers = backbone.config.text_config.num_hidden_layers
     cache_in = [f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
     cache_out = [f"present.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
-    decoder_in = {i.name: i for i in case.decoder_session.get_inputs()}
-    decoder_out = {o.name: o for o in case.decoder_session.get_outputs()}
+    decoder_in = case.decoder_session.input_metadata()  # the runtime runner's TensorMeta
+    decoder_out = case.decoder_session.output_metadata()
     expected_in = ["inputs_embeds", "attention_mask", "position_ids"] + (["deepstack_embeds"] if case.family == "qwen3_vl" else []) + cache_in
     assert list(decoder_in) == expected_in == exported.decoder_inputs
     assert list(decoder_out) == ["logits", "hidden", "reward"] + cache_out == exported.decoder_outputs
     hidden = backbone.config.text_config.hidden_size
-    assert decoder_in["inputs_embeds"].shape == ["batch_size", "sequence_length", hidden]
-    assert decoder_in["attention_mask"].shape == ["batch_size", "total_sequence_length"]
-    assert decoder_in["attention_mask"].type == decoder_in["position_ids"].type == "tensor(int64)"
-    assert decoder_in["past_key_values.0.key"].shape == ["batch_size", exported.num_key_value_heads, "past_sequence_length", exported.head_dim]
+    assert decoder_in["inputs_embeds"].shape == ("batch_size", "sequence_length", hidden)
+    assert decoder_in["attention_mask"].shape == ("batch_size", "total_sequence_length")
+    assert decoder_in["attention_mask"].dtype == decoder_in["position_ids"].dtype == np.int64
+    assert decoder_in["past_key_values.0.key"].shape == ("batch_size", exported.num_key_value_heads, "past_sequence_length", exported.head_dim)
     assert decoder_out["present.0.key"].shape[2] == "past_sequence_length + sequence_length"
-    assert decoder_out["reward"].shape == ["batch_size", 3]
-    assert decoder_out["logits"].shape == ["batch_size", backbone.config.text_config.vocab_size]
+    assert decoder_out["reward"].shape == ("batch_size", 3)
+    assert decoder_out["logits"].shape == ("batch_size", backbone.config.text_config.vocab_size)
 
-    vision_in = [i.name for i in case.vision_session.get_inputs()]
+    vision_in = list(case.vision_session.input_metadata())
     assert vision_in == list(exported.vision.input_names) == exported.vision_inputs
-    assert case.vision_session.get_outputs()[0].shape[0] == "num_visual_tokens"
+    assert next(iter(case.vision_session.output_metadata().values())).shape[0] == "num_visual_tokens"
 
     external = ["vision.onnx.data", "decoder.onnx.data"] if case.family == "qwen2_vl" else []
     assert sorted(exported.files) == sorted(["vision.onnx", "decoder.onnx", "embed_tokens.npy"] + external)
