@@ -255,7 +255,9 @@ class Scorer:
                     rationale=self.prompts.decode(out.cot_ids) if mode == "think" else None,
                     mode=mode,
                     backend=self.backend.name,
-                    num_prompt_tokens=int(len(inputs.input_ids)) + (1 if inputs.mode == "adaptive" and mode == "fast" else 0),
+                    # An adaptive row that stayed fast was scored on its prefix + <Reward>.
+                    num_prompt_tokens=int(inputs.prefix_length + 1 if inputs.mode == "adaptive" and mode == "fast"
+                                          else len(inputs.input_ids)),
                     num_cot_tokens=int(len(out.cot_ids)),
                     num_frames=int(len(clip.frames)),
                     timings_ms={k: round(float(v), 3) for k, v in timings.items()},

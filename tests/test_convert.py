@@ -370,3 +370,13 @@ def test_training_rows_of_a_user_layout_model_are_its_scoring_pass(descore, samp
     assert scorer.prompts.decode(labelled).strip().endswith("sits down.")  # the rationale is what the LM learns
     with pytest.raises(InvalidInputError, match="assistant-turn layout"):
         build_row(scorer.prompts, features, PROMPT, "explain", COTS[0])
+
+
+def test_adaptive_fast_rows_report_the_prompt_they_were_scored_on(descore, sample_videos):
+    _, _, _, _, bundle = descore
+    scorer = Scorer.from_pretrained(bundle, backend_options={"threads": 1}, **SMALL)
+    video = sample_videos[0]
+    fast = scorer.score(video, PROMPT, mode="fast")
+    adaptive = scorer.score(video, PROMPT, mode="adaptive")  # no band: stays fast
+    assert adaptive.mode == "fast" and adaptive.num_prompt_tokens == fast.num_prompt_tokens
+    assert abs(adaptive.reward - fast.reward) <= ORT_TOL
