@@ -166,8 +166,10 @@ def _score_ray(job: DatasetJob, units: list[Unit]):
     data = require("ray.data", "serve", "descore score-dataset --ray")
     started_here = False
     if not ray.is_initialized():
-        kwargs = {"address": job.address} if job.address else {"include_dashboard": False}
-        ray.init(**kwargs, log_to_driver=False, logging_level="ERROR")
+        from .cluster import join
+
+        join(ray, job.address, **({} if job.address else {"include_dashboard": False}), log_to_driver=False,
+             logging_level="ERROR")
         started_here = True
     try:
         context = data.DataContext.get_current()

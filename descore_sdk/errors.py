@@ -50,3 +50,7 @@ def require(module: str, extra: str, feature: str):
             f"{feature} needs the '{module}' package, which is not installed. "
             f"Install it with: pip install 'descore-sdk[{extra}]'"
         ) from exc
+
+
+class ClusterError(DescoreError):
+    """A Ray cluster could not be reached or joined (wrong address, not running, refused the client)."""

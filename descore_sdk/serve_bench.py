@@ -87,7 +87,7 @@ def run(args) -> dict:
     report = {"model": args.model, "videos": [v.name for v in videos], "mode": args.mode, "max_new_tokens": args.max_new_tokens,
               "cpus": os.cpu_count(), "in_process": in_process(args.model, videos, args.prompt, options, args.threads, args.max_batch,
                                                                args.requests)}
-    ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         for label, max_batch in (("batched", args.max_batch), ("unbatched", 1)):
             config = ServeConfig(model=args.model, replicas=args.replicas, max_batch=max_batch, batch_wait_ms=args.batch_wait_ms,

@@ -407,9 +407,12 @@ def build_app(config: ServeConfig):
 
 def connect(config: ServeConfig, *, num_cpus: Optional[float] = None) -> None:
     """Join the cluster at config.address, or start a local Ray instance."""
+    from .cluster import join
+
     if not ray.is_initialized():
-        kwargs = {"address": config.address} if config.address else {"num_cpus": num_cpus, "include_dashboard": False}
-        ray.init(**{k: v for k, v in kwargs.items() if v is not None}, logging_level=logging.WARNING, log_to_driver=False)
+        kwargs = {} if config.address else {"num_cpus": num_cpus, "include_dashboard": False}
+        join(ray, config.address, **{k: v for k, v in kwargs.items() if v is not None},
+             logging_level=logging.WARNING, log_to_driver=False)
 
 
 def deploy(config: ServeConfig) -> str:
@@ -447,11 +450,13 @@ def run(config: ServeConfig, *, block: bool = True):
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
     url = deploy(config)
-    print(f"DeScore reward service on {url} (model {config.model}, {config.replicas} replica(s)); "
+    where = f"Ray cluster {config.address}" if config.address else "a local Ray instance"
+    print(f"DeScore reward service on {url} (model {config.model}, {config.replicas} replica(s), on {where}); "
           f"OpenAPI at {url}/docs. Ctrl-C drains and stops.", flush=True)
     while not stopping.wait(1.0):
         pass
     print("Draining: waiting for in-flight requests ...", flush=True)
     stop(config)
-    serve.shutdown()
+    if not config.address:  # our own Ray instance; on a shared cluster only our app is removed (stop)
+        serve.shutdown()
     return 0

@@ -189,7 +189,7 @@ def test_videos_that_cannot_be_scored_become_error_rows_and_can_be_retried(tmp_p
 def test_the_ray_pipeline_gives_the_local_rows_and_resumes(tmp_path, scale_bundle, sample_data_dir, direct):
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         out = tmp_path / "ray.parquet"
         first = run_job(_job(sample_data_dir / "example.csv", scale_bundle, out, use_ray=True, workers=2, worker_cpus=0.5,

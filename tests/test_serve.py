@@ -100,7 +100,7 @@ def service(scale_bundle, media_root):
                          media_root=str(media_root), max_queue=8, request_timeout_s=60, max_request_mb=8.0,
                          threads=1, replica_cpus=0.5, score_options={"max_new_tokens": MAX_NEW_TOKENS})
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         url = serve_ray.start(config)
         RewardClient(url).wait_ready(120)
