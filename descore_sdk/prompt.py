@@ -294,9 +294,6 @@ class PromptBuilder:
             raise InvalidInputError("This model scores without a chain of thought (layout cot_position 'none'); use mode='fast'.")
         prefix_length = -1
         if mode == "think":
-            if layout.cot_position == "user":
-                prefix, _ = self._expand(self._ids(head + user), video_grid_thw)
-                prefix_length = len(prefix)
             pieces = head + user + self._assistant_header()
         elif layout.cot_position == "assistant":
             pieces = head + user + self._assistant_header() + [("id", self.ids.reward)]
@@ -305,6 +302,9 @@ class PromptBuilder:
         else:  # none: the reward tokens are in the template; VideoReward's prompt is a full user turn
             pieces = head + user + self._assistant_header()
         ids, num_video = self._expand(self._ids(pieces), video_grid_thw)
+        if mode == "think" and layout.cot_position == "user":
+            # `<|im_end|>` is structural, so the header is its own runs: the prefix is all before it.
+            prefix_length = len(ids) - len(self._ids(self._assistant_header()))
         if mode == "fast":
             where = np.flatnonzero(np.isin(ids, self.reward_ids))
             if not len(where):
@@ -349,3 +349,10 @@ class PromptBuilder:
 
 
 _PROMPT = object()  # where the user's prompt goes in a template's pieces
+
+
+def common_prefix_length(a: np.ndarray, b: np.ndarray) -> int:
+    """How many leading ids `a` and `b` share (where the scoring pass branches from the prompt)."""
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(differ[0]) if len(differ) else n

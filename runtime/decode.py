@@ -44,6 +44,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from descore_sdk.errors import InvalidInputError
+from descore_sdk.prompt import common_prefix_length
 from descore_sdk.rope import decode_position_ids, mrope_position_ids
 
 from .sampling import SamplingParams, next_tokens, row_generators
@@ -406,9 +407,7 @@ def _rescore(model: DecoderModel, row: _Row, b: int, cache, mask: np.ndarray, se
     """Score row `b` in the user-turn layout: cut its cache to the longest common token prefix of its
     prompt and its scoring ids, then prefill only the rest (the CoT text and `<Reward>`)."""
     ids = np.asarray(row.request.rescore(np.asarray(row.cot, dtype=np.int64)), dtype=np.int64).reshape(-1)
-    n = min(len(ids), len(row.ids))
-    differ = np.flatnonzero(ids[:n] != row.ids[:n])
-    common = int(differ[0]) if len(differ) else n
+    common = common_prefix_length(ids, row.ids)
     at = row.video["at"]
     if len(at) and common <= int(at.max()):
         raise InvalidInputError("The scoring ids differ from the prompt inside the video block; the prompt and its "

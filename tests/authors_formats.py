@@ -78,35 +78,18 @@ def hf_chat_ids(folder: Path, family: str, content: list[dict], grid, timestamps
     """input_ids of a chat as transformers renders and expands it: the checkpoint's chat template,
     then the real processor's placeholder expansion (its video processor stubbed to the grid)."""
     from transformers import AutoTokenizer
-    from transformers.feature_extraction_utils import BatchFeature
     from transformers.video_utils import VideoMetadata
-    import importlib
+
+    from hf_reference import processor_with_grid
 
     hf_tok = AutoTokenizer.from_pretrained(folder)
     text = hf_tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=generation_prompt,
                                       tokenize=False)
-    names = {"qwen2_vl": "qwen2_vl.processing_qwen2_vl:Qwen2VLProcessor",
-             "qwen2_5_vl": "qwen2_5_vl.processing_qwen2_5_vl:Qwen2_5_VLProcessor",
-             "qwen3_vl": "qwen3_vl.processing_qwen3_vl:Qwen3VLProcessor"}
-    module, _, name = names[family].partition(":")
-    cls = getattr(importlib.import_module(f"transformers.models.{module}"), name)
     frames = len(timestamps)
     fps = 1000.0  # millisecond "frames": the processor's timestamps (index / fps) are the clip's own
     indices = [round(float(t) * fps) for t in timestamps]
     metadata = VideoMetadata(total_num_frames=indices[-1] + 1, fps=fps, frames_indices=indices)
-
-    class _Grid:
-        merge_size, temporal_patch_size = 2, 2
-
-        def __call__(self, videos, **kwargs):
-            return BatchFeature({"video_grid_thw": np.array([list(grid)]), "video_metadata": [metadata]})
-
-    proc = cls.__new__(cls)
-    proc.tokenizer, proc.image_processor, proc.video_processor, proc.chat_template = hf_tok, None, _Grid(), None
-    for attr in ("video", "image"):
-        setattr(proc, f"{attr}_token", f"<|{attr}_pad|>")
-        setattr(proc, f"{attr}_token_id", hf_tok.convert_tokens_to_ids(f"<|{attr}_pad|>"))
-    proc.vision_start_token, proc.vision_end_token = "<|vision_start|>", "<|vision_end|>"
+    proc = processor_with_grid(family, hf_tok, list(np.asarray(grid).tolist()), metadata)
     out = proc(text=[text], videos=[np.zeros((frames, 4, 4, 3), np.uint8)])
     return np.asarray(out["input_ids"][0], dtype=np.int64)
 

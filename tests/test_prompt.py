@@ -17,44 +17,9 @@ from descore_sdk.prompt import PromptBuilder, load_tokenizer
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoTokenizer  # noqa: E402
-from transformers.feature_extraction_utils import BatchFeature  # noqa: E402
 from transformers.video_utils import VideoMetadata  # noqa: E402
 
-PROCESSORS = {
-    "qwen2_vl": "transformers.models.qwen2_vl.processing_qwen2_vl:Qwen2VLProcessor",
-    "qwen2_5_vl": "transformers.models.qwen2_5_vl.processing_qwen2_5_vl:Qwen2_5_VLProcessor",
-    "qwen3_vl": "transformers.models.qwen3_vl.processing_qwen3_vl:Qwen3VLProcessor",
-}
-
-
-class _GridOnlyVideoProcessor:
-    """Stands in for the torchvision video processor: returns the grid (and metadata) we give it."""
-
-    merge_size = 2
-    temporal_patch_size = 2
-
-    def __init__(self, grid, metadata):
-        self.grid, self.metadata = grid, metadata
-
-    def __call__(self, videos, **kwargs):
-        return BatchFeature({"video_grid_thw": np.array([self.grid]), "video_metadata": [self.metadata]})
-
-
-def _processor(family, tokenizer, grid, metadata):
-    import importlib
-
-    module, _, name = PROCESSORS[family].partition(":")
-    cls = getattr(importlib.import_module(module), name)
-    proc = cls.__new__(cls)  # bypass the type checks on the (stubbed) sub-processors
-    proc.tokenizer = tokenizer
-    proc.image_processor = None
-    proc.video_processor = _GridOnlyVideoProcessor(grid, metadata)
-    proc.chat_template = None
-    for attr in ("video", "image"):
-        setattr(proc, f"{attr}_token", f"<|{attr}_pad|>")
-        setattr(proc, f"{attr}_token_id", tokenizer.convert_tokens_to_ids(f"<|{attr}_pad|>"))
-    proc.vision_start_token, proc.vision_end_token = "<|vision_start|>", "<|vision_end|>"
-    return proc
+from hf_reference import PROCESSORS, processor_with_grid as _processor  # noqa: E402
 
 
 @pytest.fixture(scope="module")

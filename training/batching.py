@@ -48,7 +48,7 @@ import torch
 from descore_sdk.config import DescoreConfig
 from descore_sdk.errors import DataError, InvalidInputError
 from descore_sdk.inputs import VideoFeatures, clip_features, load_clip, model_inputs
-from descore_sdk.prompt import PromptBuilder
+from descore_sdk.prompt import PromptBuilder, common_prefix_length
 from descore_sdk.video import VideoClip
 
 from .data import PreferencePair
@@ -204,9 +204,7 @@ def _user_turn_row(prompts: PromptBuilder, features: VideoFeatures, prompt: str,
     labels = None
     if with_labels:
         prompt_ids = prompts.scoring_ids(prompt, features.grid_thw, "", timestamps=features.timestamps)[:-1]
-        n = min(len(prompt_ids), len(ids))
-        differ = np.flatnonzero(ids[:n] != prompt_ids[:n])
-        start = int(differ[0]) if len(differ) else n
+        start = common_prefix_length(ids, prompt_ids)
         labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int64)
         labels[start:-1] = ids[start:-1]
     return Row(ids.astype(np.int64), labels, features)

@@ -29,6 +29,7 @@ user's to pass (`--prompt-template-file`): the README says where each author kee
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from descore_sdk.config import DescoreConfig, PromptLayout, SamplingConfig
+from descore_sdk.config import PromptLayout, SamplingConfig
 from descore_sdk.errors import InvalidInputError, ModelLoadError
 
 from .model import BACKBONE_CLASSES, DeScoreModel, descore_config_for
@@ -420,7 +421,7 @@ def convert_videoalign(src: str | Path, out: str | Path, *, base: str | Path | N
                                 layout=layout, method="descore")
     sampling = SamplingConfig(fps=float(data.get("fps") or 2.0), min_frames=4, max_frames=768,
                               min_pixels=min(VIDEOALIGN_VIDEO_MIN_PIXELS, max_pixels), max_pixels=max_pixels)
-    config = DescoreConfig(**{**config.__dict__, "sampling": sampling})
+    config = dataclasses.replace(config, sampling=sampling)
     if data.get("num_frames"):
         logger.warning("VideoAlign data_config.num_frames=%s: the SDK samples by fps (%s); pass max_frames to match.",
                        data["num_frames"], sampling.fps)
