@@ -225,6 +225,10 @@ def test_descore_conversion_errors_are_typed(tmp_path, descore):
     torch.save({"rm_head.weight": Sneaky()}, bad_head)
     with pytest.raises(ModelLoadError, match="weights_only"):
         convert_descore(release, tmp_path / "c", prompt_template_file=template, head_file=bad_head)
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Vidéo: <video> [insert prompt here]".encode("latin-1"))
+    with pytest.raises(InvalidInputError, match="not UTF-8"):
+        convert_descore(release, tmp_path / "f", prompt_template_file=latin1)
     no_markers = tmp_path / "t.txt"
     no_markers.write_text("Rate this video: [insert prompt here]")
     with pytest.raises(InvalidInputError, match="<video>"):

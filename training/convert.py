@@ -109,7 +109,10 @@ def _read_template(path: str | Path | None, markers: tuple[str, ...], source: st
     file = Path(path).expanduser()
     if not file.is_file():
         raise InvalidInputError(f"Prompt template file {file} not found.")
-    text = file.read_text(encoding="utf-8")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"Prompt template file {file} is not UTF-8 text ({exc.reason}); save the template as UTF-8.") from None
     missing = [m for m in markers if m not in text]
     if missing:
         raise InvalidInputError(
@@ -392,7 +395,10 @@ def convert_videoalign(src: str | Path, out: str | Path, *, base: str | Path | N
         provided = set(rest)
         adapter_config = {}
         if (checkpoint / "adapter_config.json").is_file():
-            adapter_config = json.loads((checkpoint / "adapter_config.json").read_text())
+            try:
+                adapter_config = json.loads((checkpoint / "adapter_config.json").read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ModelLoadError(f"{checkpoint / 'adapter_config.json'} is not valid JSON ({exc}); re-download the checkpoint.") from None
         backbone = _merge_lora(backbone, adapter, adapter_config, peft_cfg)
     if head is None:
         raise ModelLoadError(f"{checkpoint} has no rm_head.weight: the reward head is missing.")
