@@ -104,8 +104,11 @@ def test_descore_serve_deploys_onto_an_existing_cluster(scale_bundle, tmp_path):
         result = client.score(video.name, "a girl sits down")
         expected = Scorer.from_pretrained(scale_bundle, max_new_tokens=4, backend_options={"threads": 1}).score(video, "a girl sits down")
         assert result.rewards == pytest.approx(expected.rewards, abs=1e-4)
-        output = (tmp_path / "serve.log").read_text()
-        assert f"on Ray cluster 127.0.0.1:{gcs_port}" in output, output[-2000:]
+        # The banner is printed right after deploy returns, which can be after the app already answers.
+        banner = f"on Ray cluster 127.0.0.1:{gcs_port}"
+        while banner not in (output := (tmp_path / "serve.log").read_text()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert banner in output, output[-2000:]
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(120) == 0
     finally:
