@@ -194,6 +194,7 @@ def cmd_export(args) -> int:
         parity_video=args.parity_video,
         precision=args.precision,
         fidelity_videos=args.fidelity_videos,
+        kv_cache=args.kv_cache,
     )
     return 0
 
@@ -375,6 +376,10 @@ def _add_export(sub) -> None:
                         "fidelity report against fp32 (fidelity.json)")
     p.add_argument("--fidelity-videos", type=int, default=None,
                    help="generated videos in the fidelity report of a reduced-precision export (default 200)")
+    p.add_argument("--kv-cache", default="shared", choices=["shared", "concat"],
+                   help="decoder KV cache: shared (default: one buffer per layer updated in place, onnxruntime's "
+                        "GroupQueryAttention) or concat (past in, grown copy out: portable to any ONNX runtime; "
+                        "fp16/bf16 graphs always use it)")
     p.set_defaults(func=cmd_export)
 
 

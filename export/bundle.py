@@ -57,6 +57,7 @@ def export_bundle(
     precision: str = "fp32",
     fidelity_videos: int | None = None,
     fidelity_samples: list[tuple] | None = None,
+    kv_cache: str = "shared",
 ) -> Path:
     """Export a DeScore checkpoint folder (or an in-memory float32 DeScoreModel) as a bundle in `out_dir`.
 
@@ -70,7 +71,10 @@ def export_bundle(
     reduced graphs replace them and a fidelity report against fp32 (`fidelity_videos` generated videos,
     default 200, and `fidelity_samples` [(video, prompt)], default the packaged samples) is printed,
     saved as fidelity.json and summarised in the manifest. With `strict`, non-finite rewards (an fp16
-    overflow) raise BundleIntegrityError. Returns the bundle folder.
+    overflow) raise BundleIntegrityError.
+    kv_cache: "shared" (default: the decoder updates one preallocated buffer per layer in place through
+    onnxruntime's GroupQueryAttention; fp32 / int8 / int4) or "concat" (past in, grown copy out: the
+    portable form any ONNX runtime runs; always used for fp16 / bf16 graphs). Returns the bundle folder.
     """
     from .onnx_export import DEFAULT_OPSET, export_onnx
     from .parity import parity_report
@@ -78,6 +82,8 @@ def export_bundle(
 
     if precision not in PRECISIONS:
         raise InvalidInputError(f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+    if kv_cache not in ("shared", "concat"):
+        raise InvalidInputError(f"Unknown kv_cache {kv_cache!r}; use shared or concat.")
 
     say = _printer(progress)
     out = Path(out_dir)
@@ -91,7 +97,8 @@ def export_bundle(
     start = time.perf_counter()
     model, source = _load_model(checkpoint_dir_or_model, say)
     say(f"Exporting the {model.family} model from {source} to {out} (ONNX opset {opset or DEFAULT_OPSET}) ...")
-    graphs = export_onnx(model, out, opset=opset or DEFAULT_OPSET, max_frames=max_frames, max_pixels=max_pixels)
+    graphs = export_onnx(model, out, opset=opset or DEFAULT_OPSET, max_frames=max_frames, max_pixels=max_pixels,
+                         kv_cache=kv_cache)
     say(f"  graphs written: {', '.join(graphs.files)} ({sum(graphs.timings_s.values()):.1f} s)")
 
     tokenizer_files = _write_tokenizer(model, out)

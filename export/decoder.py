@@ -11,6 +11,13 @@ Masking follows transformers' `create_causal_mask` given a 2-D mask and a cache:
 index P+s) sees key `j` iff `j <= P+s` and `attention_mask[b, j] == 1`. With a 4-row `position_ids` the
 first (text) row only feeds packed-sequence detection, which transformers skips whenever an attention
 mask is given, so the graph drops it and uses the last three (T, H, W) rows either way.
+
+`kv_cache="shared"` builds the in-place variant instead (attention through onnxruntime's
+GroupQueryAttention, `export/gqa.py`): no `attention_mask`; `seqlens_k` (B,) i32 = the row's token count
+after this call − 1 and `total_sequence_length` () i32 = max of seqlens_k + 1; the past and present of a
+layer are one buffer (B, kv_heads, capacity, head_dim) that the runtime binds to both, so a step writes
+S new columns and copies nothing. Rows are packed from column 0 (no padding); a call feeds either one
+row (any S) or several rows one token each (onnxruntime's kernel allows nothing else).
 """
 
 from __future__ import annotations
@@ -21,12 +28,17 @@ from torch import nn
 from .families import BackboneParts, mrope_frequency_rows, text_mrope_section
 from .vision import rotate_half
 
+KV_CACHES = ("concat", "shared")
+
 
 class DecoderWithCache(nn.Module):
     """The text half of a Qwen-VL backbone as one KV-cached step (see module docstring for the I/O)."""
 
-    def __init__(self, parts: BackboneParts, reward_head: nn.Linear):
+    def __init__(self, parts: BackboneParts, reward_head: nn.Linear, kv_cache: str = "concat"):
         super().__init__()
+        if kv_cache not in KV_CACHES:
+            raise ValueError(f"kv_cache must be one of {KV_CACHES}, got {kv_cache!r}")
+        self.kv_cache = kv_cache
         text = parts.text_model
         cfg = text.config
         self.layers = text.layers
@@ -80,6 +92,14 @@ class DecoderWithCache(nn.Module):
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
+        if self.kv_cache == "shared":
+            from .gqa import gqa  # registers torch.ops.descore.gqa
+
+            seqlens_k, total = allowed
+            packed = [t.transpose(1, 2).reshape(batch, length, -1) for t in (q, k, v)]
+            out, key, value = torch.ops.descore.gqa(*packed, past_key.to(k.dtype), past_value.to(v.dtype), seqlens_k, total,
+                                                    self.num_heads, self.num_kv_heads, self.scaling)
+            return attn.o_proj(out), key, value
         key = torch.cat((past_key.to(k.dtype), k), dim=2)  # (B, kv_heads, P+S, hd)
         value = torch.cat((past_value.to(v.dtype), v), dim=2)
 
@@ -99,8 +119,9 @@ class DecoderWithCache(nn.Module):
         return attn.o_proj(out.reshape(batch, length, self.num_heads * self.head_dim)), key, value
 
     def _run(self, inputs_embeds, attention_mask, position_ids, past_key_values, deepstack_embeds):
+        """attention_mask: the 2-D mask, or (seqlens_k, total_sequence_length) for the shared cache."""
         cos, sin = self._rotary(position_ids)
-        allowed = self._allowed(attention_mask, inputs_embeds.shape[1])
+        allowed = attention_mask if self.kv_cache == "shared" else self._allowed(attention_mask, inputs_embeds.shape[1])
         # Graph I/O is float32 at every precision (the host's embedding table, KV cache and decode loop
         # stay as they are); a half-precision graph casts on the way in and out. No-ops at fp32.
         compute = self.layers[0].input_layernorm.weight.dtype
@@ -127,9 +148,11 @@ class DecoderWithCache(nn.Module):
     # -- names ----------------------------------------------------------------------------------------
     @property
     def input_names(self) -> list[str]:
-        names = ["inputs_embeds", "attention_mask", "position_ids"]
+        names = ["inputs_embeds"] + ([] if self.kv_cache == "shared" else ["attention_mask"]) + ["position_ids"]
         if self.num_deepstack:
             names.append("deepstack_embeds")
+        if self.kv_cache == "shared":
+            names += ["seqlens_k", "total_sequence_length"]
         for i in range(self.num_layers):
             names += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
         return names
@@ -150,6 +173,20 @@ class TextDecoderForExport(DecoderWithCache):
         return self._run(inputs_embeds, attention_mask, position_ids, past_key_values, None)
 
 
+class SharedCacheTextDecoder(DecoderWithCache):
+    """Qwen2-VL / Qwen2.5-VL decoder graph with the in-place (GroupQueryAttention) KV cache."""
+
+    def forward(self, inputs_embeds, position_ids, seqlens_k, total_sequence_length, past_key_values):
+        return self._run(inputs_embeds, (seqlens_k, total_sequence_length), position_ids, past_key_values, None)
+
+
+class SharedCacheDeepstackDecoder(DecoderWithCache):
+    """Qwen3-VL decoder graph with the in-place (GroupQueryAttention) KV cache."""
+
+    def forward(self, inputs_embeds, position_ids, deepstack_embeds, seqlens_k, total_sequence_length, past_key_values):
+        return self._run(inputs_embeds, (seqlens_k, total_sequence_length), position_ids, past_key_values, deepstack_embeds)
+
+
 class DeepstackDecoderForExport(DecoderWithCache):
     """Qwen3-VL decoder graph: DeepStack features are added after each of the first layers."""
 
@@ -159,6 +196,9 @@ class DeepstackDecoderForExport(DecoderWithCache):
         return self._run(inputs_embeds, attention_mask, position_ids, past_key_values, deepstack_embeds)
 
 
-def decoder_for_export(parts: BackboneParts, reward_head: nn.Linear) -> DecoderWithCache:
-    cls = DeepstackDecoderForExport if parts.num_deepstack else TextDecoderForExport
-    return cls(parts, reward_head).eval()
+def decoder_for_export(parts: BackboneParts, reward_head: nn.Linear, kv_cache: str = "concat") -> DecoderWithCache:
+    if kv_cache == "shared":
+        cls = SharedCacheDeepstackDecoder if parts.num_deepstack else SharedCacheTextDecoder
+    else:
+        cls = DeepstackDecoderForExport if parts.num_deepstack else TextDecoderForExport
+    return cls(parts, reward_head, kv_cache).eval()

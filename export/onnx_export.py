@@ -89,6 +89,7 @@ def export_onnx(
     optimize: bool = True,
     external_data: bool | None = None,
     float_type: str = "fp32",
+    kv_cache: str = "concat",
 ) -> ExportedGraphs:
     """Export `model` (a DeScoreModel, or a Qwen-VL backbone plus `reward_head`) to ONNX in `out_dir`.
 
@@ -100,7 +101,8 @@ def export_onnx(
     decoder). `optimize` runs the ONNX optimiser (constant folding, dead-node removal) after export.
     `float_type`: "fp32" (default), or "fp16" / "bf16" for graphs whose weights and activations are in
     that type, with the fp32 islands of `export/precision.py` (I/O stays float32); the source model is
-    still float32 and is not modified.
+    still float32 and is not modified. `kv_cache`: "concat" (past in, past + new out) or "shared" (one
+    buffer per layer updated in place through onnxruntime's GroupQueryAttention; export/decoder.py).
     """
     from .precision import HALF_TYPES, half_precision_copy
 
@@ -137,11 +139,12 @@ def export_onnx(
             start = time.perf_counter()
             logger.info("[2/3] exporting the decoder (%d layers, KV cache, reward head) → %s",
                         len(parts.text_model.layers), out / DECODER_FILE)
-            decoder = decoder_for_export(parts, head)
+            decoder = decoder_for_export(parts, head, kv_cache)
             if float_type != "fp32":
                 decoder = half_precision_copy(decoder, float_type)
             _export(decoder, _decoder_example(decoder, parts), _decoder_dynamic_shapes(decoder), out / DECODER_FILE,
-                    decoder.input_names, decoder.output_names, opset, optimize, external_data, _DECODER_AXES)
+                    decoder.input_names, decoder.output_names, opset, optimize, external_data,
+                    _SHARED_DECODER_AXES if kv_cache == "shared" else _DECODER_AXES)
             timings["decoder"] = time.perf_counter() - start
 
             start = time.perf_counter()
@@ -208,6 +211,13 @@ _DECODER_AXES = {
     "deepstack_embeds": {1: "batch_size", 2: "sequence_length"},
     "past_key_values.0.key": {0: "batch_size", 2: "past_sequence_length"},
 }
+_SHARED_DECODER_AXES = {
+    "inputs_embeds": {0: "batch_size", 1: "sequence_length"},
+    "position_ids": {0: "position_rows", 1: "batch_size", 2: "sequence_length"},
+    "deepstack_embeds": {1: "batch_size", 2: "sequence_length"},
+    "seqlens_k": {0: "batch_size"},
+    "past_key_values.0.key": {0: "batch_size", 2: "cache_capacity"},
+}
 
 
 def _vision_example(vision: VisionEncoderForExport, spec: VisionGraphSpec) -> tuple:
@@ -231,15 +241,18 @@ def _decoder_example(decoder: DecoderWithCache, parts: BackboneParts) -> tuple:
     b, s, p = _EXAMPLE_BATCH, _EXAMPLE_SEQ, _EXAMPLE_PAST
     hidden = int(parts.text_config.hidden_size)
     gen = torch.Generator().manual_seed(0)
-    example = [
-        torch.randn(b, s, hidden, generator=gen),
-        torch.ones(b, p + s, dtype=torch.long),
-        (torch.arange(s) + p).expand(3, b, s).contiguous(),
-    ]
+    shared = decoder.kv_cache == "shared"
+    example = [torch.randn(b, s, hidden, generator=gen)]
+    if not shared:
+        example.append(torch.ones(b, p + s, dtype=torch.long))
+    example.append((torch.arange(s) + p).expand(3, b, s).contiguous())
     if decoder.num_deepstack:
         example.append(torch.zeros(decoder.num_deepstack, b, s, hidden))
+    if shared:  # p cached tokens + s new ones in a buffer with room to spare
+        example += [torch.full((b,), p + s - 1, dtype=torch.int32), torch.tensor(p + s, dtype=torch.int32)]
+    width = p + s + 1 if shared else p
     cache = [
-        tuple(torch.randn(b, decoder.num_kv_heads, p, decoder.head_dim, generator=gen) for _ in range(2))
+        tuple(torch.randn(b, decoder.num_kv_heads, width, decoder.head_dim, generator=gen) for _ in range(2))
         for _ in range(decoder.num_layers)
     ]
     return (*example, cache)
@@ -247,10 +260,13 @@ def _decoder_example(decoder: DecoderWithCache, parts: BackboneParts) -> tuple:
 
 def _decoder_dynamic_shapes(decoder: DecoderWithCache) -> tuple:
     batch, seq = Dim("batch_size"), Dim("sequence_length")
-    past = Dim("past_sequence_length", min=0)
-    shapes = [{0: batch, 1: seq}, {0: batch, 1: Dim.AUTO}, {0: Dim.AUTO, 1: batch, 2: seq}]
+    shared = decoder.kv_cache == "shared"
+    past = Dim("cache_capacity", min=1) if shared else Dim("past_sequence_length", min=0)
+    shapes = [{0: batch, 1: seq}] + ([] if shared else [{0: batch, 1: Dim.AUTO}]) + [{0: Dim.AUTO, 1: batch, 2: seq}]
     if decoder.num_deepstack:
         shapes.append({1: batch, 2: seq})
+    if shared:
+        shapes += [{0: batch}, None]
     shapes.append([({0: batch, 2: past}, {0: batch, 2: past}) for _ in range(decoder.num_layers)])
     return tuple(shapes)
 
@@ -261,10 +277,16 @@ def _export(module, args, dynamic_shapes, path: Path, input_names, output_names,
         # Naming one Dim on several inputs is the intended use; the exporter still warns about it.
         warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        table = None
+        if getattr(module, "kv_cache", None) == "shared":
+            from .gqa import custom_translation_table
+
+            table = custom_translation_table()
         program = torch.onnx.export(
             module,
             args,
             dynamo=True,
+            custom_translation_table=table,
             dynamic_shapes=dynamic_shapes,
             input_names=input_names,
             output_names=output_names,

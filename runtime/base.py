@@ -130,6 +130,23 @@ class Runner(ABC):
         check_feed(self.input_metadata(), feed, self.name)
         return self._infer(feed)
 
+    def infer_inplace(self, feed: dict[str, np.ndarray], inplace: dict[str, str]) -> dict[str, np.ndarray]:
+        """`infer`, but each output named in `inplace` ({output: input}) is written into that input's
+        array instead of being returned (a KV cache updated in place). Runners that can bind outputs to
+        caller memory (onnxruntime's IOBinding) copy nothing; the fallback copies the output back."""
+        self._require_active()
+        check_feed(self.input_metadata(), feed, self.name)
+        for target in inplace.values():
+            if not feed[target].flags.c_contiguous or not feed[target].flags.writeable:
+                raise InvalidInputError(f"{self.name}: in-place input {target!r} must be a writeable C-contiguous array.")
+        return self._infer_inplace(feed, inplace)
+
+    def _infer_inplace(self, feed: dict[str, np.ndarray], inplace: dict[str, str]) -> dict[str, np.ndarray]:
+        outputs = self._infer(feed)
+        for output, target in inplace.items():
+            np.copyto(feed[target], outputs.pop(output))
+        return outputs
+
     def _require_active(self) -> None:
         if not self._active:
             raise InvalidInputError(f"{self.name} is not active; call activate() (or use `with runner:`) first.")

@@ -20,6 +20,7 @@ from descore_sdk.errors import BundleIntegrityError, ModelLoadError
 from descore_sdk.prompt import blocked_generation_ids, load_tokenizer
 
 from .decode import DEFAULT_PREFILL_CHUNK, DecodeRequest, DecodeSettings, RopeSpec, StepOutput, decode
+from .kv_cache import SharedKVCache
 from .onnxruntime_runner import OnnxRuntimeRunner
 from .sampling import SamplingParams
 from .vision_inputs import VisionGraphSpec, vision_graph_inputs
@@ -51,7 +52,10 @@ class OnnxDecoderModel:
         self.vision = OnnxRuntimeRunner(bundle.graph_path("vision"), **runner)
         self.decoder = OnnxRuntimeRunner(bundle.graph_path("decoder"), **runner)
         self.table = np.load(bundle.embedding_path, mmap_mode="r")  # pages in only the rows used
-        self._cache_names = [n for n in bundle.graph("decoder")["inputs"] if n["name"].startswith("past_key_values.")]
+        decoder_inputs = bundle.graph("decoder")["inputs"]
+        self._cache_names = [n for n in decoder_inputs if n["name"].startswith("past_key_values.")]
+        # A graph exported with --kv-cache shared updates one buffer per layer in place (runtime/kv_cache.py).
+        self.shared_cache = any(n["name"] == "seqlens_k" for n in decoder_inputs)
         # Work done, for checking the one-encode/one-prefill promise: encode_video calls and decoder
         # positions fed (prompt prefill, CoT steps and scoring-pass prefills all count).
         self.counters = {"vision_encodes": 0, "decoder_positions": 0}
@@ -86,18 +90,25 @@ class OnnxDecoderModel:
     def embed(self, ids: np.ndarray) -> np.ndarray:
         return np.array(self.table[np.asarray(ids, dtype=np.int64)], dtype=np.float32)
 
-    def new_cache(self, batch: int) -> dict[str, np.ndarray]:
+    def new_cache(self, batch: int):
+        if self.shared_cache:
+            shapes = {meta["name"]: (int(meta["shape"][1]), int(meta["shape"][3])) for meta in self._cache_names}
+            return SharedKVCache.empty(shapes, batch)
         cache = {}
         for meta in self._cache_names:
             _, kv_heads, _, head_dim = meta["shape"]
             cache[meta["name"]] = np.zeros((batch, int(kv_heads), 0, int(head_dim)), dtype=np.float32)
         return cache
 
-    def slice_cache(self, cache: dict, rows: np.ndarray, start: int, stop: int | None = None) -> dict:
+    def slice_cache(self, cache, rows: np.ndarray, start: int, stop: int | None = None):
+        if isinstance(cache, SharedKVCache):
+            return cache.select(rows, start, stop)
         rows = np.asarray(rows, dtype=np.int64)
         return {name: np.ascontiguousarray(value[rows][:, :, start:stop]) for name, value in cache.items()}
 
     def step(self, inputs_embeds, attention_mask, position_ids, deepstack_embeds, cache):
+        if isinstance(cache, SharedKVCache):
+            return self._step_shared(inputs_embeds, attention_mask, position_ids, deepstack_embeds, cache)
         feed = {
             "inputs_embeds": np.ascontiguousarray(inputs_embeds, dtype=np.float32),
             "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
@@ -112,6 +123,56 @@ class OnnxDecoderModel:
         self.counters["decoder_positions"] += int(np.prod(feed["inputs_embeds"].shape[:2]))
         new_cache = {name.replace("present.", "past_key_values.", 1): value for name, value in out.items() if name.startswith("present.")}
         return StepOutput(out["logits"], out["hidden"], out["reward"]), new_cache
+
+
+    def _step_shared(self, inputs_embeds, attention_mask, position_ids, deepstack_embeds, cache: SharedKVCache):
+        """One loop step on the in-place cache. Rows are left-padded in the loop's coordinates, so row b's
+        new tokens are its last `new[b]` columns. onnxruntime's GroupQueryAttention takes several rows
+        only one token each (decode steps); longer pieces (prefill chunks, the scoring pass) go row by row,
+        where the work is matrix products that one row already fills."""
+        batch, width = inputs_embeds.shape[:2]
+        new = np.asarray(attention_mask, dtype=np.int64)[:, -width:].sum(axis=1)
+        cache.reserve(int((cache.lengths + new).max()))
+        if width == 1 and np.all(new == 1):
+            out = self._run_shared(inputs_embeds, position_ids, deepstack_embeds, cache.buffers, cache.lengths, 1)
+        else:
+            out = None
+            for b in np.flatnonzero(new):
+                n = int(new[b])
+                part = self._run_shared(
+                    inputs_embeds[b : b + 1, width - n :],
+                    position_ids[:, b : b + 1, width - n :],
+                    None if deepstack_embeds is None else deepstack_embeds[:, b : b + 1, width - n :],
+                    cache.row(b),
+                    cache.lengths[b : b + 1],
+                    n,
+                )
+                if out is None:  # rows with nothing new in this chunk get zeros (the loop never reads them)
+                    out = {k: np.zeros((batch,) + v.shape[1:], dtype=v.dtype) for k, v in part.items()}
+                for k, v in part.items():
+                    out[k][b] = v[0]
+        cache.lengths = cache.lengths + new
+        cache.width = int(attention_mask.shape[1])
+        return StepOutput(out["logits"], out["hidden"], out["reward"]), cache
+
+    def _run_shared(self, inputs_embeds, position_ids, deepstack_embeds, buffers: dict, lengths: np.ndarray, width: int):
+        rows = inputs_embeds.shape[0]
+        total = lengths + width  # tokens per row after this call
+        feed = {
+            "inputs_embeds": np.ascontiguousarray(inputs_embeds, dtype=np.float32),
+            "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64),
+            "seqlens_k": (total - 1).astype(np.int32),
+            "total_sequence_length": np.asarray(total.max(), dtype=np.int32),
+            **buffers,
+        }
+        if self.num_deepstack:
+            if deepstack_embeds is None:
+                deepstack_embeds = np.zeros((self.num_deepstack, rows, width, inputs_embeds.shape[-1]), dtype=np.float32)
+            feed["deepstack_embeds"] = np.ascontiguousarray(deepstack_embeds, dtype=np.float32)
+        inplace = {name.replace("past_key_values.", "present.", 1): name for name in buffers}
+        out = self.decoder.infer_inplace(feed, inplace)
+        self.counters["decoder_positions"] += rows * width
+        return out
 
 
 def _check_precision_runs(bundle: Bundle, device: str, providers: list | None) -> None:

@@ -148,3 +148,28 @@ class OnnxRuntimeRunner(Runner):
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [node.name for node in self.session.get_outputs()]
         return dict(zip(names, self.session.run(names, feed, self._run_options)))
+
+    def _infer_inplace(self, feed: dict[str, np.ndarray], inplace: dict[str, str]) -> dict[str, np.ndarray]:
+        """IOBinding: the in-place outputs are bound to the very OrtValues of their inputs, so a graph
+        whose op writes into its past buffer (GroupQueryAttention with a shared buffer) copies nothing;
+        other outputs come back as numpy arrays. CPU memory only (numpy-backed buffers)."""
+        ort = _onnxruntime()
+        binding = self.session.io_binding()
+        shared = {}
+        for name, value in feed.items():
+            if name in inplace.values():
+                shared[name] = ort.OrtValue.ortvalue_from_numpy(value)
+                binding.bind_ortvalue_input(name, shared[name])
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        returned = []
+        for node in self.session.get_outputs():
+            if node.name in inplace:
+                binding.bind_ortvalue_output(node.name, shared[inplace[node.name]])
+            else:
+                binding.bind_output(node.name, "cpu")
+                returned.append(node.name)
+        self.session.run_with_iobinding(binding, self._run_options)
+        values = binding.get_outputs()
+        names = [node.name for node in self.session.get_outputs()]
+        return {name: values[names.index(name)].numpy() for name in returned}

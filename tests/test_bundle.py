@@ -60,7 +60,7 @@ def test_manifest_records_files_io_and_defaults(bundle):
         expected = [{"name": i.name, "shape": list(i.shape)} for i in session.get_inputs()]
         assert [{k: io[k] for k in ("name", "shape")} for io in graph["inputs"]] == expected
         assert [io["name"] for io in graph["outputs"]] == [o.name for o in session.get_outputs()]
-        types = {"tensor(float)": "float32", "tensor(int64)": "int64"}
+        types = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32"}
         assert [io["dtype"] for io in graph["inputs"]] == [types[i.type] for i in session.get_inputs()]
         opset = {op.domain or "ai.onnx": op.version for op in onnx.load(str(bundle / graph["file"]), load_external_data=False).opset_import}
         assert graph["opsets"]["ai.onnx"] == opset["ai.onnx"] == manifest["opset"] == 18
@@ -149,25 +149,38 @@ def test_runner_checks_the_feed_before_running(bundle):
         runner.infer({})
     with runner:
         meta = runner.input_metadata()
-        assert list(meta)[:3] == ["inputs_embeds", "attention_mask", "position_ids"]
+        # The default export's decoder updates its KV cache in place (--kv-cache shared).
+        assert list(meta)[:4] == ["inputs_embeds", "position_ids", "seqlens_k", "total_sequence_length"]
         assert meta["inputs_embeds"].shape[:2] == ("batch_size", "sequence_length")
         hidden = meta["inputs_embeds"].shape[2]
         feed = {
-            "inputs_embeds": np.zeros((2, 3, hidden), np.float32),
-            "attention_mask": np.ones((2, 3), np.int64),
-            "position_ids": np.zeros((3, 2, 3), np.int64),
+            "inputs_embeds": np.random.default_rng(0).standard_normal((2, 3, hidden)).astype(np.float32),
+            "position_ids": np.broadcast_to(np.arange(3), (3, 2, 3)).copy(),
+            "seqlens_k": np.full(2, 2, np.int32),  # 3 tokens per row after the call
+            "total_sequence_length": np.asarray(3, np.int32),
         }
         for name, m in meta.items():
             if name.startswith("past_key_values."):
-                feed[name] = np.zeros((2, m.shape[1], 0, m.shape[3]), np.float32)
+                feed[name] = np.zeros((2, m.shape[1], 4, m.shape[3]), np.float32)  # room for 4 tokens
         out = runner.infer(feed)
-        assert out["logits"].shape[0] == 2 and out["present.0.key"].shape[2] == 3
+        assert out["logits"].shape[0] == 2
+
+        # In place: the new keys land in the caller's buffer (columns 0-2; column 3 untouched) and the
+        # other outputs are the same as without binding.
+        buffers = {k: v.copy() for k, v in feed.items() if k.startswith("past_key_values.")}
+        inplace = {k.replace("past_key_values.", "present.", 1): k for k in buffers}
+        bound = runner.infer_inplace({**feed, **buffers}, inplace)
+        assert set(bound) == {"logits", "hidden", "reward"}
+        np.testing.assert_array_equal(bound["logits"], out["logits"])
+        key = buffers["past_key_values.0.key"]
+        assert np.abs(key[:, :, :3]).min() > 0 and not key[:, :, 3].any()
+        np.testing.assert_array_equal(key[:, :, :3], out["present.0.key"][:, :, :3])
 
         bad_cases = [
             ({"inputs_embeds": feed["inputs_embeds"].astype(np.float64)}, "dtype float64"),
             ({"inputs_embeds": feed["inputs_embeds"][0]}, "rank 2"),
             ({"inputs_embeds": np.zeros((2, 3, hidden + 1), np.float32)}, "axis 2"),
-            ({"attention_mask": np.ones((3, 3), np.int64)}, "disagree on 'batch_size'"),
+            ({"seqlens_k": np.full(3, 2, np.int32)}, "disagree on 'batch_size'"),
             ({"unknown": np.zeros(1)}, "unknown input"),
         ]
         for change, message in bad_cases:
@@ -175,6 +188,9 @@ def test_runner_checks_the_feed_before_running(bundle):
                 runner.infer({**feed, **change})
         with pytest.raises(InvalidInputError, match="lacks input"):
             runner.infer({k: v for k, v in feed.items() if k != "position_ids"})
+        with pytest.raises(InvalidInputError, match="C-contiguous"):
+            strided = np.zeros(key.shape[:3] + (2 * key.shape[3],), np.float32)[..., ::2]  # same shape, not contiguous
+            runner.infer_inplace({**feed, "past_key_values.0.key": strided}, inplace)
     assert not runner.is_active
 
 

@@ -175,7 +175,7 @@ def test_int4_bundle_records_its_precision_and_verifies(int4):
     loaded = load_bundle(bundle, verify=True)  # every sha256, the quantized graph's included
     assert loaded.precision("decoder") == "int4" and loaded.precision("vision") == "fp32"
     # Graph I/O is float32 as at fp32: the host side is unchanged.
-    assert {io["dtype"] for io in manifest["graphs"]["decoder"]["inputs"]} == {"float32", "int64"}
+    assert {io["dtype"] for io in manifest["graphs"]["decoder"]["inputs"]} == {"float32", "int64", "int32"}  # int32: seqlens_k
 
     decoder = onnx.load(str(bundle / "decoder.onnx"))
     nbits = [n for n in decoder.graph.node if n.op_type == "MatMulNBits"]
