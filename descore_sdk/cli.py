@@ -39,8 +39,12 @@ def nonnegative_int(text: str) -> int:
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint folder, exported bundle, or a training run folder (its model/ is used)")
-    p.add_argument("--backend", default="auto", help="auto (default: onnxruntime for a bundle, torch for a checkpoint), torch, onnxruntime")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (onnxruntime on GPU needs descore-sdk[gpu])")
+    p.add_argument("--backend", default="auto",
+                   help="auto (default: a checkpoint → torch; a bundle → its TensorRT engines where they run, else "
+                        "onnxruntime on CUDA, else on the CPU; the choice and why is printed), torch, onnxruntime, tensorrt")
+    p.add_argument("--device", default="auto",
+                   help="auto (default), cpu, cuda[:N], tensorrt[:N] (onnxruntime's TensorRT provider); GPUs need "
+                        "descore-sdk[gpu] or descore-sdk[tensorrt]")
     p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime intra-op threads, ≥ 1 (default: one per core)")
     p.add_argument("--mode", default=None, choices=["think", "fast", "adaptive"],
                    help="default: think (fast for JRM models, which score without a CoT)")
@@ -63,7 +67,7 @@ def _scorer_from_args(args):
     from .scorer import Scorer
 
     backend_options = {"threads": args.threads} if args.threads is not None else None
-    return Scorer.from_pretrained(
+    scorer = Scorer.from_pretrained(
         args.model,
         backend=args.backend,
         device=args.device,
@@ -78,6 +82,9 @@ def _scorer_from_args(args):
         adaptive_threshold=args.adaptive_threshold,
         adaptive_band=tuple(args.adaptive_band) if args.adaptive_band else None,
     )
+    if scorer.backend_choice is not None and not args.json:
+        print(f"descore: backend {scorer.backend_choice}", file=sys.stderr, flush=True)
+    return scorer
 
 
 RESULT_JSON_KEYS = ("video", "reward", "rewards", "rationale", "mode", "backend", "timings_ms", "num_frames",
