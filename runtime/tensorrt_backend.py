@@ -226,3 +226,21 @@ class TensorRTBackend(OnnxBackend):
         self.read_ids = tuple(int(tokenizer.token_to_id(t)) for t in self.descore_config.reward_tokens)
         # A prefill chunk may not exceed the prefill profile's sequence range.
         self.prefill_chunk = min(int(prefill_chunk), int(self.model.limits["prefill_chunk"]))
+        self.max_batch = int(self.model.limits["max_batch"])
+
+    def score_batch(self, inputs_list, options, stop_ids, max_new_tokens, **kwargs):
+        """OnnxBackend.score_batch in groups of at most the engines' max batch (their profiles' limit)."""
+        groups = batch_groups(len(inputs_list), self.max_batch)
+        if len(groups) == 1:
+            return super().score_batch(inputs_list, options, stop_ids, max_new_tokens, **kwargs)
+        results = []
+        for group in groups:
+            part = {k: ([v[i] for i in group] if k == "forced_cots" and v is not None else v) for k, v in kwargs.items()}
+            results += super().score_batch([inputs_list[i] for i in group], options, stop_ids,
+                                           [max_new_tokens[i] for i in group], **part)
+        return results
+
+
+def batch_groups(count: int, max_batch: int) -> list[range]:
+    """Consecutive index groups of at most `max_batch` (results stay in input order)."""
+    return [range(first, min(first + max_batch, count)) for first in range(0, count, max_batch)] or [range(0)]
