@@ -94,6 +94,22 @@ def engine_profiles(record: dict) -> list[ProfileShapes]:
         raise ModelLoadError(f"The manifest's engine entry has no valid profiles ({exc}); rebuild the engines.") from None
 
 
+def step_buffer_bytes(manifest: dict, profiles: list[ProfileShapes]) -> dict[str, int]:
+    """Bytes of every decoder input and output buffer except the KV cache (which lives in slabs), at the
+    largest shape any profile allows: float32 embeddings/outputs, int64 mask and positions."""
+    sizes = {}
+    for io in manifest["graphs"]["decoder"]["inputs"]:
+        if io["name"].startswith("past_key_values."):
+            continue
+        itemsize = np.dtype(io["dtype"]).itemsize
+        sizes[io["name"]] = max(int(np.prod(p.shapes[io["name"]][2])) * itemsize for p in profiles)
+    batch = max(p.shapes["inputs_embeds"][2][0] for p in profiles)
+    model = manifest["model"]
+    for name, width in (("logits", model["vocab_size"]), ("hidden", model["hidden_size"]), ("reward", model["num_rewards"])):
+        sizes[name] = int(batch) * int(width) * 4
+    return sizes
+
+
 def _device_index(device: str) -> int:
     kind, _, index = str(device).partition(":")
     if kind not in ("cuda", "auto"):
@@ -135,6 +151,10 @@ class TensorRTDecoderModel:
         self.decoder.activate()
         stream = self.decoder.stream
         self.pool = KVSlabPool(self.plan, stream.malloc, stream.free)
+        # Step inputs and outputs get fixed device buffers at the profiles' largest shapes now, so decode
+        # steps allocate nothing and keep the same addresses (what a captured CUDA graph replays with).
+        for name, nbytes in step_buffer_bytes(bundle.manifest, self.decoder.profiles).items():
+            self.decoder.buffer(name, nbytes)
 
     def deactivate(self) -> None:
         self.pool.release_all()

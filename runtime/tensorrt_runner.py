@@ -309,6 +309,7 @@ class CudaStream:
     def __init__(self):
         self.cudart = import_cudart()
         self.handle = check_cuda(self.cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self.ptr = int(self.handle)  # TensorRT takes the cudaStream_t as an integer
 
     def malloc(self, nbytes: int) -> int:
         return int(check_cuda(self.cudart.cudaMalloc(max(int(nbytes), 1)), "cudaMalloc"))
@@ -344,19 +345,24 @@ class CudaStream:
 
 class CudaGraphCache:
     """Captured CUDA graphs of one execution context, keyed by everything a replay depends on: every
-    input shape and every tensor address. A decode step whose key was seen before is replayed with one
-    `cudaGraphLaunch` instead of TensorRT's per-kernel launches.
+    input shape and every tensor address. A step whose key recurs is replayed with one `cudaGraphLaunch`
+    instead of TensorRT's per-kernel launches.
+
+    Policy: the first time a key is seen the step just runs; the second time it runs and is captured
+    (TensorRT's guide: run enqueueV3 once after a shape change before capturing); from the third time it
+    is replayed. Capturing costs more than one launch, so keys that never recur are never captured.
 
     When shapes allow: our decoder's past length P grows by one each step, so within one CoT no key
     repeats; keys recur across requests of equal prompt length (a benchmark, a fixed prompt template on
-    same-sized videos). A static-shape decode (cache at max length, in-place update: TensorRT ≥ 10.15's
-    IKVCacheUpdateLayer) would make every step one key; see export/DESIGN.md, "TensorRT". TensorRT's
-    guide: call enqueueV3 once after shape changes before capturing (it may do deferred work)."""
+    same-sized videos, the KV slabs alternating in a fixed order). A static-shape decode (cache at max
+    length, in-place update: TensorRT ≥ 10.15's IKVCacheUpdateLayer) would make every step one key; see
+    export/DESIGN.md, "TensorRT"."""
 
-    def __init__(self, stream: CudaStream, max_graphs: int = 256):
-        self.stream, self.max_graphs = stream, int(max_graphs)
+    def __init__(self, stream, max_graphs: int = 256, max_seen: int = 4096):
+        self.stream, self.max_graphs, self.max_seen = stream, int(max_graphs), int(max_seen)
         self._graphs: dict = {}
-        self.replays = self.captures = 0
+        self._seen: dict = {}
+        self.replays = self.captures = self.plain = 0
 
     def run(self, key, execute) -> None:
         cudart = self.stream.cudart
@@ -365,13 +371,18 @@ class CudaGraphCache:
             check_cuda(cudart.cudaGraphLaunch(graph_exec, self.stream.handle), "cudaGraphLaunch")
             self.replays += 1
             return
-        execute()  # the warm-up launch TensorRT asks for, and this step's real work
+        execute()  # this step's work (and, before a capture, the warm-up launch TensorRT asks for)
+        self.plain += 1
+        if key not in self._seen:
+            if len(self._seen) < self.max_seen:
+                self._seen[key] = 1
+            return
         if len(self._graphs) >= self.max_graphs:
             return
         mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         check_cuda(cudart.cudaStreamBeginCapture(self.stream.handle, mode), "cudaStreamBeginCapture")
         try:
-            execute()
+            execute()  # recorded, not run
         finally:
             graph = check_cuda(cudart.cudaStreamEndCapture(self.stream.handle), "cudaStreamEndCapture")
         self._graphs[key] = check_cuda(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
@@ -381,7 +392,7 @@ class CudaGraphCache:
     def clear(self) -> None:
         for graph_exec in self._graphs.values():
             self.stream.cudart.cudaGraphExecDestroy(graph_exec)
-        self._graphs = {}
+        self._graphs, self._seen = {}, {}
 
 
 # -- the runner -------------------------------------------------------------------------------------
@@ -431,7 +442,7 @@ class TensorRTRunner(Runner):
         self.contexts = []
         for index in range(len(self.profiles)):
             context = self.engine.create_execution_context()
-            context.set_optimization_profile_async(index, self.stream.handle)
+            context.set_optimization_profile_async(index, self.stream.ptr)
             self.contexts.append(context)
         self.stream.synchronize()
         self.graphs = [CudaGraphCache(self.stream) for _ in self.contexts]
@@ -484,7 +495,7 @@ class TensorRTRunner(Runner):
             context.set_tensor_address(name, int(address))
 
         def run():
-            if not context.execute_async_v3(self.stream.handle):
+            if not context.execute_async_v3(self.stream.ptr):
                 raise ModelLoadError(f"TensorRT execute_async_v3 failed on {self.path.name}; see the TensorRT log above.")
 
         if graph:

@@ -405,3 +405,61 @@ def test_engines_score_like_onnxruntime(scale_bundle, sample_videos, tmp_path):
         a, b = trt.score(video, "a video"), ort.score(video, "a video")
         assert a.rationale == b.rationale
         np.testing.assert_allclose(list(a.rewards.values()), list(b.rewards.values()), atol=1e-3)
+
+
+def test_real_cuda_python_without_a_gpu_says_so():
+    """With cuda-python installed on a machine without an NVIDIA driver (this one, when the extra is in the
+    venv), the GPU probe is a DeviceUnavailableError naming the CUDA error, not a traceback."""
+    try:
+        cudart = tensorrt_runner.import_cudart()
+    except MissingDependencyError:
+        pytest.skip("cuda-python is not installed")
+    err, count = cudart.cudaGetDeviceCount()
+    if int(err) == 0 and count:
+        pytest.skip("a GPU is visible here")
+    with pytest.raises(DeviceUnavailableError, match=r"No (usable )?CUDA GPU"):
+        tensorrt_runner.gpu_info()
+
+
+def test_cuda_graph_policy_captures_recurring_keys_only():
+    """First sight: run. Second: run + capture. Then: replay. Checked with a recording stand-in for cudart."""
+    from descore_sdk.runtime.tensorrt_runner import CudaGraphCache
+
+    calls = []
+    ok = _CudaError.cudaSuccess
+    cudart = types.SimpleNamespace(
+        cudaStreamCaptureMode=types.SimpleNamespace(cudaStreamCaptureModeThreadLocal="thread-local"),
+        cudaStreamBeginCapture=lambda stream, mode: calls.append(("begin", mode)) or (ok,),
+        cudaStreamEndCapture=lambda stream: calls.append(("end",)) or (ok, "graph"),
+        cudaGraphInstantiate=lambda graph, flags: calls.append(("instantiate", graph)) or (ok, "exec"),
+        cudaGraphDestroy=lambda graph: calls.append(("destroy", graph)) or (ok,),
+        cudaGraphLaunch=lambda graph_exec, stream: calls.append(("launch", graph_exec)) or (ok,),
+        cudaGraphExecDestroy=lambda graph_exec: calls.append(("exec-destroy", graph_exec)) or (ok,),
+    )
+    cache = CudaGraphCache(types.SimpleNamespace(cudart=cudart, handle="stream"))
+
+    def step():
+        calls.append(("execute",))
+
+    cache.run("A", step)
+    assert calls == [("execute",)]
+    cache.run("B", step)  # another key: still plain
+    calls.clear()
+    cache.run("A", step)
+    assert calls == [("execute",), ("begin", "thread-local"), ("execute",), ("end",), ("instantiate", "graph"),
+                     ("destroy", "graph")]
+    calls.clear()
+    cache.run("A", step)
+    assert calls == [("launch", "exec")]
+    assert (cache.plain, cache.captures, cache.replays) == (3, 1, 1)
+    cache.clear()
+    assert calls[-1] == ("exec-destroy", "exec")
+
+
+def test_step_buffers_by_hand(manifest):
+    from descore_sdk.runtime.tensorrt_backend import step_buffer_bytes
+
+    sizes = step_buffer_bytes(manifest, decoder_profiles(manifest, engine_limits(manifest)))
+    # prefill profile maxima: embeds 2×2048×64 f32, mask 2×4096 i64, positions 4×2×2048 i64; outputs at batch 2
+    assert sizes == {"inputs_embeds": 2 * 2048 * 64 * 4, "attention_mask": 2 * 4096 * 8, "position_ids": 4 * 2 * 2048 * 8,
+                     "logits": 2 * 2232 * 4, "hidden": 2 * 64 * 4, "reward": 2 * 3 * 4}
