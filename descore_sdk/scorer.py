@@ -6,7 +6,9 @@
 
 The Scorer owns everything that is the same for every backend — frame sampling, patching, the prompt —
 and hands the backend token ids and patches. Backends only run the model: "torch" (the reference, a
-checkpoint folder) or "onnxruntime" (an exported bundle, no torch; `runtime/onnx_backend.py`).
+checkpoint folder), "onnxruntime" (an exported bundle, no torch; `runtime/onnx_backend.py`, CPU or CUDA)
+or "tensorrt" (a bundle's TensorRT engines; `runtime/tensorrt_backend.py`). `backend="auto"` picks the
+fastest that can run here and says why (`choose_backend`, `scorer.backend_choice`; docs/GPU.md).
 
 A backend that can batch (onnxruntime) gets several videos per call: `score_batch` groups up to
 `batch_size` videos and `compare` sends A and B together; results equal scoring each video alone.
