@@ -301,8 +301,11 @@ def build_engines(source: str | Path, out_dir: str | Path, *, precision: str = D
     say(f"TensorRT {env.tensorrt_version} on {env.gpu.name} (compute capability {env.compute_capability}); "
         f"{'strongly typed' if strategy.strongly_typed else 'builder flags ' + ','.join(strategy.flags)} {precision} engines")
 
+    limit_flags = dict(max_batch=max_batch, max_frames=max_frames, max_pixels=max_pixels, max_seq=max_seq)
     if is_bundle:
         bundle = load_bundle(source)
+        limits = engine_limits(bundle.manifest, **limit_flags)  # refused here, before anything is written
+        check_fits(memory_plan(bundle.manifest, limits, precision), env.gpu.total_memory, env.gpu.name)
         _copy_bundle(bundle.path, bundle.manifest, out)
     else:
         from .bundle import export_bundle
@@ -313,7 +316,7 @@ def build_engines(source: str | Path, out_dir: str | Path, *, precision: str = D
     manifest = read_manifest(out)
     (out / MANIFEST_NAME).unlink()  # rewritten once the engines are complete
 
-    limits = engine_limits(manifest, max_batch=max_batch, max_frames=max_frames, max_pixels=max_pixels, max_seq=max_seq)
+    limits = engine_limits(manifest, **limit_flags)
     plan = memory_plan(manifest, limits, precision)
     check_fits(plan, env.gpu.total_memory, env.gpu.name)
     cache_path = Path(timing_cache) if timing_cache is not None else default_timing_cache(env)

@@ -310,6 +310,7 @@ class CudaStream:
         self.cudart = import_cudart()
         self.handle = check_cuda(self.cudart.cudaStreamCreate(), "cudaStreamCreate")
         self.ptr = int(self.handle)  # TensorRT takes the cudaStream_t as an integer
+        self._in_flight: list[np.ndarray] = []
 
     def malloc(self, nbytes: int) -> int:
         return int(check_cuda(self.cudart.cudaMalloc(max(int(nbytes), 1)), "cudaMalloc"))
@@ -321,7 +322,7 @@ class CudaStream:
         array = np.ascontiguousarray(array)
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         check_cuda(self.cudart.cudaMemcpyAsync(address, array.ctypes.data, array.nbytes, kind, self.handle), "cudaMemcpyAsync H2D")
-        # The host array must outlive the async copy: the caller synchronizes before reusing it.
+        self._in_flight.append(array)  # the host array must outlive the async copy; released by synchronize()
 
     def download(self, address: int, shape, dtype) -> np.ndarray:
         out = np.empty(shape, dtype=dtype)
@@ -336,6 +337,7 @@ class CudaStream:
 
     def synchronize(self) -> None:
         check_cuda(self.cudart.cudaStreamSynchronize(self.handle), "cudaStreamSynchronize")
+        self._in_flight = []
 
     def destroy(self) -> None:
         if self.handle is not None:

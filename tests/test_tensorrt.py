@@ -463,3 +463,70 @@ def test_step_buffers_by_hand(manifest):
     # prefill profile maxima: embeds 2×2048×64 f32, mask 2×4096 i64, positions 4×2×2048 i64; outputs at batch 2
     assert sizes == {"inputs_embeds": 2 * 2048 * 64 * 4, "attention_mask": 2 * 4096 * 8, "position_ids": 4 * 2 * 2048 * 8,
                      "logits": 2 * 2232 * 4, "hidden": 2 * 64 * 4, "reward": 2 * 3 * 4}
+
+
+# -- build orchestration and manifest bookkeeping (TensorRT itself replaced) -----------------------------------------
+def _fake_environment(monkeypatch, version="10.8.0", cc="8.9", memory=24 << 30):
+    from descore_sdk.export import tensorrt as export_trt
+
+    env = TrtEnvironment(version, GpuInfo(0, "Test GPU", cc, memory))
+    monkeypatch.setattr(export_trt, "tensorrt_environment", lambda index=0: env)
+    return env
+
+
+def test_build_engines_records_engines_in_the_manifest(scale_bundle, tmp_path, monkeypatch):
+    """The build's bookkeeping with TensorRT's part (`_build_engine`) replaced by a writer of placeholder
+    bytes: limits, profiles and the environment land in manifest["engines"], the plans in
+    manifest["files"] with their sha256, the ONNX bundle is carried over, and the result loads as a bundle
+    — whose engines are then refused on another TensorRT, as a real build's would be."""
+    from descore_sdk.bundle import load_bundle
+    from descore_sdk.export import tensorrt as export_trt
+    from descore_sdk.runtime.tensorrt_backend import TensorRTBackend
+
+    _fake_environment(monkeypatch)
+    built = []
+
+    def placeholder_build(onnx_path, plan_path, profiles, strategy, cache_path, workspace_gib):
+        built.append((onnx_path.name, [p.name for p in profiles], strategy.strongly_typed, strategy.flags))
+        plan_path.write_bytes(b"placeholder, not an engine: " + onnx_path.name.encode())
+
+    monkeypatch.setattr(export_trt, "_build_engine", placeholder_build)
+    out = build_engines(scale_bundle, tmp_path / "trt", precision="fp32", max_seq=1024, progress=False,
+                        timing_cache=tmp_path / "timing.cache")
+    assert built == [("vision.onnx", ["vision"], True, ()), ("decoder.onnx", ["decode", "prefill"], True, ())]
+    bundle = load_bundle(out, verify=True)  # every file, plans included, matches its sha256
+    engines = bundle.manifest["engines"]
+    assert (engines["tensorrt_version"], engines["compute_capability"], engines["gpu_name"]) == ("10.8.0", "8.9", "Test GPU")
+    assert engines["strongly_typed"] and engines["precision"] == "fp32" and engines["limits"]["max_seq"] == 1024
+    assert engine_profiles(engines["decoder"]) == decoder_profiles(read_manifest(scale_bundle), engine_limits(
+        read_manifest(scale_bundle), max_seq=1024))
+    assert {"vision.plan", "decoder.plan", "decoder.onnx", "vision.onnx"} <= set(bundle.manifest["files"])
+    assert "engines" not in read_manifest(scale_bundle)  # the source bundle is untouched
+    monkeypatch.setattr(tensorrt_backend, "tensorrt_environment", lambda index=0: _env("10.9.0", "8.9"))
+    with pytest.raises(EngineCompatibilityError, match="10.8.0"):
+        TensorRTBackend(out)
+
+
+def test_build_engines_refuses_before_writing(scale_bundle, tmp_path, monkeypatch):
+    _fake_environment(monkeypatch)
+    with pytest.raises(InvalidInputError, match="--precision fp16"):  # strongly typed: the fp32 bundle is not fp16
+        build_engines(scale_bundle, tmp_path / "a", precision="fp16", progress=False)
+    _fake_environment(monkeypatch, memory=1 << 20)  # a 1 MiB "GPU"
+    with pytest.raises(InvalidInputError, match="Lower --max-seq"):
+        build_engines(scale_bundle, tmp_path / "b", precision="fp32", progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_cli_passes_the_tensorrt_flags(scale_bundle, tmp_path, monkeypatch):
+    from descore_sdk.cli import main
+    from descore_sdk.export import tensorrt as export_trt
+
+    monkeypatch.setattr(tensorrt_runner, "tensorrt_environment", lambda index=0: _env())
+    calls = []
+    monkeypatch.setattr(export_trt, "build_engines", lambda *args, **kwargs: calls.append((args, kwargs)))
+    assert main(["export", str(scale_bundle), str(tmp_path / "out"), "--format", "tensorrt", "--max-batch", "4",
+                 "--max-seq", "1024", "--max-frames", "8"]) == 0
+    (source, out), kwargs = calls[0]
+    assert (source, out) == (scale_bundle, str(tmp_path / "out"))
+    assert (kwargs["precision"], kwargs["max_batch"], kwargs["max_seq"], kwargs["max_frames"]) == ("fp16", 4, 1024, 8)
+    assert main(["export", str(scale_bundle), str(tmp_path / "x"), "--max-seq", "1024"]) != 0  # onnx format: refused
