@@ -530,3 +530,130 @@ def test_cli_passes_the_tensorrt_flags(scale_bundle, tmp_path, monkeypatch):
     assert (source, out) == (scale_bundle, str(tmp_path / "out"))
     assert (kwargs["precision"], kwargs["max_batch"], kwargs["max_seq"], kwargs["max_frames"]) == ("fp16", 4, 1024, 8)
     assert main(["export", str(scale_bundle), str(tmp_path / "x"), "--max-seq", "1024"]) != 0  # onnx format: refused
+
+
+# -- the TensorRT backend's device logic, with the device emulated in host memory -------------------------------------
+class _HostDevice:
+    """Stands in for CudaStream: "device memory" is one numpy byte array, addresses are offsets into it."""
+
+    def __init__(self, size: int = 1 << 26):
+        self.memory = np.zeros(size, np.uint8)
+        self.next = 256
+        self.freed = []
+
+    def malloc(self, nbytes):
+        address, self.next = self.next, self.next + -(-int(nbytes) // 256) * 256
+        assert self.next <= self.memory.size, "emulated device out of memory"
+        return address
+
+    def free(self, address):
+        self.freed.append(address)
+
+    def upload(self, address, array):
+        data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        self.memory[address:address + data.size] = data
+
+    def download(self, address, shape, dtype):
+        count = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        return self.memory[address:address + count].copy().view(dtype).reshape(shape)
+
+    def copy_2d(self, dst, src, copy):
+        for r in range(copy.height):
+            s, d = src + copy.src_offset + r * copy.src_pitch, dst + copy.dst_offset + r * copy.dst_pitch
+            self.memory[d:d + copy.width] = self.memory[s:s + copy.width]
+
+    def synchronize(self):
+        pass
+
+
+def _emulated_runner_class(steps: list):
+    """TensorRTRunner whose engine is the bundle's ONNX graph on onnxruntime (CPU), reading its inputs from and
+    writing its outputs to the emulated device at the addresses the backend bound — everything but TensorRT."""
+    from descore_sdk.runtime.onnxruntime_runner import OnnxRuntimeRunner
+    from descore_sdk.runtime.tensorrt_runner import TensorRTRunner
+
+    class EmulatedRunner(TensorRTRunner):
+        def _activate(self):
+            self.stream = _HostDevice()
+            self.onnx = OnnxRuntimeRunner(self.path.with_suffix(".onnx"), threads=1).activate()
+
+        def _deactivate(self):
+            self.onnx.deactivate()
+
+        def _metadata(self):
+            return self.onnx.input_metadata(), self.onnx.output_metadata()
+
+        def _infer(self, feed):
+            pick_profile(self.profiles, {name: value.shape for name, value in feed.items()})
+            return self.onnx.infer(feed)
+
+        def execute(self, shapes, addresses, *, graph=False):
+            index = pick_profile(self.profiles, shapes)
+            inputs = self.onnx.input_metadata()
+            feed = {name: self.stream.download(addresses[name], shapes[name], meta.dtype) for name, meta in inputs.items()}
+            for name, value in self.onnx.infer(feed).items():
+                self.stream.upload(addresses[name], value)
+            steps.append((self.profiles[index].name, tuple(shapes["inputs_embeds"]), graph))
+            return index
+
+    return EmulatedRunner
+
+
+@pytest.fixture(scope="module")
+def engine_bundle(scale_bundle, tmp_path_factory):
+    """The scale bundle with manifest["engines"] from a real `build_engines` run whose TensorRT step wrote
+    placeholders (the emulated runner reads the ONNX graphs next to them instead)."""
+    from descore_sdk.export import tensorrt as export_trt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(export_trt, "tensorrt_environment", lambda index=0: _env("10.8.0", "8.9"))
+        patch.setattr(export_trt, "_build_engine", lambda onnx, plan, *rest: plan.write_bytes(b"placeholder"))
+        return build_engines(scale_bundle, tmp_path_factory.mktemp("engines") / "trt", precision="fp32", max_seq=1024,
+                             progress=False, timing_cache=tmp_path_factory.mktemp("timing") / "t.cache")
+
+
+def test_tensorrt_backend_decodes_like_onnxruntime(engine_bundle, scale_bundle, sample_videos, monkeypatch):
+    """The TensorRT backend's own logic — step bindings, KV slabs, device slicing on row drops and adaptive
+    cuts, profile choice, batch groups — over the same graphs gives onnxruntime's CoTs and rewards."""
+    from descore_sdk.runtime.onnx_backend import OnnxBackend
+    from descore_sdk.runtime.tensorrt_backend import TensorRTBackend
+    from descore_sdk.scorer import Scorer
+
+    steps = []
+    monkeypatch.setattr(tensorrt_backend, "TensorRTRunner", _emulated_runner_class(steps))
+    monkeypatch.setattr(tensorrt_backend, "tensorrt_environment", lambda index=0: _env("10.8.0", "8.9"))
+    trt = TensorRTBackend(engine_bundle)
+    ort = OnnxBackend(scale_bundle, threads=1)
+    scorer = Scorer.from_pretrained(scale_bundle, device="cpu", backend_options={"threads": 1})
+    videos = [sample_videos[0], sample_videos[1], sample_videos[0]]
+    long_prompt = "a slow pan over a snowy forest at dawn, with a red fox running from left to right " * 3
+    think = [scorer.prepare(v, p, mode="think") for v, p in zip(videos, [long_prompt, "a cat", "something else"])]
+    assert len(think[0].input_ids) > len(think[1].input_ids)  # row 1 is left-padded
+    options = scorer.options.replace(mode="think")
+
+    def same(a_list, b_list):
+        assert len(a_list) == len(b_list)
+        for a, b in zip(a_list, b_list):
+            np.testing.assert_array_equal(a.cot_ids, b.cot_ids)
+            np.testing.assert_allclose(a.rewards, b.rewards, atol=1e-5)
+            np.testing.assert_allclose(a.hidden, b.hidden, atol=1e-5)
+
+    # free-running CoTs of different budgets, 3 videos > max_batch 2: the longer row 0 leaves first, so the
+    # cache loses a row and the leading columns that were padding in row 1 (a device slice with start > 0)
+    same(trt.score_batch(think, options, scorer.stop_ids, [1, 7, 4]), ort.score_batch(think, options, scorer.stop_ids, [1, 7, 4]))
+    # teacher-forced CoTs of different lengths
+    forced = [np.asarray([11, 12, 13, 14, 15]), np.asarray([21])]
+    same(trt.score_batch(think[:2], options, scorer.stop_ids, [5, 5], forced_cots=forced),
+         ort.score_batch(think[:2], options, scorer.stop_ids, [5, 5], forced_cots=forced))
+    # adaptive: only the second row thinks (its cache rows are cut out on the device)
+    adaptive = [scorer.prepare(v, "a video", mode="adaptive") for v in videos[:2]]
+    rule = lambda fast: np.array([False, True])  # noqa: E731
+    a = trt.score_batch(adaptive, options.replace(mode="adaptive"), scorer.stop_ids, [3, 3], think_if=rule)
+    b = ort.score_batch(adaptive, options.replace(mode="adaptive"), scorer.stop_ids, [3, 3], think_if=rule)
+    same(a, b)
+    assert [r.mode for r in a] == ["fast", "think"]
+    kinds = {(kind, shape[1] == 1, graph) for kind, shape, graph in steps}
+    assert ("decode", True, True) in kinds and ("prefill", False, False) in kinds
+    assert all(kind == "decode" for kind, shape, graph in steps if graph)
+    pool = trt.model.pool
+    assert pool.allocated <= 4, "KV slabs are reused, not allocated per step"
