@@ -599,17 +599,29 @@ def _emulated_runner_class(steps: list):
     return EmulatedRunner
 
 
-@pytest.fixture(scope="module")
-def engine_bundle(scale_bundle, tmp_path_factory):
-    """The scale bundle with manifest["engines"] from a real `build_engines` run whose TensorRT step wrote
-    placeholders (the emulated runner reads the ONNX graphs next to them instead)."""
+def _placeholder_engines(source, tmp_path_factory):
+    """`source` with manifest["engines"] from a real `build_engines` run whose TensorRT step wrote placeholders
+    (the emulated runner reads the ONNX graphs next to them instead)."""
     from descore_sdk.export import tensorrt as export_trt
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(export_trt, "tensorrt_environment", lambda index=0: _env("10.8.0", "8.9"))
         patch.setattr(export_trt, "_build_engine", lambda onnx, plan, *rest: plan.write_bytes(b"placeholder"))
-        return build_engines(scale_bundle, tmp_path_factory.mktemp("engines") / "trt", precision="fp32", max_seq=1024,
+        return build_engines(source, tmp_path_factory.mktemp("engines") / "trt", precision="fp32", max_seq=1024,
                              progress=False, timing_cache=tmp_path_factory.mktemp("timing") / "t.cache")
+
+
+@pytest.fixture(scope="module")
+def engine_bundle(scale_bundle, tmp_path_factory):
+    return _placeholder_engines(scale_bundle, tmp_path_factory)
+
+
+def _same_outputs(a_list, b_list):
+    assert len(a_list) == len(b_list)
+    for a, b in zip(a_list, b_list):
+        np.testing.assert_array_equal(a.cot_ids, b.cot_ids)
+        np.testing.assert_allclose(a.rewards, b.rewards, atol=1e-5)
+        np.testing.assert_allclose(a.hidden, b.hidden, atol=1e-5)
 
 
 def test_tensorrt_backend_decodes_like_onnxruntime(engine_bundle, scale_bundle, sample_videos, monkeypatch):
@@ -631,13 +643,7 @@ def test_tensorrt_backend_decodes_like_onnxruntime(engine_bundle, scale_bundle, 
     assert len(think[0].input_ids) > len(think[1].input_ids)  # row 1 is left-padded
     options = scorer.options.replace(mode="think")
 
-    def same(a_list, b_list):
-        assert len(a_list) == len(b_list)
-        for a, b in zip(a_list, b_list):
-            np.testing.assert_array_equal(a.cot_ids, b.cot_ids)
-            np.testing.assert_allclose(a.rewards, b.rewards, atol=1e-5)
-            np.testing.assert_allclose(a.hidden, b.hidden, atol=1e-5)
-
+    same = _same_outputs
     # free-running CoTs of different budgets, 3 videos > max_batch 2: the longer row 0 leaves first, so the
     # cache loses a row and the leading columns that were padding in row 1 (a device slice with start > 0)
     same(trt.score_batch(think, options, scorer.stop_ids, [1, 7, 4]), ort.score_batch(think, options, scorer.stop_ids, [1, 7, 4]))
@@ -657,3 +663,25 @@ def test_tensorrt_backend_decodes_like_onnxruntime(engine_bundle, scale_bundle, 
     assert all(kind == "decode" for kind, shape, graph in steps if graph)
     pool = trt.model.pool
     assert pool.allocated <= 4, "KV slabs are reused, not allocated per step"
+
+
+@pytest.mark.slow
+def test_tensorrt_backend_deepstack_decodes_like_onnxruntime(tmp_path_factory, sample_videos, monkeypatch):
+    """The same on a qwen3_vl bundle: DeepStack features go in as a fourth step input (zeros at decode steps)."""
+    from bundles import MAX_FRAMES, MAX_PIXELS, tiny_bundle
+
+    from descore_sdk.runtime.onnx_backend import OnnxBackend
+    from descore_sdk.runtime.tensorrt_backend import TensorRTBackend
+    from descore_sdk.scorer import Scorer
+
+    _, bundle = tiny_bundle(tmp_path_factory, "qwen3_vl")
+    assert read_manifest(bundle)["model"]["num_deepstack"] > 0
+    engines = _placeholder_engines(bundle, tmp_path_factory)
+    monkeypatch.setattr(tensorrt_backend, "TensorRTRunner", _emulated_runner_class([]))
+    monkeypatch.setattr(tensorrt_backend, "tensorrt_environment", lambda index=0: _env("10.8.0", "8.9"))
+    trt, ort = TensorRTBackend(engines), OnnxBackend(bundle, threads=1)
+    scorer = Scorer.from_pretrained(bundle, device="cpu", backend_options={"threads": 1}, max_frames=MAX_FRAMES,
+                                    max_pixels=MAX_PIXELS)
+    think = [scorer.prepare(v, "a video", mode="think") for v in sample_videos[:2]]
+    options = scorer.options.replace(mode="think")
+    _same_outputs(trt.score_batch(think, options, scorer.stop_ids, [2, 5]), ort.score_batch(think, options, scorer.stop_ids, [2, 5]))
