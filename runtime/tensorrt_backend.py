@@ -19,6 +19,7 @@ were written against the TensorRT 10.x and cuda-python 12.x documentation and ha
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,18 @@ def engine_profiles(record: dict) -> list[ProfileShapes]:
                 for p in record["profiles"]]
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelLoadError(f"The manifest's engine entry has no valid profiles ({exc}); rebuild the engines.") from None
+
+
+def config_within_limits(config, limits: dict):
+    """The bundle's DescoreConfig with its context and frame-sampling defaults lowered to the engines' limits,
+    so the Scorer fits prompts and CoT budgets into `max_seq` and samples videos the vision profile takes
+    (a caller who asks for more frames than the engines were built for still gets a typed refusal)."""
+    sampling = config.sampling
+    max_frames = min(sampling.max_frames, int(limits["max_frames"]))
+    max_pixels = min(sampling.max_pixels, int(limits["max_pixels"]))
+    sampling = dataclasses.replace(sampling, max_frames=max_frames, max_pixels=max_pixels,
+                                   min_frames=min(sampling.min_frames, max_frames), min_pixels=min(sampling.min_pixels, max_pixels))
+    return dataclasses.replace(config, sampling=sampling, max_context=min(config.max_context, int(limits["max_seq"])))
 
 
 def step_buffer_bytes(manifest: dict, profiles: list[ProfileShapes]) -> dict[str, int]:
@@ -238,8 +251,8 @@ class TensorRTBackend(OnnxBackend):
         # Deliberately not OnnxBackend.__init__: that builds onnxruntime sessions.
         index = _device_index(device)
         self.bundle = load_bundle(path, family=family, verify=verify)
-        self.descore_config = self.bundle.descore_config
         self.model = TensorRTDecoderModel(self.bundle, device_index=index, cuda_graphs=cuda_graphs)
+        self.descore_config = config_within_limits(self.bundle.descore_config, self.model.limits)
         self.reward_token_id = int(self.bundle.manifest["reward_token_id"])
         tokenizer = load_tokenizer(self.bundle.path)
         self.blocked_ids = blocked_generation_ids(tokenizer, self.descore_config)

@@ -636,6 +636,9 @@ def test_tensorrt_backend_decodes_like_onnxruntime(engine_bundle, scale_bundle, 
     monkeypatch.setattr(tensorrt_backend, "tensorrt_environment", lambda index=0: _env("10.8.0", "8.9"))
     trt = TensorRTBackend(engine_bundle)
     ort = OnnxBackend(scale_bundle, threads=1)
+    # the Scorer sees the engines' limits: context 1024 (built with --max-seq 1024), frames as the bundle's
+    assert trt.descore_config.max_context == 1024 and ort.descore_config.max_context == 4096
+    assert trt.descore_config.sampling == ort.descore_config.sampling
     scorer = Scorer.from_pretrained(scale_bundle, device="cpu", backend_options={"threads": 1})
     videos = [sample_videos[0], sample_videos[1], sample_videos[0]]
     long_prompt = "a slow pan over a snowy forest at dawn, with a red fox running from left to right " * 3
@@ -685,3 +688,15 @@ def test_tensorrt_backend_deepstack_decodes_like_onnxruntime(tmp_path_factory, s
     think = [scorer.prepare(v, "a video", mode="think") for v in sample_videos[:2]]
     options = scorer.options.replace(mode="think")
     _same_outputs(trt.score_batch(think, options, scorer.stop_ids, [2, 5]), ort.score_batch(think, options, scorer.stop_ids, [2, 5]))
+
+
+def test_config_within_limits():
+    from descore_sdk.config import DescoreConfig, SamplingConfig
+    from descore_sdk.runtime.tensorrt_backend import config_within_limits
+
+    config = DescoreConfig(sampling=SamplingConfig(min_frames=4, max_frames=768, min_pixels=3136, max_pixels=200704),
+                           max_context=32768)
+    lowered = config_within_limits(config, {"max_frames": 2, "max_pixels": 100352, "max_seq": 8192})
+    assert (lowered.max_context, lowered.sampling.max_frames, lowered.sampling.min_frames) == (8192, 2, 2)
+    assert (lowered.sampling.max_pixels, lowered.sampling.min_pixels, lowered.sampling.fps) == (100352, 3136, 2.0)
+    assert config_within_limits(config, {"max_frames": 1000, "max_pixels": 10**7, "max_seq": 10**6}) == config
