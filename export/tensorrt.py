@@ -45,6 +45,8 @@ MAX_VISION_PATCHES_PER_CALL = 16384  # as the onnxruntime backend's vision chunk
 # under `NV_TENSORRT_MAJOR > 8`); weak typing is deprecated from 10.12 and gone in 11 (flag ignored, always on).
 STRONGLY_TYPED_SINCE = (9, 0)
 BF16_SINCE = (9, 0)  # BuilderFlag.BF16 / DataType.BF16 are not in TensorRT 8.6's API
+# In-place KV-cache / fused attention layers (TensorRT release notes: IAttention 10.14, IKVCacheUpdateLayer 10.15).
+IN_PLACE_LAYERS = (("IAttention", (10, 14)), ("IKVCacheUpdateLayer", (10, 15)))
 
 
 # -- limits and profiles (pure) ------------------------------------------------------------------------
@@ -236,6 +238,17 @@ def build_strategy(tensorrt_version: str, precision: str, bundle_precision: str 
     return BuildStrategy(tensorrt_version, precision, "fp32", False, flags)
 
 
+def kv_cache_strategy(tensorrt_version: str) -> dict:
+    """What the engines do with the KV cache, for the manifest: always device-resident slabs with the graph's
+    concat (past + new → present); which in-place layers this TensorRT has, and why they are not used."""
+    available = [name for name, since in IN_PLACE_LAYERS if _version(tensorrt_version) >= since]
+    why = ("the bundle's decoder graph concatenates the cache (past_key_values → present); using these layers needs "
+           "a decoder exported with a fixed-size cache input and the ONNX Attention op (export/DESIGN.md, TensorRT)"
+           if available else "this TensorRT has neither IAttention (10.14+) nor IKVCacheUpdateLayer (10.15+)")
+    return {"used": "device-resident slabs, concat in the graph", "in_place_layers_available": available,
+            "in_place_not_used_because": why}
+
+
 # -- memory (pure) -------------------------------------------------------------------------------------------
 def memory_plan(manifest: dict, limits: EngineLimits, precision: str, cache_slabs: int = 3) -> dict:
     """Rough device memory of the deployed engines, in bytes: weights (the ONNX graphs' weights at the engine
@@ -324,7 +337,7 @@ def build_engines(source: str | Path, out_dir: str | Path, *, precision: str = D
                "compute_capability": env.compute_capability, "gpu_name": env.gpu.name, "precision": precision,
                "strongly_typed": strategy.strongly_typed, "builder_flags": list(strategy.flags),
                "version_compatible": False, "hardware_compatibility": "none", "limits": limits.to_dict(),
-               "memory_bytes": plan, "kv_cache": "device slabs, concat fallback (no in-place KV layer in the graphs)"}
+               "memory_bytes": plan, "kv_cache": kv_cache_strategy(env.tensorrt_version)}
     start = time.perf_counter()
     for kind, profiles in (("vision", vision_profiles(manifest, limits)), ("decoder", decoder_profiles(manifest, limits))):
         onnx_path = out / manifest["graphs"][kind]["file"]
@@ -405,5 +418,5 @@ def _build_engine(onnx_path: Path, plan_path: Path, profiles: list[ProfileShapes
     temporary.replace(cache_path)
 
 
-__all__ = ["EngineLimits", "BuildStrategy", "engine_limits", "decoder_profiles", "vision_profiles", "build_strategy",
+__all__ = ["EngineLimits", "BuildStrategy", "kv_cache_strategy", "engine_limits", "decoder_profiles", "vision_profiles", "build_strategy",
            "memory_plan", "check_fits", "build_engines", "TRT_PRECISIONS", "DEFAULT_TRT_PRECISION"]

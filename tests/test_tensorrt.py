@@ -498,6 +498,7 @@ def test_build_engines_records_engines_in_the_manifest(scale_bundle, tmp_path, m
     engines = bundle.manifest["engines"]
     assert (engines["tensorrt_version"], engines["compute_capability"], engines["gpu_name"]) == ("10.8.0", "8.9", "Test GPU")
     assert engines["strongly_typed"] and engines["precision"] == "fp32" and engines["limits"]["max_seq"] == 1024
+    assert engines["kv_cache"]["in_place_layers_available"] == []  # TensorRT 10.8
     assert engine_profiles(engines["decoder"]) == decoder_profiles(read_manifest(scale_bundle), engine_limits(
         read_manifest(scale_bundle), max_seq=1024))
     assert {"vision.plan", "decoder.plan", "decoder.onnx", "vision.onnx"} <= set(bundle.manifest["files"])
@@ -700,3 +701,12 @@ def test_config_within_limits():
     assert (lowered.max_context, lowered.sampling.max_frames, lowered.sampling.min_frames) == (8192, 2, 2)
     assert (lowered.sampling.max_pixels, lowered.sampling.min_pixels, lowered.sampling.fps) == (100352, 3136, 2.0)
     assert config_within_limits(config, {"max_frames": 1000, "max_pixels": 10**7, "max_seq": 10**6}) == config
+
+
+def test_kv_cache_strategy_by_version():
+    from descore_sdk.export.tensorrt import kv_cache_strategy
+
+    assert kv_cache_strategy("10.3.0")["in_place_layers_available"] == []  # JetPack 6.2
+    assert kv_cache_strategy("10.14.1")["in_place_layers_available"] == ["IAttention"]
+    assert kv_cache_strategy("10.15.1")["in_place_layers_available"] == ["IAttention", "IKVCacheUpdateLayer"]
+    assert "concat" in kv_cache_strategy("11.0.0")["in_place_not_used_because"]
