@@ -187,3 +187,17 @@ def test_cli_shows_the_choice(scale_bundle, sample_videos, capsys):
     assert code == 0
     err = capsys.readouterr().err
     assert "backend onnxruntime on cpu: device='cpu' was asked for" in err
+
+
+def test_cli_device_cuda_without_a_gpu_path_is_one_typed_line(scale_bundle, sample_videos, capsys):
+    """On a machine without TensorRT and with CPU-only onnxruntime (this one), asking for CUDA says why not."""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    from descore_sdk.cli import main
+
+    code = main(["score", str(sample_videos[0]), "--prompt", "a video", "--model", str(scale_bundle), "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    assert "no GPU path can run here" in err and "descore-sdk[gpu]" in err and "no TensorRT engines" in err
