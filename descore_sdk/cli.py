@@ -39,8 +39,12 @@ def nonnegative_int(text: str) -> int:
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint folder, exported bundle, or a training run folder (its model/ is used)")
-    p.add_argument("--backend", default="auto", help="auto (default: onnxruntime for a bundle, torch for a checkpoint), torch, onnxruntime")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (onnxruntime on GPU needs descore-sdk[gpu])")
+    p.add_argument("--backend", default="auto",
+                   help="auto (default: a checkpoint → torch; a bundle → its TensorRT engines where they run, else "
+                        "onnxruntime on CUDA, else on the CPU; the choice and why is printed), torch, onnxruntime, tensorrt")
+    p.add_argument("--device", default="auto",
+                   help="auto (default), cpu, cuda[:N], tensorrt[:N] (onnxruntime's TensorRT provider); GPUs need "
+                        "descore-sdk[gpu] or descore-sdk[tensorrt]")
     p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime intra-op threads, ≥ 1 (default: one per core)")
     p.add_argument("--mode", default=None, choices=["think", "fast", "adaptive"],
                    help="default: think (fast for JRM models, which score without a CoT)")
@@ -63,7 +67,7 @@ def _scorer_from_args(args):
     from .scorer import Scorer
 
     backend_options = {"threads": args.threads} if args.threads is not None else None
-    return Scorer.from_pretrained(
+    scorer = Scorer.from_pretrained(
         args.model,
         backend=args.backend,
         device=args.device,
@@ -78,6 +82,9 @@ def _scorer_from_args(args):
         adaptive_threshold=args.adaptive_threshold,
         adaptive_band=tuple(args.adaptive_band) if args.adaptive_band else None,
     )
+    if scorer.backend_choice is not None and not args.json:
+        print(f"descore: backend {scorer.backend_choice}", file=sys.stderr, flush=True)
+    return scorer
 
 
 RESULT_JSON_KEYS = ("video", "reward", "rewards", "rationale", "mode", "backend", "timings_ms", "num_frames",
@@ -163,10 +170,51 @@ def default_cache_dir() -> Path:
 def cmd_export(args) -> int:
     from .errors import require
 
+    if args.format == "tensorrt":
+        return _export_tensorrt(args)
+    if args.precision == "fp8":
+        raise InvalidInputError("--precision fp8 is for --format tensorrt; ONNX bundles are fp32, fp16, bf16, int8 or int4.")
+    if args.max_batch is not None or args.max_seq is not None:
+        raise InvalidInputError("--max-batch / --max-seq size TensorRT engines; use them with --format tensorrt.")
     require("torch", "export", "descore export")
     require("onnx", "export", "descore export")
     from .export.bundle import export_bundle
 
+    _clear_out_dir(args)
+    from .paths import resolve_model_dir
+
+    export_bundle(
+        resolve_model_dir(args.checkpoint),  # a training run folder means its model/
+        args.out_dir,
+        opset=args.opset,
+        max_frames=args.max_frames,
+        max_pixels=args.max_pixels,
+        parity=not args.no_parity,
+        parity_video=args.parity_video,
+        precision=args.precision or "fp32",
+        fidelity_videos=args.fidelity_videos,
+        kv_cache=args.kv_cache,
+    )
+    return 0
+
+
+def _export_tensorrt(args) -> int:
+    """`--format tensorrt`: TensorRT and a GPU are probed before anything is read or deleted."""
+    from .export.tensorrt import DEFAULT_TRT_PRECISION, build_engines
+    from .paths import resolve_model_dir
+    from .runtime.tensorrt_runner import tensorrt_environment
+
+    tensorrt_environment()  # MissingDependencyError / DeviceUnavailableError naming what is missing
+    _clear_out_dir(args)
+    build_engines(resolve_model_dir(args.checkpoint), args.out_dir, precision=args.precision or DEFAULT_TRT_PRECISION,
+                  max_batch=args.max_batch, max_frames=args.max_frames, max_pixels=args.max_pixels, max_seq=args.max_seq,
+                  timing_cache=args.timing_cache,
+                  export_options={"opset": args.opset, "parity": not args.no_parity, "parity_video": args.parity_video,
+                                  "fidelity_videos": args.fidelity_videos})
+    return 0
+
+
+def _clear_out_dir(args) -> None:
     out_dir = Path(args.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidInputError(f"{out_dir} is a file; pass a folder to write the bundle into.")
@@ -181,22 +229,6 @@ def cmd_export(args) -> int:
         import shutil
 
         shutil.rmtree(out_dir)
-
-    from .paths import resolve_model_dir
-
-    export_bundle(
-        resolve_model_dir(args.checkpoint),  # a training run folder means its model/
-        args.out_dir,
-        opset=args.opset,
-        max_frames=args.max_frames,
-        max_pixels=args.max_pixels,
-        parity=not args.no_parity,
-        parity_video=args.parity_video,
-        precision=args.precision,
-        fidelity_videos=args.fidelity_videos,
-        kv_cache=args.kv_cache,
-    )
-    return 0
 
 
 QUICKSTART_TRAINING = "training"  # quick_train's data, base model and run, inside the quickstart folder
@@ -361,19 +393,28 @@ def _add_compare(sub) -> None:
 
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint as a bundle (ONNX graphs, tokenizer, manifest, parity report)")
-    p.add_argument("checkpoint", help="DeScore checkpoint folder (or a training run folder: its model/)")
+    p.add_argument("checkpoint", help="DeScore checkpoint folder (or a training run folder: its model/); with "
+                                      "--format tensorrt also an exported bundle")
     p.add_argument("out_dir", help="bundle folder to write")
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="bundle format (onnx)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "tensorrt"],
+                   help="onnx (default) or tensorrt: the ONNX bundle plus TensorRT engines built on this GPU (needs "
+                        "descore-sdk[tensorrt] and an NVIDIA GPU)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
     p.add_argument("--max-frames", type=int, default=None, help="most frames per video the bundle is for (default: the checkpoint's)")
     p.add_argument("--max-pixels", type=int, default=None, help="most pixels per frame (default: the checkpoint's, 448*448)")
     p.add_argument("--parity-video", default=None, help="real video for the parity check (default: the packaged sample)")
     p.add_argument("--no-parity", action="store_true", help="skip the ONNX-vs-torch parity check")
     p.add_argument("--overwrite", action="store_true", help="replace the bundle already in OUT_DIR (a folder of other files is refused)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8", "int4"],
-                   help="graph precision: fp32 (default); fp16/bf16 weights and activations (fp32 norms, softmax, "
+    p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16", "fp8", "int8", "int4"],
+                   help="graph precision: fp32 (default for onnx); fp16/bf16 weights and activations (fp32 norms, softmax, "
                         "rotary, reward head); int8/int4 weight-only decoder (MatMulNBits). A reduced bundle gets a "
-                        "fidelity report against fp32 (fidelity.json)")
+                        "fidelity report against fp32 (fidelity.json). tensorrt: fp16 (default), bf16, fp32")
+    p.add_argument("--max-batch", type=int, default=None, help="tensorrt: most videos per decoder call (default 2)")
+    p.add_argument("--max-seq", type=int, default=None,
+                   help="tensorrt: most tokens per video (prompt + video + CoT; default from the frame limits and CoT budget)")
+    p.add_argument("--timing-cache", default=None,
+                   help="tensorrt: timing cache file to reuse and update (default: one per TensorRT version and GPU "
+                        "under ~/.cache/descore/tensorrt)")
     p.add_argument("--fidelity-videos", type=int, default=None,
                    help="generated videos in the fidelity report of a reduced-precision export (default 200)")
     p.add_argument("--kv-cache", default="shared", choices=["shared", "concat"],

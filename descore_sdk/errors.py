@@ -31,6 +31,14 @@ class MissingDependencyError(DescoreError, ImportError):
     """An optional package needed for the requested feature is not installed."""
 
 
+class DeviceUnavailableError(DescoreError):
+    """The requested accelerator (a CUDA GPU) is not present or not usable on this machine."""
+
+
+class EngineCompatibilityError(ModelLoadError):
+    """A TensorRT engine was built for another TensorRT version or GPU; it must be rebuilt on this one."""
+
+
 class ContextLengthError(InvalidInputError):
     """The prompt (with the video tokens) does not fit in the model's context."""
 

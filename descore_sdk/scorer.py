@@ -6,7 +6,9 @@
 
 The Scorer owns everything that is the same for every backend — frame sampling, patching, the prompt —
 and hands the backend token ids and patches. Backends only run the model: "torch" (the reference, a
-checkpoint folder) or "onnxruntime" (an exported bundle, no torch; `runtime/onnx_backend.py`).
+checkpoint folder), "onnxruntime" (an exported bundle, no torch; `runtime/onnx_backend.py`, CPU or CUDA)
+or "tensorrt" (a bundle's TensorRT engines; `runtime/tensorrt_backend.py`). `backend="auto"` picks the
+fastest that can run here and says why (`choose_backend`, `scorer.backend_choice`; docs/GPU.md).
 
 A backend that can batch (onnxruntime) gets several videos per call: `score_batch` groups up to
 `batch_size` videos and `compare` sends A and B together; results equal scoring each video alone.
@@ -18,6 +20,7 @@ pass followed by a think pass where needed.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from dataclasses import dataclass, replace
@@ -28,7 +31,7 @@ import numpy as np
 
 from .config import CONFIG_NAME, DescoreConfig
 from .cot import cot_stop_reason, is_repeating
-from .errors import DescoreError, InvalidInputError, ModelLoadError
+from .errors import DescoreError, InvalidInputError, MissingDependencyError, ModelLoadError
 from .frame_budget import context_fit_for, sampling_report
 from .inputs import ModelInputs, clip_features, load_clip, model_inputs
 from .options import ScoreOptions
@@ -50,15 +53,17 @@ class BackendOutput:
     counters: dict | None = None  # work done for this video (decode loop backends; see runtime.decode)
 
 
-# Backend name → class. "auto" picks by what the folder holds; see `_resolve_backend`.
-# A backend has `name`, `descore_config` and `score(inputs, options, stop_ids, max_new_tokens)`;
-# one that also has `score_batch(inputs_list, options, stop_ids, budgets, think_if=...)` and
-# `supports_batch = True` runs several videos per decoder call and adaptive mode in one pass.
+# Backend name → class. "auto" picks by what the folder holds and what this machine can run; see
+# `choose_backend`. A backend has `name`, `descore_config` and `score(inputs, options, stop_ids,
+# max_new_tokens)`; one that also has `score_batch(inputs_list, options, stop_ids, budgets, think_if=...)`
+# and `supports_batch = True` runs several videos per decoder call and adaptive mode in one pass.
 BACKENDS = {
     "torch": "descore_sdk.runtime.torch_backend:TorchBackend",
     "onnxruntime": "descore_sdk.runtime.onnx_backend:OnnxBackend",
+    "tensorrt": "descore_sdk.runtime.tensorrt_backend:TensorRTBackend",
 }
 DEFAULT_BATCH_SIZE = 8
+log = logging.getLogger("descore_sdk")
 
 
 def _load_backend_class(name: str):
@@ -72,16 +77,100 @@ def _load_backend_class(name: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def _resolve_backend(path: Path, backend: str) -> str:
+@dataclass(frozen=True)
+class BackendChoice:
+    """What `Scorer.from_pretrained` runs on, and why (`scorer.backend_choice`; logged at INFO).
+
+    backend: a `BACKENDS` name; device: what the backend is given ("cpu", "cuda:N", "tensorrt:N");
+    reason: one sentence a user can act on (why this one, and why not the faster ones)."""
+
+    backend: str
+    device: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.backend} on {self.device}: {self.reason}"
+
+
+def probe_tensorrt(manifest: dict, device_index: int = 0) -> str | None:
+    """None when the bundle's TensorRT engines can run here, else why not (one sentence).
+
+    Checks, in order: the bundle has engines, the tensorrt and cuda-python packages import, a CUDA GPU
+    is visible, and the engines were built for this TensorRT version and GPU (`runtime.tensorrt_backend`)."""
+    if not (manifest.get("engines") or {}).get("decoder"):
+        return "the bundle has no TensorRT engines (build them with: descore export BUNDLE OUT --format tensorrt)"
+    from .errors import DescoreError
+    from .runtime.tensorrt_backend import check_engine_compat
+    from .runtime.tensorrt_runner import tensorrt_environment
+
+    try:
+        check_engine_compat(manifest["engines"], tensorrt_environment(device_index))
+    except DescoreError as exc:
+        return str(exc)
+    return None
+
+
+def probe_ort_cuda() -> str | None:
+    """None when onnxruntime's CUDA execution provider is available, else why not."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    if "CUDAExecutionProvider" in available:
+        return None
+    return (f"this onnxruntime build has no CUDA execution provider (it has {', '.join(available)}; "
+            "install the GPU build with: pip install 'descore-sdk[gpu]')")
+
+
+def choose_backend(path: Path, backend: str = "auto", device: str = "auto") -> BackendChoice:
+    """The backend and device to load `path` with (see `BackendChoice`).
+
+    backend "auto": a checkpoint folder (config.json) → torch on the CPU. A bundle (manifest.json) →
+    TensorRT engines when the bundle has them and TensorRT + a GPU they were built for are here, else
+    onnxruntime's CUDA provider when installed, else onnxruntime on the CPU. device "cpu" keeps a bundle
+    on onnxruntime's CPU provider; "cuda"/"cuda:N" needs one of the GPU paths (MissingDependencyError
+    naming both when neither is there); "tensorrt"/"tensorrt:N" is onnxruntime's TensorRT provider.
+    A named backend is used as asked; device "auto" then means its default device."""
+    kind, _, index = str(device).partition(":")
+    if kind not in ("auto", "cpu", "cuda", "tensorrt"):
+        raise InvalidInputError(f"Unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'tensorrt[:N]'.")
+    if kind == "auto" and index:
+        raise InvalidInputError(f"device {device!r}: 'auto' takes no index; use 'cuda:{index}'.")
+    gpu = f"cuda:{int(index or 0)}"
+    is_bundle = (path / "manifest.json").is_file()
     if backend != "auto":
-        return backend
-    if (path / "manifest.json").is_file():
-        if "onnxruntime" in BACKENDS:
-            return "onnxruntime"
-        raise ModelLoadError(f"{path} is an exported bundle, but this SDK build has no onnxruntime backend.")
-    if (path / "config.json").is_file():
-        return "torch"
-    raise ModelLoadError(f"{path} holds neither a bundle (manifest.json) nor a checkpoint (config.json).")
+        if backend not in BACKENDS:
+            _load_backend_class(backend)  # raises the unknown-backend error
+        if kind != "auto":
+            return BackendChoice(backend, device, f"backend={backend!r} and device={device!r} were asked for")
+        default = gpu if backend == "tensorrt" else "cpu"
+        return BackendChoice(backend, default, f"backend={backend!r} was asked for (its default device)")
+    if not is_bundle:
+        if (path / "config.json").is_file():
+            return BackendChoice("torch", "cpu" if kind == "auto" else device,
+                                 "a checkpoint folder (config.json, no manifest.json): the torch reference backend")
+        raise ModelLoadError(f"{path} holds neither a bundle (manifest.json) nor a checkpoint (config.json).")
+    if kind == "cpu":
+        return BackendChoice("onnxruntime", "cpu", "device='cpu' was asked for: onnxruntime's CPU provider")
+    if kind == "tensorrt":
+        return BackendChoice("onnxruntime", f"tensorrt:{int(index or 0)}",
+                             f"device={device!r} was asked for: onnxruntime's TensorRT execution provider")
+    from .bundle import read_manifest
+
+    why_not_trt = probe_tensorrt(read_manifest(path), int(index or 0))
+    if why_not_trt is None:
+        engines = read_manifest(path)["engines"]
+        return BackendChoice("tensorrt", gpu, f"the bundle has TensorRT engines (TensorRT {engines.get('tensorrt_version')}, "
+                                              f"compute capability {engines.get('compute_capability')}) that run on this GPU")
+    why_not_cuda = probe_ort_cuda()
+    if why_not_cuda is None:
+        return BackendChoice("onnxruntime", gpu, f"onnxruntime's CUDA provider; TensorRT not used: {why_not_trt}")
+    if kind == "cuda":
+        raise MissingDependencyError(
+            f"device={device!r} was asked for, but no GPU path can run here. TensorRT: {why_not_trt}. "
+            f"onnxruntime CUDA: {why_not_cuda}. Use device='cpu', or install a GPU path."
+        )
+    return BackendChoice("onnxruntime", "cpu", f"onnxruntime on the CPU; no GPU path: TensorRT: {why_not_trt}; "
+                                               f"onnxruntime CUDA: {why_not_cuda}")
 
 
 def _describe(video) -> str:
@@ -97,8 +186,10 @@ def _describe(video) -> str:
 class Scorer:
     """Scores videos with a DeScore checkpoint (torch backend) or exported bundle (onnxruntime)."""
 
-    def __init__(self, backend, config: DescoreConfig, prompts: PromptBuilder, options: ScoreOptions):
+    def __init__(self, backend, config: DescoreConfig, prompts: PromptBuilder, options: ScoreOptions,
+                 backend_choice: BackendChoice | None = None):
         self.backend = backend
+        self.backend_choice = backend_choice  # what from_pretrained chose and why
         self.config = config
         self.prompts = prompts
         self.options = options
@@ -110,15 +201,17 @@ class Scorer:
         path: str | os.PathLike,
         *,
         backend: str = "auto",
-        device: str = "cpu",
+        device: str = "auto",
         family: str | None = None,
         backend_options: dict | None = None,
         **options,
     ) -> "Scorer":
         """Load a checkpoint folder (torch) or exported bundle (onnxruntime).
 
-        backend: "auto" (a folder with manifest.json is a bundle → onnxruntime; with config.json → torch),
-            or a name from `BACKENDS`. family: refuse a model of any other family. backend_options:
+        backend: "auto" (a checkpoint → torch; a bundle → its TensorRT engines where they can run, else
+            onnxruntime on CUDA, else on the CPU: `choose_backend`), or a name from `BACKENDS`. device: "auto"
+            (default), "cpu", "cuda[:N]", "tensorrt[:N]" (onnxruntime's TensorRT provider). What was chosen
+            and why is `scorer.backend_choice` (logged at INFO on the "descore_sdk" logger). family: refuse a model of any other family. backend_options:
             keyword arguments of the backend class (onnxruntime: threads, providers, verify, ...).
         `options` are `ScoreOptions` fields (mode, max_new_tokens, temperature, top_p, top_k,
         repetition_penalty, seed, stop_tokens, fps, min_frames, max_frames, max_pixels,
@@ -130,11 +223,13 @@ class Scorer:
             raise ModelLoadError(f"Model path {path} does not exist; pass a DeScore checkpoint or bundle folder.")
         if not path.is_dir():
             raise ModelLoadError(f"Model path {path} is a file; pass the folder that holds {CONFIG_NAME}.")
-        name = _resolve_backend(path, backend)
+        choice = choose_backend(path, backend, device)
+        log.info("descore backend: %s", choice)
+        name = choice.backend
         kwargs = dict(backend_options or {})
-        if family is not None and name == "onnxruntime":
+        if family is not None and name in ("onnxruntime", "tensorrt"):
             kwargs["family"] = family  # the bundle loader refuses a foreign family with BundleIntegrityError
-        runner = _load_backend_class(name)(path, device=device, **kwargs)
+        runner = _load_backend_class(name)(path, device=choice.device, **kwargs)
         if family is not None and runner.descore_config.family != family:
             raise ModelLoadError(f"{path} holds a {runner.descore_config.family} model, but a {family} model was requested.")
         config = runner.descore_config
@@ -144,7 +239,7 @@ class Scorer:
         released = {"temperature": config.layout.temperature, "repetition_penalty": config.layout.repetition_penalty}
         opts = dataclasses.replace(opts, **{k: v for k, v in released.items() if k not in options})
         opts.validate()
-        return cls(runner, config, PromptBuilder.from_dir(path, config), opts)
+        return cls(runner, config, PromptBuilder.from_dir(path, config), opts, backend_choice=choice)
 
     # -- public API ----------------------------------------------------------------------------------
     def score(self, video, prompt: str, **overrides) -> ScoreResult:
@@ -365,4 +460,4 @@ class Scorer:
         return tuple(ids)
 
 
-__all__ = ["Scorer", "ModelInputs", "BackendOutput", "DescoreError"]
+__all__ = ["Scorer", "ModelInputs", "BackendOutput", "BackendChoice", "choose_backend", "DescoreError"]

@@ -2,6 +2,7 @@
 
     runner = OnnxRuntimeRunner("bundle/decoder.onnx", device="cpu", threads=4)
     runner = OnnxRuntimeRunner("bundle/decoder.onnx", device="cuda:0")       # needs onnxruntime-gpu
+    runner = OnnxRuntimeRunner("bundle/decoder.onnx", device="tensorrt:0")   # TensorRT provider, cached engines
     runner = OnnxRuntimeRunner(path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
 
 CPU works with the base install (`onnxruntime`). The CUDA execution provider ships in the separate
@@ -12,6 +13,7 @@ so one runner serves concurrent scoring threads.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +46,30 @@ def _onnxruntime():
     return onnxruntime
 
 
-def resolve_providers(device: str = "cpu", providers: list | None = None) -> list:
-    """Execution providers for `device` ("cpu", "cuda", "cuda:N"), or `providers` as given.
+def default_trt_cache_dir() -> Path:
+    """Where onnxruntime's TensorRT provider keeps built engines and its timing cache
+    ($DESCORE_CACHE/ort-tensorrt, default ~/.cache/descore/ort-tensorrt)."""
+    root = os.environ.get("DESCORE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "descore")
+    return Path(root) / "ort-tensorrt"
 
-    Raises MissingDependencyError when CUDA is asked for but this onnxruntime build lacks it."""
+
+def resolve_providers(device: str = "cpu", providers: list | None = None, *, cuda_graph: bool = False,
+                      fp16: bool = False, cache_dir: str | Path | None = None) -> list:
+    """Execution providers for `device`, or `providers` as given (checked to exist in this build).
+
+    device: "cpu"; "cuda" / "cuda:N" (CUDA provider, CPU fallback); "tensorrt" / "tensorrt:N" (TensorRT
+    provider with engine and timing caches under `cache_dir`, then CUDA, then CPU for what TensorRT
+    does not take). Option names as in onnxruntime's provider documentation (CUDA EP, TensorRT EP;
+    onnxruntime 1.17 – 1.22 docs):
+    - cuda_graph: CUDA provider `enable_cuda_graph`. Off by default because it is valid only when every
+      node runs on CUDA and every run has the same input shapes at the same (IOBinding) addresses; our
+      decoder's past length grows each step, so it applies to fixed-shape graphs only.
+    - fp16: TensorRT provider `trt_fp16_enable` (lets TensorRT pick fp16 kernels in an fp32 graph; an fp16
+      bundle is already fp16 and needs no flag).
+    - The TensorRT engines built by onnxruntime are cached (`trt_engine_cache_enable`, keyed by the graph and
+      the profile shapes) with a timing cache (`trt_timing_cache_enable`), so only the first session pays
+      the build.
+    Raises MissingDependencyError when the provider is not in this onnxruntime build (CPU-only wheel)."""
     ort = _onnxruntime()
     available = ort.get_available_providers()
     if providers is not None:
@@ -59,12 +81,30 @@ def resolve_providers(device: str = "cpu", providers: list | None = None) -> lis
     kind, _, index = str(device).partition(":")
     if kind == "cpu":
         return ["CPUExecutionProvider"]
+    try:
+        device_id = int(index or 0)
+    except ValueError:
+        raise InvalidInputError(f"Device {device!r} has no valid index; use e.g. 'cuda:0'.") from None
+    cuda = ("CUDAExecutionProvider", {"device_id": device_id, **({"enable_cuda_graph": True} if cuda_graph else {})})
     if kind == "cuda":
         if "CUDAExecutionProvider" not in available:
             _raise_unavailable(["CUDAExecutionProvider"], available)
-        options = {"device_id": int(index or 0)}
-        return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
-    raise InvalidInputError(f"Unknown device {device!r} for onnxruntime; use 'cpu', 'cuda' or 'cuda:N'.")
+        return [cuda, "CPUExecutionProvider"]
+    if kind == "tensorrt":
+        if "TensorrtExecutionProvider" not in available:
+            _raise_unavailable(["TensorrtExecutionProvider"], available)
+        cache = Path(cache_dir) if cache_dir is not None else default_trt_cache_dir()
+        trt = ("TensorrtExecutionProvider", {
+            "device_id": device_id,
+            "trt_fp16_enable": bool(fp16),
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache / "engines"),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(cache / "timing"),
+        })
+        fallback = [cuda] if "CUDAExecutionProvider" in available else []
+        return [trt, *fallback, "CPUExecutionProvider"]
+    raise InvalidInputError(f"Unknown device {device!r} for onnxruntime; use 'cpu', 'cuda[:N]' or 'tensorrt[:N]'.")
 
 
 def _raise_unavailable(wanted: list[str], available: list[str]) -> None:
