@@ -55,6 +55,19 @@ NO_GPU = _tensorrt_missing()
 
 
 @pytest.fixture(scope="module")
+def scale_bundle(scale_bundle):
+    """conftest's scale bundle re-exported with the concatenating KV cache: TensorRT engines are built
+    from standard-ONNX graphs (the default shared-cache decoder uses an onnxruntime contrib op)."""
+    from descore_sdk.export.bundle import export_bundle
+
+    out = scale_bundle.parent / "bundle-concat"
+    if not (out / "manifest.json").is_file():
+        export_bundle(scale_bundle.parent / "checkpoint", out, max_frames=4, max_pixels=160 * 160, progress=False,
+                      parity=False, kv_cache="concat")
+    return out
+
+
+@pytest.fixture(scope="module")
 def manifest(scale_bundle):
     """The scale bundle's manifest: qwen2_5_vl tower (patch 14, temporal 2, merge 2), 4 frames of ≤ 160² px,
     2 layers, 2 KV heads of 16, hidden 64, max_context 4096, max_new_tokens 4096."""
@@ -516,6 +529,11 @@ def test_build_engines_refuses_before_writing(scale_bundle, tmp_path, monkeypatc
     with pytest.raises(InvalidInputError, match="Lower --max-seq"):
         build_engines(scale_bundle, tmp_path / "b", precision="fp32", progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # The default ONNX export's decoder (in-place cache via onnxruntime's GroupQueryAttention) is not TensorRT's.
+    _fake_environment(monkeypatch)
+    with pytest.raises(InvalidInputError, match="--kv-cache concat"):
+        build_engines(scale_bundle.parent / "bundle", tmp_path / "c", precision="fp32", progress=False)
+    assert not (tmp_path / "c").exists()
 
 
 def test_cli_passes_the_tensorrt_flags(scale_bundle, tmp_path, monkeypatch):
@@ -678,7 +696,11 @@ def test_tensorrt_backend_deepstack_decodes_like_onnxruntime(tmp_path_factory, s
     from descore_sdk.runtime.tensorrt_backend import TensorRTBackend
     from descore_sdk.scorer import Scorer
 
-    _, bundle = tiny_bundle(tmp_path_factory, "qwen3_vl")
+    from descore_sdk.export.bundle import export_bundle
+
+    checkpoint, _ = tiny_bundle(tmp_path_factory, "qwen3_vl")
+    bundle = export_bundle(checkpoint, tmp_path_factory.mktemp("qwen3-concat") / "bundle", max_frames=MAX_FRAMES,
+                           max_pixels=MAX_PIXELS, progress=False, parity=False, kv_cache="concat")  # TensorRT's input
     assert read_manifest(bundle)["model"]["num_deepstack"] > 0
     engines = _placeholder_engines(bundle, tmp_path_factory)
     monkeypatch.setattr(tensorrt_backend, "TensorRTRunner", _emulated_runner_class([]))
