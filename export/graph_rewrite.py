@@ -1,0 +1,122 @@
+"""Rewrites of exported graphs for onnxruntime (used on the `--kv-cache shared` decoder, the graph flavour
+that already relies on onnxruntime's own ops; the portable `concat` graphs stay standard ONNX).
+
+RMSNorm. transformers' Qwen RMSNorm (`x · rsqrt(mean(x²) + eps) · weight`) exports as seven nodes:
+
+    Pow(x, 2) → ReduceMean(axes=[-1], keepdims) → Add(eps) → Sqrt → Reciprocal → Mul(x, ·) → Mul(weight, ·)
+
+onnxruntime's graph optimiser fuses the Div form of this chain, not the Reciprocal form torch's exporter
+writes, so a decode step of a Qwen3-VL decoder ran 33 unfused norms (231 small kernels, each with its
+thread-pool round trip). `fuse_rms_norms` replaces every exact chain by onnxruntime's
+SimplifiedLayerNormalization (ONNX domain, since onnxruntime 1.x; what onnxruntime-genai's model
+builder emits), which computes the same expression in fp32 in one kernel. Chains with casts between the
+nodes (fp16/bf16 graphs) are not touched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _constant_value(name: str, initializers: dict, constants: dict):
+    if name in initializers:
+        from onnx import numpy_helper
+
+        return numpy_helper.to_array(initializers[name])
+    return constants.get(name)
+
+
+def fuse_rms_norms(model) -> int:
+    """Rewrite `model` (an onnx ModelProto) in place; returns how many norms were fused."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    constants = {}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+
+    def only_consumer(name, op_type):
+        users = consumers.get(name, [])
+        if len(users) != 1 or users[0].op_type != op_type or name in outputs:
+            return None
+        return users[0]
+
+    remove, insert = set(), []
+    for pow_node in graph.node:
+        if pow_node.op_type != "Pow":
+            continue
+        exponent = _constant_value(pow_node.input[1], initializers, constants)
+        if exponent is None or np.asarray(exponent).size != 1 or float(np.asarray(exponent)) != 2.0:
+            continue
+        x = pow_node.input[0]
+        mean = only_consumer(pow_node.output[0], "ReduceMean")
+        add = mean and only_consumer(mean.output[0], "Add")
+        sqrt = add and only_consumer(add.output[0], "Sqrt")
+        recip = sqrt and only_consumer(sqrt.output[0], "Reciprocal")
+        scale = recip and only_consumer(recip.output[0], "Mul")
+        if scale is None or x not in scale.input:
+            continue
+        weight_mul = only_consumer(scale.output[0], "Mul")
+        if weight_mul is None:
+            continue
+        weight = next((i for i in weight_mul.input if i != scale.output[0]), None)
+        if weight not in initializers or len(numpy_helper.to_array(initializers[weight]).shape) != 1:
+            continue
+        axes = _constant_value(mean.input[1], initializers, constants) if len(mean.input) > 1 else None
+        attrs = {a.name: helper.get_attribute_value(a) for a in mean.attribute}
+        if axes is None:
+            axes = attrs.get("axes")
+        if axes is None or list(np.asarray(axes).reshape(-1)) != [-1] or attrs.get("keepdims", 1) != 1:
+            continue
+        eps_name = next(i for i in add.input if i != mean.output[0])
+        eps = _constant_value(eps_name, initializers, constants)
+        if eps is None or np.asarray(eps).size != 1:
+            continue
+        fused = helper.make_node("SimplifiedLayerNormalization", [x, weight], [weight_mul.output[0]],
+                                 name=f"{weight_mul.name or weight}_rmsnorm", axis=-1, epsilon=float(np.asarray(eps)),
+                                 stash_type=1)
+        chain = (pow_node, mean, add, sqrt, recip, scale, weight_mul)
+        remove.update(id(n) for n in chain)
+        insert.append((weight_mul, fused))
+
+    if not insert:
+        return 0
+    replacement = {id(old): new for old, new in insert}
+    kept = []
+    for node in graph.node:
+        if id(node) in replacement:
+            kept.append(replacement[id(node)])
+        elif id(node) not in remove:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    # the exponents and epsilons the chains read are now unused
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    unused = [t for t in graph.initializer if t.name not in used]
+    for tensor in unused:
+        graph.initializer.remove(tensor)
+    dead = [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]
+    for node in dead:
+        graph.node.remove(node)
+    return len(insert)
+
+
+def fuse_rms_norms_in_file(path: str | Path) -> int:
+    """Load the graph at `path` (weights left where they are), fuse its RMSNorms, save it back."""
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    count = fuse_rms_norms(model)
+    if count:
+        onnx.save(model, str(path))
+    return count
