@@ -142,12 +142,12 @@ def test_shared_cache_bookkeeping():
 @pytest.fixture(scope="module")
 def concat_and_shared(tmp_path_factory):
     """The same tiny qwen2_5_vl model as a shared-cache bundle (the default export) and a concat one."""
-    from descore_sdk.export.bundle import export_bundle
+    from descore_sdk.cli import main
 
     checkpoint, shared = tiny_bundle(tmp_path_factory, "qwen2_5_vl")
     concat = tmp_path_factory.mktemp("concat") / "bundle"
-    export_bundle(checkpoint, concat, max_frames=MAX_FRAMES, max_pixels=MAX_PIXELS, progress=False, parity_threads=1,
-                  kv_cache="concat")
+    assert main(["export", str(checkpoint), str(concat), "--kv-cache", "concat", "--max-frames", str(MAX_FRAMES),
+                 "--max-pixels", str(MAX_PIXELS)]) == 0
     return concat, shared
 
 
