@@ -229,6 +229,7 @@ def _measure_model(family: str, entry: dict, settings: dict, bandwidth: float, s
             "cot_tokens_written": written,
             "fidelity": manifest.get("fidelity"),
             "bundle_size_mb": folder_size_mb(bundle),
+            "bundle_path": str(bundle),
         }
         if genai_runs:
             g_tokens = [x for run in genai_runs for x in run["ms_per_token"]]
