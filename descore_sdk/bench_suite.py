@@ -23,6 +23,9 @@ JSON keys (stable; new keys may be added). A stats object is {median, p50, p90, 
     environment             cpu_count, usable_cpus, threads, omp_num_threads, python, platform, versions
     import_ms               stats of `python -c "import descore_sdk"` minus `python -c "pass"` (ms)
     bandwidth               gb_per_s (best), median_gb_per_s, threads, bytes, repeats, method
+    video_path              null (video_probe=False) or bench_video.measure_video_path: ours_ms,
+                            all_frames_rgb_ms, needed_packets_ms (stats), clip, frames_sampled,
+                            frames_decoded_needed, all_frames_rgb_over_ours, ours_over_needed_packets
     primary                 the family whose numbers are repeated at the top level
     models                  {family: M}; the top level also holds M's keys for the primary family:
     M.parameters            {total, text, vision} of the checkpoint (null when only a bundle was given)
@@ -310,6 +313,7 @@ def run_suite(
     precisions: Sequence[str] | None = None,
     work_dir=None,
     bandwidth_bytes: int = 1 << 30,
+    video_probe: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Run the benchmark (module docstring) and return the report. With model/bundle given, those are
@@ -359,6 +363,15 @@ def run_suite(
         say("Measuring `import descore_sdk` and the memory read bandwidth ...")
         import_ms = measure_import_ms()
         bandwidth = measure_bandwidth(threads, size_bytes=bandwidth_bytes)
+        video_path = None
+        if video_probe:
+            from .bench_video import measure_video_path
+            from .config import DescoreConfig
+
+            say("Measuring the video path on a generated 5 s 720p h264 clip ...")
+            first_bundle = next(iter(next(iter(entries.values()))["bundles"].values()))
+            probe_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="descore-bench-video-")))
+            video_path = measure_video_path(DescoreConfig.load(first_bundle), probe_dir, repeats=max(3, repeats))
         models = {}
         for i, (family, entry) in enumerate(entries.items()):
             say(f"Benchmarking {family} ...")
@@ -379,6 +392,7 @@ def run_suite(
             "environment": _environment(threads),
             "import_ms": import_ms,
             "bandwidth": bandwidth,
+            "video_path": video_path,
             "primary": primary,
             "models": models,
             "memory": {"peak_rss_mb": peak, "peak_rss_source": source},
@@ -437,6 +451,13 @@ def format_suite(report: dict) -> str:
                            f"{_f(row['decode_tokens_speedup_vs_batch_1'], '{:.2f}x'):>11}")
         for note in m["notes"]:
             out.append(f"note: {note}")
+    v = report.get("video_path")
+    if v:
+        out.append("")
+        out.append(f"video path, {v['clip']['seconds']} s {v['clip']['height']}p h264 at 2 fps ({v['frames_sampled']} frames): ours "
+                   f"{v['ours_ms']['median']:.0f} ms | decode all frames to RGB {v['all_frames_rgb_ms']['median']:.0f} ms "
+                   f"({v['all_frames_rgb_over_ours']:.2f}x ours) | decode needed packets only {v['needed_packets_ms']['median']:.0f} ms "
+                   f"(ours {v['ours_over_needed_packets']:.2f}x)")
     out.append("")
     out.append(f"peak RSS {_f(report['memory']['peak_rss_mb'], '{:.0f}')} MB")
     for note in report["notes"]:

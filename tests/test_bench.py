@@ -284,6 +284,10 @@ def test_suite_tiny_smoke_has_the_stable_keys(suite, videos):
     assert suite["models"]["qwen3_vl"]["precisions"]["fp32"]["cot_tokens_written"] == [COT]
     assert suite["models"]["qwen3_vl"]["parameters"]["total"] > 0
     assert suite["import_ms"]["n"] == 3 and suite["bandwidth"]["gb_per_s"] > 0
+    v = suite["video_path"]
+    assert v["frames_sampled"] == 10  # 5 s at 2 fps
+    assert v["frames_decoded_needed"] == 150  # one keyframe: every packet up to the last sampled frame
+    assert v["all_frames_rgb_over_ours"] == pytest.approx(v["all_frames_rgb_ms"]["median"] / v["ours_ms"]["median"])
 
 
 def test_suite_ort_genai_baseline_runs_the_same_steps_or_says_why_not(suite):
@@ -325,13 +329,14 @@ def test_baselines_skip_with_a_reason_when_unavailable(work_dir, videos, report,
     monkeypatch.setattr(bench_suite, "genai_available", lambda: "onnxruntime-genai is not installed (pip install 'descore-sdk[ort-genai]')")
     out = bench_suite.run_suite(model=work_dir / "checkpoint", bundle=work_dir / "bundle", videos=videos[:1], prompt=PROMPT,
                                 cot_tokens=2, repeats=1, batch_sizes=(1,), threads=1, baselines=("ort-genai",),
-                                bandwidth_bytes=16 << 20)
-    assert out["preset"] is None
+                                bandwidth_bytes=16 << 20, video_probe=False)
+    assert out["preset"] is None and out["video_path"] is None
     assert out["baseline"]["ort-genai"] == {"available": False, "reason": "onnxruntime-genai is not installed (pip install 'descore-sdk[ort-genai]')"}
     assert out["speedup"]["decode_vs_ort_genai"] == {} and "hf" not in out["baseline"]
     monkeypatch.setattr("descore_sdk.bench_suite.hf_unavailable", lambda: "torch is not installed (pip install 'descore-sdk[train]')")
     out = bench_suite.run_suite(model=work_dir / "checkpoint", bundle=work_dir / "bundle", videos=videos[:1], prompt=PROMPT,
-                                cot_tokens=2, repeats=1, batch_sizes=(1,), threads=1, baselines=("hf",), bandwidth_bytes=16 << 20)
+                                cot_tokens=2, repeats=1, batch_sizes=(1,), threads=1, baselines=("hf",), bandwidth_bytes=16 << 20,
+                                video_probe=False)
     assert out["baseline"]["hf"]["available"] is False and "torch is not installed" in out["baseline"]["hf"]["reason"]
     assert out["speedup"]["think_e2e_vs_hf"] == {"fp32": None}
     assert "skipped (torch is not installed" in bench_suite.format_suite(out)
