@@ -7,14 +7,15 @@ otherwise run, per stage, per precision, with the memory-bandwidth roofline, all
     report = run_suite(preset="small", baselines=("hf", "ort-genai"))    # the same, as a dict
 
 Order of one run (per model of the preset; `small` has a Qwen3-VL- and a Qwen2.5-VL-shaped one):
-1. `import descore_sdk` time (fresh interpreters) and the memory read bandwidth probe (bench_roofline).
-2. For each precision bundle (fp32 first; int8 / int4 when the preset has them): load our Scorer, one
+1. For each precision bundle (fp32 first; int8 / int4 when the preset has them): load our Scorer, one
    warm-up call per mode, then the measured loop, repeats × videos, alternating: our think call, the HF
    baseline's think call (fp32 only: it runs the fp32 checkpoint), one onnxruntime-genai generation at
    the same context length and the same number of decode steps. All think calls write exactly
    `cot_tokens` CoT tokens (greedy, stop tokens off). Fast mode and score_batch throughput run on
    fp32 before the HF baseline loads (so the peak RSS reported for our path excludes torch).
-3. The roofline of each precision's decode step at the measured context.
+2. `import descore_sdk` time (fresh interpreters), the memory read bandwidth probe (bench_roofline)
+   and the video-path probe (bench_video), after the models so their arrays are not in the models'
+   peak RSS; then the roofline of each precision's decode step at the measured context.
 
 JSON keys (stable; new keys may be added). A stats object is {median, p50, p90, p95, min, max, n}:
     schema, preset          "descore-bench/2"; "tiny" | "small" | null (--model/--bundle given)
@@ -154,7 +155,7 @@ def _parameters(checkpoint: Path | None) -> dict | None:
     return {"total": total, "text": total - vision, "vision": vision}
 
 
-def _measure_model(family: str, entry: dict, settings: dict, bandwidth: float, say, first: bool) -> dict:
+def _measure_model(family: str, entry: dict, settings: dict, say, first: bool) -> dict:
     videos, prompts, cot, repeats, threads = (settings[k] for k in ("videos", "prompts", "cot_tokens", "repeats", "threads"))
     baselines = settings["baselines"]
     checkpoint, bundles = entry["checkpoint"], entry["bundles"]
@@ -222,8 +223,7 @@ def _measure_model(family: str, entry: dict, settings: dict, bandwidth: float, s
         weights = graph_weight_bytes(Path(bundle) / manifest["graphs"]["decoder"]["file"])
         kv = kv_cache_bytes(layers=shape["layers"], kv_heads=shape["kv_heads"], head_dim=shape["head_dim"], context=int(context))
         ms_token = float(np.median(per_token)) if per_token else None
-        roof = roofline(weight_bytes=weights or 0, kv_bytes=kv, other_bytes=shape["hidden"] * 4, ms_per_token=ms_token,
-                        bandwidth_gb_per_s=bandwidth) if weights is not None else None
+        roof = dict(weight_bytes=weights, kv_bytes=kv, other_bytes=shape["hidden"] * 4, ms_per_token=ms_token)
         if weights is None:
             notes.append("onnx is not installed: no bytes-per-step, so no roofline (pip install 'descore-sdk[export]').")
         precisions[precision] = {
@@ -242,8 +242,7 @@ def _measure_model(family: str, entry: dict, settings: dict, bandwidth: float, s
             genai_results[precision] = {
                 "ms_per_token": stats(g_tokens), "prefill_ms": stats(g_prefill), "context": context,
                 "steps": sorted({s for run in genai_runs for s in run["steps"]}),
-                "roofline": roofline(weight_bytes=g_weights or 0, kv_bytes=kv, other_bytes=shape["hidden"] * 4,
-                                     ms_per_token=g_ms, bandwidth_gb_per_s=bandwidth) if g_weights is not None else None,
+                "roofline": dict(weight_bytes=g_weights, kv_bytes=kv, other_bytes=shape["hidden"] * 4, ms_per_token=g_ms),
             }
         if primary:
             e2e = {"think": stats(think), "fast": stats(fast)}
@@ -274,14 +273,13 @@ def _measure_model(family: str, entry: dict, settings: dict, bandwidth: float, s
         "fast_over_think": _ratio(e2e["fast"]["median"], e2e["think"]["median"]),
     }
     first_precision = next(iter(precisions.values()))
-    roof = first_precision["decode"]["roofline"]
     return {
         "parameters": _parameters(checkpoint),
         "e2e_ms": e2e,
         "stages_ms": stages_ms,
         "precisions": precisions,
         "decode": {"ms_per_token": first_precision["decode"]["ms_per_token"]["median"] if first_precision["decode"]["ms_per_token"] else None,
-                   "roofline_fraction": roof["roofline_fraction"] if roof else None,
+                   "roofline_fraction": None,  # filled by _fill_rooflines once the bandwidth is measured
                    "context": first_precision["decode"]["context"], "precision": next(iter(precisions))},
         "baseline": baseline,
         "speedup": speedup,
@@ -289,6 +287,26 @@ def _measure_model(family: str, entry: dict, settings: dict, bandwidth: float, s
         "memory": memory,
         "notes": notes,
     }
+
+
+def _fill_rooflines(models: dict, bandwidth: float) -> None:
+    """Turn the recorded bytes and ms/token into roofline entries at the measured bandwidth."""
+    def fill(inputs):
+        if not inputs or inputs.get("weight_bytes") is None:
+            return None
+        return roofline(weight_bytes=inputs["weight_bytes"], kv_bytes=inputs["kv_bytes"], other_bytes=inputs["other_bytes"],
+                        ms_per_token=inputs["ms_per_token"], bandwidth_gb_per_s=bandwidth)
+
+    for m in models.values():
+        for precision in m["precisions"].values():
+            precision["decode"]["roofline"] = fill(precision["decode"]["roofline"])
+        genai = m["baseline"].get("ort-genai")
+        if genai and genai.get("available"):
+            for entry in genai["decode"].values():
+                if "roofline" in entry:
+                    entry["roofline"] = fill(entry["roofline"])
+        first = next(iter(m["precisions"].values()))["decode"]["roofline"]
+        m["decode"]["roofline_fraction"] = first["roofline_fraction"] if first else None
 
 
 def _timed(scorer, video, prompt, mode):
@@ -360,6 +378,11 @@ def run_suite(
             entries = {family: {"checkpoint": model, "bundles": {precision: bundle}}}
         settings = {"videos": paths, "prompts": texts, "cot_tokens": cot_tokens, "repeats": repeats,
                     "batch_sizes": batch_sizes, "threads": threads, "baselines": baselines}
+        models = {}
+        for i, (family, entry) in enumerate(entries.items()):
+            say(f"Benchmarking {family} ...")
+            models[family] = _measure_model(family, entry, settings, say, first=i == 0)
+        # After the models (their peak RSS must not include the probe's array): import time, bandwidth, video path.
         say("Measuring `import descore_sdk` and the memory read bandwidth ...")
         import_ms = measure_import_ms()
         bandwidth = measure_bandwidth(threads, size_bytes=bandwidth_bytes)
@@ -372,10 +395,7 @@ def run_suite(
             first_bundle = next(iter(next(iter(entries.values()))["bundles"].values()))
             probe_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="descore-bench-video-")))
             video_path = measure_video_path(DescoreConfig.load(first_bundle), probe_dir, repeats=max(3, repeats))
-        models = {}
-        for i, (family, entry) in enumerate(entries.items()):
-            say(f"Benchmarking {family} ...")
-            models[family] = _measure_model(family, entry, settings, bandwidth["gb_per_s"], say, first=i == 0)
+        _fill_rooflines(models, bandwidth["gb_per_s"])
         primary = next(iter(models))
         if _usable_cpus() > 0 and threads < _usable_cpus():
             notes.append(f"Ran with {threads} threads, fewer than the {_usable_cpus()} usable CPUs.")
