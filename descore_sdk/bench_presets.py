@@ -14,7 +14,6 @@ Delete that folder to rebuild.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -196,4 +195,4 @@ def describe(preset: str) -> str:
     return "small random-weight Qwen3-VL- and Qwen2.5-VL-shaped models (~55 M parameters each)"
 
 
-__all__ = ["PRESETS", "ensure_models", "ensure_genai_model", "genai_available", "preset_dir", "cache_root", "json"]
+__all__ = ["PRESETS", "ensure_models", "ensure_genai_model", "genai_available", "preset_dir", "cache_root"]

@@ -23,6 +23,8 @@ JSON keys (stable; new keys may be added). A stats object is {median, p50, p90, 
                             baselines, precisions, think_equal_work
     environment             cpu_count, usable_cpus, threads, omp_num_threads, python, platform, versions
     import_ms               stats of `python -c "import descore_sdk"` minus `python -c "pass"` (ms)
+    import_scorer_ms        the same for SCORER_IMPORT (the Scorer + onnxruntime backend, what scoring
+                            a bundle imports; `import descore_sdk` alone is lazy)
     bandwidth               gb_per_s (best), median_gb_per_s, threads, bytes, repeats, method
     video_path              null (video_probe=False) or bench_video.measure_video_path: ours_ms,
                             all_frames_rgb_ms, needed_packets_ms (stats), clip, frames_sampled,
@@ -60,7 +62,6 @@ JSON keys (stable; new keys may be added). A stats object is {median, p50, p90, 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -79,6 +80,8 @@ from .bench_roofline import decoder_kv_shape, graph_weight_bytes, kv_cache_bytes
 from .errors import InvalidInputError, MissingDependencyError, ModelLoadError
 
 SCHEMA = "descore-bench/2"
+# What scoring with a bundle imports (the package itself is lazy): the Scorer and the onnxruntime backend.
+SCORER_IMPORT = "from descore_sdk import Scorer; import descore_sdk.runtime.onnx_backend"
 SMALL_DEFAULT_VIDEOS = 4  # 2 packaged + 2 VideoAlign examples: keeps a small run in ~10 minutes on 2 cores
 
 
@@ -91,15 +94,15 @@ def stats(samples: Sequence[float]) -> dict:
             "min": float(values.min()), "max": float(values.max()), "n": int(values.size)}
 
 
-def measure_import_ms(repeats: int = 3) -> dict:
-    """`import descore_sdk` in fresh interpreters, minus the interpreter's own start-up (medians)."""
+def measure_import_ms(repeats: int = 3, code: str = "import descore_sdk") -> dict:
+    """`code` (default `import descore_sdk`) in fresh interpreters, minus the interpreter's own start-up."""
     def timed(code: str) -> float:
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
         return (time.perf_counter() - t0) * 1e3
 
     base = [timed("pass") for _ in range(repeats)]
-    full = [timed("import descore_sdk") for _ in range(repeats)]
+    full = [timed(code) for _ in range(repeats)]
     return stats([f - float(np.median(base)) for f in full])
 
 
@@ -385,6 +388,7 @@ def run_suite(
         # After the models (their peak RSS must not include the probe's array): import time, bandwidth, video path.
         say("Measuring `import descore_sdk` and the memory read bandwidth ...")
         import_ms = measure_import_ms()
+        import_scorer_ms = measure_import_ms(code=SCORER_IMPORT)
         bandwidth = measure_bandwidth(threads, size_bytes=bandwidth_bytes)
         video_path = None
         if video_probe:
@@ -411,6 +415,7 @@ def run_suite(
                          "think_equal_work": EQUAL_WORK},
             "environment": _environment(threads),
             "import_ms": import_ms,
+            "import_scorer_ms": import_scorer_ms,
             "bandwidth": bandwidth,
             "video_path": video_path,
             "primary": primary,
@@ -434,7 +439,8 @@ def format_suite(report: dict) -> str:
            f"{s['repeats']} repeats (+1 warm-up) | {s['threads']} threads | baselines: {', '.join(s['baselines']) or 'none'}",
            f"{env['usable_cpus']} usable CPUs | onnxruntime {env['versions']['onnxruntime']} | torch {env['versions']['torch']} | "
            f"read bandwidth {report['bandwidth']['gb_per_s']:.1f} GB/s ({report['bandwidth']['threads']} threads) | "
-           f"import descore_sdk {report['import_ms']['median']:.0f} ms"]
+           f"import descore_sdk {report['import_ms']['median']:.0f} ms "
+           f"(+ Scorer and onnxruntime backend {report['import_scorer_ms']['median']:.0f} ms)"]
     for family, m in report["models"].items():
         params = m["parameters"]
         out.append("")
@@ -541,4 +547,4 @@ def write_plot(report: dict, path) -> Path:
     return path
 
 
-__all__ = ["run_suite", "format_suite", "write_plot", "SCHEMA", "stats", "measure_import_ms", "tempfile", "os"]
+__all__ = ["run_suite", "format_suite", "write_plot", "SCHEMA", "stats", "measure_import_ms"]

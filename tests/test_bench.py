@@ -283,7 +283,7 @@ def test_suite_tiny_smoke_has_the_stable_keys(suite, videos):
         assert row["results_returned"] == 2 and row["decode_tokens_per_s"] > 0
     assert suite["models"]["qwen3_vl"]["precisions"]["fp32"]["cot_tokens_written"] == [COT]
     assert suite["models"]["qwen3_vl"]["parameters"]["total"] > 0
-    assert suite["import_ms"]["n"] == 3 and suite["bandwidth"]["gb_per_s"] > 0
+    assert suite["import_ms"]["n"] == 3 and suite["import_scorer_ms"]["n"] == 3 and suite["bandwidth"]["gb_per_s"] > 0
     v = suite["video_path"]
     assert v["frames_sampled"] == 10  # 5 s at 2 fps
     assert v["frames_decoded_needed"] == 150  # one keyframe: every packet up to the last sampled frame
