@@ -1,8 +1,10 @@
-"""`descore bench`: speed and memory of the scoring pipeline, every number measured in ONE run.
+"""`run_bench`: torch backend vs onnxruntime backend on one checkpoint + bundle, every number measured
+in ONE run (schema "descore-bench/1", the Python API; also the helpers the suite reuses).
 
-    descore bench                                   # tiny random qwen3_vl model + bundle, packaged videos
-    descore bench --model CKPT --bundle DIR --videos a.mp4 b.mp4 --prompt "..." --json
-    report = run_bench(model="ckpt", bundle="bundle", cot_tokens=64, repeats=5)   # the same, as a dict
+The `descore bench` command runs the newer suite instead (descore_sdk/bench_suite.py, schema
+"descore-bench/2": presets, HF / onnxruntime-genai baselines, per-stage timings, roofline, plot).
+
+    report = run_bench(model="ckpt", bundle="bundle", cot_tokens=64, repeats=5)
 
 What one run measures, on the same videos and prompts:
 - the backend-independent stages: video decode + frame sampling, preprocessing (resize + patches) and

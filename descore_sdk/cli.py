@@ -438,7 +438,8 @@ def _add_quickstart(sub) -> None:
 
 
 def cmd_bench(args) -> int:
-    from .bench import format_report, run_bench
+    from .bench import parse_batch_sizes
+    from .bench_suite import format_suite, run_suite, write_plot
 
     from . import progress as progress_output
 
@@ -448,27 +449,45 @@ def cmd_bench(args) -> int:
         if show:  # terminal only, and never with --json
             print(message, file=sys.stderr, flush=True)
 
-    report = run_bench(model=args.model, bundle=args.bundle, videos=args.videos, prompt=args.prompt,
-                       cot_tokens=args.cot_tokens, repeats=args.repeats, batch_sizes=args.batch_sizes,
-                       threads=args.threads, work_dir=args.work_dir, progress=progress)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if args.plot is not None and not str(args.plot).lower().endswith(".png"):
+        raise InvalidInputError(f"--plot writes a PNG; give a file name ending in .png, not {args.plot!r}.")
+    sizes = parse_batch_sizes(args.batch) if args.batch is not None else None
+    report = run_suite(preset=args.preset, model=args.model, bundle=args.bundle, videos=args.videos, prompt=args.prompt,
+                       cot_tokens=args.cot_tokens, repeats=args.repeats if args.repeats is not None else (2 if args.preset == "small" else 3),
+                       batch_sizes=sizes or ((1, 8) if args.preset == "small" else (1, 2)), threads=args.threads,
+                       baselines=args.baseline or (), precisions=args.precision, work_dir=args.work_dir, progress=progress)
+    if args.plot is not None:
+        write_plot(report, args.plot)
+        progress(f"Wrote {args.plot}")
+    print(json.dumps(report, indent=2) if args.json else format_suite(report))
     return 0
 
 
 def _add_bench(sub) -> None:
-    from .bench import DEFAULT_BATCH_SIZES, DEFAULT_COT_TOKENS, DEFAULT_REPEATS
+    from .bench import DEFAULT_COT_TOKENS
+    from .bench_baselines import BASELINES
+    from .bench_presets import PRESETS
 
-    p = sub.add_parser("bench", help="measure speed and memory (torch vs onnxruntime, batching) in one run")
-    p.add_argument("--model", default=None, help="torch checkpoint folder (default: a tiny random model built for the run)")
-    p.add_argument("--bundle", default=None, help="exported bundle folder for onnxruntime")
-    p.add_argument("--videos", nargs="+", default=None, help="videos to score (default: the packaged sample videos)")
+    p = sub.add_parser("bench", help="measure speed and memory against HF / onnxruntime-genai baselines, with the roofline")
+    p.add_argument("--preset", choices=PRESETS, default="tiny",
+                   help="random-weight models built once and cached: tiny (CI smoke) or small (~55 M parameters, "
+                        "Qwen3-VL and Qwen2.5-VL shaped, fp32/int8/int4 bundles); ignored with --model/--bundle")
+    p.add_argument("--model", default=None, help="torch checkpoint folder (the HF baseline and the ort-genai decoder are built from it)")
+    p.add_argument("--bundle", default=None, help="exported bundle folder (our path)")
+    p.add_argument("--baseline", action="append", choices=BASELINES, default=None,
+                   help="also run this baseline, alternating with ours (repeatable): hf (transformers eager generate + "
+                        "scoring forward), ort-genai (onnxruntime-genai's builder + generator, decode step)")
+    p.add_argument("--precision", action="append", choices=("fp32", "int8", "int4"), default=None,
+                   help="preset bundles to measure (repeatable; default all the preset has; the first one is the headline)")
+    p.add_argument("--videos", nargs="+", default=None, help="videos to score (default: the packaged samples; small: + VideoAlign examples)")
     p.add_argument("--prompt", default=None, help="one prompt for all videos (default: the samples' own prompts)")
     p.add_argument("--cot-tokens", type=int, default=DEFAULT_COT_TOKENS, help="CoT tokens every think run writes (stop tokens off)")
-    p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="measured runs after one warm-up")
-    p.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)), help="score_batch sizes, e.g. 1,4,8")
-    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads for both backends, ≥ 1 (default: usable CPUs)")
-    p.add_argument("--work-dir", default=None, help="keep the tiny model here and reuse it (default: a temporary folder)")
-    p.add_argument("--json", action="store_true", help="print one JSON object (keys: descore_sdk/bench.py)")
+    p.add_argument("--repeats", type=int, default=None, help="measured rounds over the videos after one warm-up (default 3; small: 2)")
+    p.add_argument("--batch", "--batch-sizes", dest="batch", default=None, help="score_batch sizes, e.g. 1,8 (default 1,2; small: 1,8)")
+    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads for every engine, ≥ 1 (default: usable CPUs)")
+    p.add_argument("--work-dir", default=None, help="where the preset's models are built and reused (default: $DESCORE_CACHE/bench)")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="also write the stage breakdown and baselines as a PNG (needs matplotlib)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (keys: descore_sdk/bench_suite.py)")
     p.set_defaults(func=cmd_bench)
 
 
