@@ -8,8 +8,8 @@
             built by onnxruntime-genai's model builder at each precision.
 
 Everything is built in child processes (so the benchmark process's peak RSS is not the build's) under
-`$DESCORE_CACHE/bench/<preset>-<sdk version>/` (default `~/.cache/descore`), and reused by later runs.
-Delete that folder to rebuild.
+`$DESCORE_CACHE/bench/<preset>-<sdk version>-e<EXPORT_REVISION>/` (default `~/.cache/descore`), and
+reused by later runs. Delete that folder to rebuild.
 """
 
 from __future__ import annotations
@@ -39,8 +39,13 @@ def cache_root() -> Path:
     return Path(root) / "bench"
 
 
+# Bumped whenever export/ changes what a bundle's graphs contain, so a cached bundle is never measured in
+# place of the current export's (2: in-place KV cache through GroupQueryAttention, fused RMSNorms).
+EXPORT_REVISION = 2
+
+
 def preset_dir(preset: str) -> Path:
-    return cache_root() / f"{preset}-{__version__}"
+    return cache_root() / f"{preset}-{__version__}-e{EXPORT_REVISION}"
 
 
 def preset_families(preset: str) -> tuple[str, ...]:
