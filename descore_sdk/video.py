@@ -576,18 +576,52 @@ class _Decoder:
         return self._ready.popleft()
 
 
+# Sampled frames are converted to RGB and resized (swscale, then Pillow; both release the GIL) on one
+# worker thread while the main thread decodes the next packets: on the bench's 5 s 720p clip the
+# conversions were 40% of the time, now mostly hidden behind decoding. Results are bit-identical (the
+# same functions, in another thread). One worker: decoding itself stays single-threaded (slice threads).
+_MAX_IN_FLIGHT = 4
+_POOL = None
+
+
+def _conversion_pool():
+    """The frame-conversion thread, or None on a single-CPU machine (nothing to overlap with)."""
+    global _POOL
+    if _POOL is None:
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if usable < 2 or os.environ.get("DESCORE_VIDEO_THREADS") == "0":
+            return None
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="descore-frames")
+    return _POOL
+
+
 def _decode_by_timestamp(source: _VideoSource, index: _StreamIndex, buffer: _ClipBuffer, fit: _FrameFitter) -> int:
     """Fill `buffer` with the target frames; return how many frames were decoded. Raises
     _TimestampsUnusable when decoded frames do not carry the indexed timestamps."""
     reader = _TimestampReader(source, index, {int(index.frame_pts[t]) for t in buffer.targets})
+    pool = _conversion_pool()
+    in_flight: deque = deque()  # (target, frame index, future) converted on the pool's thread
     try:
         for target in buffer.targets:
             found = reader.frame_at(target)
             if found is None:  # nothing decoded at all so far, and the stream is over
                 break
-            buffer.put(target, found[0], fit.from_av(found[1]))
+            if pool is None:
+                buffer.put(target, found[0], fit.from_av(found[1]))
+                continue
+            in_flight.append((target, found[0], pool.submit(fit.from_av, found[1])))
+            while len(in_flight) > _MAX_IN_FLIGHT:  # bounds the decoded frames held at once
+                done_target, done_index, future = in_flight.popleft()
+                buffer.put(done_target, done_index, future.result())
+        while in_flight:
+            done_target, done_index, future = in_flight.popleft()
+            buffer.put(done_target, done_index, future.result())
         decoded = reader.decoded
     finally:
+        for _, _, future in in_flight:
+            future.cancel()
         reader.close()
     if buffer.frames is None:
         raise VideoDecodeError(

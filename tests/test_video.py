@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import subprocess
 import sys
 from fractions import Fraction
@@ -515,3 +516,17 @@ def test_shipped_samples_with_zero_timestamps_keep_their_real_rate():
         clip = load_video(path)
     assert clip.total_frames == 126 and clip.source_fps == 24.0
     assert clip.frame_indices.tolist() == rule_indices(126, 24.0)
+
+
+def test_frames_converted_on_the_worker_thread_equal_the_serial_ones(sample_data_dir, monkeypatch):
+    """Sampled frames are converted (RGB + resize) on a worker thread while decoding goes on; with the
+    worker switched off the clip is the same, bit for bit (and both match the reference decoder)."""
+    import descore_sdk.video as video_module
+
+    path = sample_data_dir / "videos" / "example_2_A.mp4"
+    assert video_module._conversion_pool() is not None or len(os.sched_getaffinity(0)) < 2
+    threaded = load_video(path, max_pixels=128 * 128, factor=28)
+    monkeypatch.setattr(video_module, "_conversion_pool", lambda: None)
+    serial = load_video(path, max_pixels=128 * 128, factor=28)
+    assert np.array_equal(threaded.frames, serial.frames) and threaded.frame_indices.tolist() == serial.frame_indices.tolist()
+    assert threaded.decoded_frames == serial.decoded_frames
