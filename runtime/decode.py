@@ -63,6 +63,18 @@ class RopeSpec:
     spatial_merge_size: int
     tokens_per_second: float = 2.0
 
+    @classmethod
+    def from_bundle(cls, bundle) -> "RopeSpec":
+        """From a bundle manifest's `model` section (any backend that runs the bundle)."""
+        model = bundle.model
+        return cls(
+            family=bundle.family,
+            video_token_id=int(model["video_token_id"]),
+            image_token_id=int(model["image_token_id"]),
+            spatial_merge_size=int(model["vision"]["merge_size"]),
+            tokens_per_second=float(model.get("tokens_per_second") or 2.0),
+        )
+
 
 @dataclass
 class StepOutput:

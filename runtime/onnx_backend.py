@@ -37,13 +37,7 @@ class OnnxDecoderModel:
                  vision_chunk_patches: int = DEFAULT_VISION_CHUNK_PATCHES, shrink_arena: bool = True):
         self.bundle = bundle
         model = bundle.model
-        self.rope = RopeSpec(
-            family=bundle.family,
-            video_token_id=int(model["video_token_id"]),
-            image_token_id=int(model["image_token_id"]),
-            spatial_merge_size=int(model["vision"]["merge_size"]),
-            tokens_per_second=float(model.get("tokens_per_second") or 2.0),
-        )
+        self.rope = RopeSpec.from_bundle(bundle)
         self.num_deepstack = int(model["num_deepstack"])
         self.vision_spec = VisionGraphSpec.from_dict(model["vision"])
         self.vision_chunk_patches = int(vision_chunk_patches)

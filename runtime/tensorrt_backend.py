@@ -142,13 +142,7 @@ class TensorRTDecoderModel:
         self.env = tensorrt_environment(device_index)  # MissingDependencyError / DeviceUnavailableError
         check_engine_compat(engines, self.env, bundle.path)
         model = bundle.model
-        self.rope = RopeSpec(
-            family=bundle.family,
-            video_token_id=int(model["video_token_id"]),
-            image_token_id=int(model["image_token_id"]),
-            spatial_merge_size=int(model["vision"]["merge_size"]),
-            tokens_per_second=float(model.get("tokens_per_second") or 2.0),
-        )
+        self.rope = RopeSpec.from_bundle(bundle)
         self.num_deepstack = int(model["num_deepstack"])
         self.vision_spec = VisionGraphSpec.from_dict(model["vision"])
         self.limits = engines["limits"]
