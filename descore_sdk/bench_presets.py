@@ -40,8 +40,9 @@ def cache_root() -> Path:
 
 
 # Bumped whenever export/ changes what a bundle's graphs contain, so a cached bundle is never measured in
-# place of the current export's (2: in-place KV cache through GroupQueryAttention, fused RMSNorms).
-EXPORT_REVISION = 2
+# place of the current export's (2: in-place KV cache through GroupQueryAttention, fused RMSNorms;
+# 3: RotaryEmbedding for q/k — docs/BENCHMARKS.md's "after" tables are revision 2).
+EXPORT_REVISION = 3
 
 
 def preset_dir(preset: str) -> Path:

@@ -86,20 +86,27 @@ class DecoderWithCache(nn.Module):
         v = attn.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim)
         if self.has_qk_norm:
             q, k = attn.q_norm(q), attn.k_norm(k)
+        if self.kv_cache == "shared":
+            from .gqa import gqa, rotary  # noqa: F401  (registers torch.ops.descore.*)
+
+            # onnxruntime's RotaryEmbedding with each token's own M-RoPE cos/sin as its table (gqa.rotary)
+            seqlens_k, total = allowed
+            half = self.head_dim // 2
+            table_cos = cos[:, 0, :, :half].reshape(batch * length, half).to(q.dtype)
+            table_sin = sin[:, 0, :, :half].reshape(batch * length, half).to(q.dtype)
+            index = torch.arange(batch * length, device=x.device).view(batch, length)
+            q = torch.ops.descore.rotary(q.reshape(batch, length, -1), index, table_cos, table_sin, self.num_heads)
+            k = torch.ops.descore.rotary(k.reshape(batch, length, -1), index, table_cos, table_sin, self.num_kv_heads)
+            out, key, value = torch.ops.descore.gqa(q, k, v.reshape(batch, length, -1), past_key.to(k.dtype),
+                                                    past_value.to(v.dtype), seqlens_k, total,
+                                                    self.num_heads, self.num_kv_heads, self.scaling)
+            return attn.o_proj(out), key, value
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, S, hd)
         # Angles and cos/sin are fp32; in a half-precision graph they meet q/k in q's type, as in
         # transformers (`cos.to(x.dtype)`). A no-op, hence no node, in the fp32 graph.
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        if self.kv_cache == "shared":
-            from .gqa import gqa  # registers torch.ops.descore.gqa
-
-            seqlens_k, total = allowed
-            packed = [t.transpose(1, 2).reshape(batch, length, -1) for t in (q, k, v)]
-            out, key, value = torch.ops.descore.gqa(*packed, past_key.to(k.dtype), past_value.to(v.dtype), seqlens_k, total,
-                                                    self.num_heads, self.num_kv_heads, self.scaling)
-            return attn.o_proj(out), key, value
         key = torch.cat((past_key.to(k.dtype), k), dim=2)  # (B, kv_heads, P+S, hd)
         value = torch.cat((past_value.to(v.dtype), v), dim=2)
 

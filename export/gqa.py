@@ -1,5 +1,6 @@
-"""onnxruntime's GroupQueryAttention as a torch custom op, for decoder graphs whose KV cache is updated
-in place ("shared buffer": the past and present of each layer are ONE preallocated buffer).
+"""onnxruntime's GroupQueryAttention (and RotaryEmbedding) as torch custom ops, for decoder graphs whose
+KV cache is updated in place ("shared buffer": the past and present of each layer are ONE preallocated
+buffer). `rotary` (below) replaces the 7 elementwise nodes of each q/k rotation by one kernel.
 
     out, present_key, present_value = torch.ops.descore.gqa(q, k, v, past_key, past_value, seqlens_k,
                                                             total_sequence_length, num_heads, kv_num_heads, scale)
@@ -66,6 +67,27 @@ def _(query, key, value, past_key, past_value, seqlens_k, total_sequence_length,
     return torch.empty_like(query), torch.empty_like(past_key), torch.empty_like(past_value)
 
 
+@torch.library.custom_op("descore::rotary", mutates_args=())
+def rotary(x: torch.Tensor, position_ids: torch.Tensor, cos_cache: torch.Tensor, sin_cache: torch.Tensor,
+           num_heads: int) -> torch.Tensor:
+    """onnxruntime's com.microsoft.RotaryEmbedding, non-interleaved: x (B, S, heads·hd); row b, column s
+    rotates with cos_cache[position_ids[b, s]] / sin_cache[…] (each (·, hd/2)). The graphs pass each
+    token's own M-RoPE cos/sin as the "cache" and position_ids = arange(B·S), which turns the op's
+    1-D position lookup into a per-token one (M-RoPE positions are 3-D, so its own table cannot serve)."""
+    batch, length, width = x.shape
+    half = width // num_heads // 2
+    heads = x.view(batch, length, num_heads, 2 * half)
+    cos = cos_cache[position_ids][:, :, None, :].to(x.dtype)  # (B, S, 1, hd/2)
+    sin = sin_cache[position_ids][:, :, None, :].to(x.dtype)
+    first, second = heads[..., :half], heads[..., half:]
+    return torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1).reshape(batch, length, width)
+
+
+@rotary.register_fake
+def _(x, position_ids, cos_cache, sin_cache, num_heads):
+    return torch.empty_like(x)
+
+
 def _register_schema() -> None:
     """onnxscript builds a node only for ops whose schema onnx knows; the onnx package does not ship
     onnxruntime's contrib schemas, so declare the part of this one the graphs use (once per process)."""
@@ -90,6 +112,17 @@ def _register_schema() -> None:
         ],
     )
     onnx.defs.register_schema(schema)
+    if not onnx.defs.has("RotaryEmbedding", DOMAIN):
+        onnx.defs.register_schema(OpSchema(
+            "RotaryEmbedding",
+            DOMAIN,
+            1,
+            inputs=[param("input", "T"), param("position_ids", "M"), param("cos_cache", "T"), param("sin_cache", "T")],
+            outputs=[param("output", "T")],
+            type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], ""), ("M", ["tensor(int64)"], "")],
+            attributes=[OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, ""),
+                        OpSchema.Attribute("interleaved", OpSchema.AttrType.INT, "")],
+        ))
 
 
 def custom_translation_table() -> dict:
@@ -104,4 +137,7 @@ def custom_translation_table() -> dict:
         return msft.GroupQueryAttention(query, key, value, past_key, past_value, seqlens_k, total_sequence_length,
                                         num_heads=num_heads, kv_num_heads=kv_num_heads, scale=scale, _outputs=3)
 
-    return {torch.ops.descore.gqa.default: gqa_onnx}
+    def rotary_onnx(x, position_ids, cos_cache, sin_cache, num_heads: int):
+        return msft.RotaryEmbedding(x, position_ids, cos_cache, sin_cache, num_heads=num_heads, interleaved=0)
+
+    return {torch.ops.descore.gqa.default: gqa_onnx, torch.ops.descore.rotary.default: rotary_onnx}

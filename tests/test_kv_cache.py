@@ -178,3 +178,41 @@ def test_shared_bundle_equals_the_concatenating_one(concat_and_shared, sample_vi
     for a, b in zip(*adaptive):
         assert a.mode == b.mode == "think" and a.rationale == b.rationale
         assert abs(a.reward - b.reward) <= 2e-5 and a.num_cot_tokens == b.num_cot_tokens > 0
+
+
+def test_rotary_op_and_kernel_rotate_each_token_by_its_own_angles():
+    """The shared-cache graph's rotation: onnxruntime's RotaryEmbedding fed each token's own cos/sin as
+    its table (position_ids = arange(B·S)) equals transformers' `x·cos + rotate_half(x)·sin` with
+    cos = cat(a, a), sin = cat(b, b); so does the torch op the export traces."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from descore_sdk.export.gqa import rotary
+
+    rng = np.random.default_rng(0)
+    batch, length, heads, dim = 2, 3, 4, 8
+    x = rng.standard_normal((batch, length, heads * dim)).astype(np.float32)
+    angles = rng.uniform(-3, 3, (batch, length, dim // 2)).astype(np.float32)  # M-RoPE: any angle per token
+    cos, sin = np.cos(angles), np.sin(angles)
+    full_cos, full_sin = np.concatenate([cos, cos], -1)[:, :, None], np.concatenate([sin, sin], -1)[:, :, None]
+    heads_x = x.reshape(batch, length, heads, dim)
+    rotate_half = np.concatenate([-heads_x[..., dim // 2 :], heads_x[..., : dim // 2]], -1)
+    expected = (heads_x * full_cos + rotate_half * full_sin).reshape(batch, length, heads * dim)
+
+    index = np.arange(batch * length, dtype=np.int64).reshape(batch, length)
+    table_cos, table_sin = cos.reshape(-1, dim // 2), sin.reshape(-1, dim // 2)
+    node = helper.make_node("RotaryEmbedding", ["x", "pos", "cos", "sin"], ["y"], domain="com.microsoft",
+                            num_heads=heads, interleaved=0)
+    f = TensorProto.FLOAT
+    graph = helper.make_graph([node], "rotary", [
+        helper.make_tensor_value_info("x", f, [batch, length, heads * dim]),
+        helper.make_tensor_value_info("pos", TensorProto.INT64, [batch, length]),
+        helper.make_tensor_value_info("cos", f, [batch * length, dim // 2]),
+        helper.make_tensor_value_info("sin", f, [batch * length, dim // 2]),
+    ], [helper.make_tensor_value_info("y", f, [batch, length, heads * dim])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    kernel = session.run(["y"], {"x": x, "pos": index, "cos": table_cos, "sin": table_sin})[0]
+    traced = rotary(*(torch.from_numpy(a) for a in (x, index, table_cos, table_sin)), heads).numpy()
+    np.testing.assert_allclose(kernel, expected, atol=1e-5)
+    np.testing.assert_allclose(traced, expected, atol=1e-5)
