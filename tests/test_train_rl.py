@@ -81,6 +81,47 @@ def _reference_forward(model, rollout):
     return token_logp, model.reward_head.weight @ hidden[-1]
 
 
+def _reference_distributions(model, rollout):
+    """(T, V) log-softmax rows of one unpadded HF forward at the positions that predict the CoT tokens
+    and the stop token."""
+    ids = np.concatenate([rollout.prompt_ids, rollout.cot_ids, [model.reward_token_id]]).astype(np.int64)
+    input_ids = torch.from_numpy(ids)[None]
+    kwargs = dict(
+        pixel_values_videos=torch.from_numpy(rollout.features.patches),
+        video_grid_thw=torch.from_numpy(rollout.features.grid_thw)[None],
+        mm_token_type_ids=(input_ids == model.backbone.config.video_token_id).int() * 2,
+    )
+    if model.family == "qwen2_5_vl":
+        kwargs["second_per_grid_ts"] = torch.tensor([rollout.features.second_per_grid])
+    hidden = model.backbone.model(input_ids=input_ids, **kwargs).last_hidden_state[0]
+    start = len(rollout.prompt_ids) - 1
+    count = len(rollout.cot_ids) + rollout.finished
+    return torch.log_softmax(model.backbone.lm_head(hidden).float(), dim=-1)[start : start + count]
+
+
+# -- per-step diagnostics ------------------------------------------------------------------------------
+def test_reward_diagnostics_hand_values():
+    from descore_sdk.training.grpo import RuleReward, read_cot
+    from descore_sdk.training.rl import reward_diagnostics
+
+    same = RuleReward(total=0.8, accuracy=1.0, format=1.0, length=0.5)
+    groups = [
+        [same, same, same],  # all equal: zero advantage, no signal
+        [RuleReward(1.0, 1.0, 1.0, 1.0), RuleReward(0.3, 0.0, 1.0, 1.0)],  # std 0.35, accuracy std 0.5
+    ]
+    readable = read_cot("Visual quality: very blurry. Motion: smooth and steady. Alignment: the video matches the prompt.", num_tokens=20)
+    unreadable = read_cot("Visual quality: very blurry. Motion: fine.", num_tokens=9)
+    d = reward_diagnostics(groups, [readable, unreadable, readable, readable])
+    assert d["zero_variance_groups"] == 0.5
+    assert d["reward_std"] == pytest.approx((0.0 + 0.35) / 2)
+    assert d["accuracy_std"] == pytest.approx((0.0 + 0.5) / 2)
+    assert d["rule_reward"] == pytest.approx((3 * 0.8 + 1.0 + 0.3) / 5)
+    assert d["rule_accuracy"] == pytest.approx(4 / 5) and d["rule_length"] == pytest.approx((1.5 + 2) / 5)
+    assert d["parsed"] == 0.75
+    # Equal within float rounding is still a flat group: the advantages GRPO uses are all zero.
+    assert reward_diagnostics([[RuleReward(0.1 + 0.2, 0, 0, 0), RuleReward(0.3, 0, 0, 0)]])["zero_variance_groups"] == 1.0
+
+
 # -- scoring and sampling ----------------------------------------------------------------------------
 @pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl"])
 def test_score_rollouts_matches_unpadded_transformers_forward(family, pairs):
@@ -99,6 +140,11 @@ def test_score_rollouts_matches_unpadded_transformers_forward(family, pairs):
             torch.testing.assert_close(got, expected_logp, atol=2e-5, rtol=1e-5)
             torch.testing.assert_close(scored.rewards[b], expected_rewards, atol=2e-5, rtol=1e-5)
             assert float(scored.logp[b][~scored.mask[b].bool()].abs().sum()) == 0.0
+            # The policy's entropy at the scored positions: −Σ p log p of the reference forward's rows.
+            full = _reference_distributions(model, rollout)
+            expected_entropy = -(full.exp() * full).sum(dim=-1)
+            torch.testing.assert_close(scored.entropy[b][scored.mask[b].bool()], expected_entropy, atol=1e-4, rtol=1e-5)
+            assert float(scored.entropy[b][~scored.mask[b].bool()].abs().sum()) == 0.0
 
 
 def test_sampled_cots_stop_and_condition_on_the_video(pairs):
@@ -355,11 +401,19 @@ def test_short_rl_run_from_cold_start(cold_start, tmp_path):
         num_samples=8, max_new_tokens=16, steps=4, micro_batch=8, lr=1e-4, head_lr=1e-3,
         length_min_tokens=16, length_max_tokens=64, seed=0,
     )
-    result = run_rl(model, data["train"], tmp_path / "rl", config)
+    result = run_rl(model, data["train"], tmp_path / "rl", config, eval_data=data["test_id"])
 
     # The log and the settings are written.
     log = [json.loads(line) for line in (tmp_path / "rl" / "rl_log.jsonl").read_text().splitlines()]
+    evals = [entry["eval"] for entry in log if "eval" in entry]
+    log = [entry for entry in log if "eval" not in entry]
     assert [entry["step"] for entry in log] == [1, 2, 3, 4] == [h["step"] for h in result.history]
+    # The run's own evaluations (before step 1 and after the last) are the Scorer's think mode (greedy
+    # CoT of ≤ 16 tokens, then `<Reward>`) and fast mode of the same weights.
+    assert [e["step"] for e in evals] == [0, 4] and evals == result.evals
+    assert evals[0]["think_accuracy"] == pytest.approx(think_before, abs=1e-9)
+    assert evals[0]["fast_accuracy"] == pytest.approx(fast_before, abs=1e-9)
+    assert 0.0 <= evals[0]["cot_accuracy"] <= 1.0 and 0.0 <= evals[0]["parsed"] <= 1.0
     assert json.loads((tmp_path / "rl" / "rl_config.json").read_text())["bt_weight"] == 5e-3
     assert all(0.0 <= h["rule_reward"] <= 1.0 and np.isfinite(h["bt_loss"]) for h in log)
 
@@ -381,6 +435,8 @@ def test_short_rl_run_from_cold_start(cold_start, tmp_path):
         assert torch.equal(tensor, end[name]), name
     fast_after, _ = _fast_accuracy(reloaded, test_pairs)
     think_after, _ = _think_accuracy(result.out_dir, test_pairs)
+    assert evals[1]["think_accuracy"] == pytest.approx(think_after, abs=1e-9)
+    assert evals[1]["fast_accuracy"] == pytest.approx(fast_after, abs=1e-9)
 
     # A few RL steps must not cost accuracy beyond noise (2 standard errors of the cold-start accuracy,
     # ≈ 0.17 here with 48 test pairs). Measured (seed 0): fast 0.627 → 0.664, think 0.669 → 0.688,
