@@ -188,9 +188,30 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
     stages.seconds["evaluation"] = round(time.perf_counter() - started, 1)
 
     report = {"settings": dataclasses.asdict(settings), "seconds": stages.seconds, "evaluations": evaluations,
-              "summary": summarise(evaluations), "diagnostics": diagnostics}
+              "summary": summarise(evaluations), "diagnostics": diagnostics, "rl": rl_effect(out / "rl", evaluations)}
     (out / REPORT_FILE).write_text(json.dumps(without_nan(report), indent=2) + "\n", encoding="utf-8")
     return report
+
+
+def rl_effect(rl_dir: Path, evaluations: list[dict]) -> dict:
+    """Did RL improve on its cold start? The RL run's own summary (`rl_summary.json`: the rule reward's
+    block trend) and, per split and mode, `metrics.accuracy_change` from the cold-start bundle to the
+    RL bundle (onnxruntime), n = the (pair, dimension) entries without a human tie over VQ/MQ/TA."""
+    from .metrics import accuracy_change
+    from .rl import SUMMARY_FILE
+
+    summary_path = rl_dir / SUMMARY_FILE
+    out = {"run": json.loads(summary_path.read_text()) if summary_path.is_file() else None}
+    rows = {(e["model"], e["backend"], e["mode"], e["split"]): e for e in evaluations}
+    for split in ("test_id", "test_heldout"):
+        for mode in ("think", "fast"):
+            before, after = rows.get(("cold_start", "onnxruntime", mode, split)), rows.get(("rl", "onnxruntime", mode, split))
+            if before is None or after is None:
+                continue
+            dims = [d for d in ("VQ", "MQ", "TA") if d in before["dims"]]
+            n = sum(before["dims"][d]["n_pairs"] - before["dims"][d]["n_human_ties"] for d in dims)
+            out[f"{split}/{mode}"] = accuracy_change(before["mean"]["accuracy_without_ties"], after["mean"]["accuracy_without_ties"], n)
+    return out
 
 
 def summarise(evaluations: list[dict]) -> dict:
@@ -213,6 +234,15 @@ def format_summary(report: dict) -> str:
         lines.append(f"{key:<44}{cells}")
     for name, values in report.get("diagnostics", {}).items():
         lines.append(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
+    rl = report.get("rl") or {}
+    if rl.get("run"):
+        from .metrics import format_rl_summary
+
+        lines.append(format_rl_summary(rl["run"]))
+    for key, change in rl.items():
+        if key != "run" and change:
+            lines.append(f"RL vs cold start, {key}: {change['before']:.3f} → {change['after']:.3f} "
+                         f"({change['delta']:+.3f}, 2 SE {2 * change['se']:.3f}: {change['change']})")
     lines.append("stage seconds: " + ", ".join(f"{k} {v}" for k, v in report["seconds"].items()))
     return "\n".join(lines)
 

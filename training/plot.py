@@ -138,7 +138,8 @@ def plot_run(run: str | os.PathLike, out: str | os.PathLike | None = None) -> Pa
         if not _lines(axes[1], steps, ["reward_std", "accuracy_std", "zero_variance_groups", "parsed"]):
             axes[1].text(0.5, 0.5, "not logged by this run", ha="center", transform=axes[1].transAxes)
         axes[1].set_title("learning signal: group std, flat groups, parsed CoTs", fontsize=9)
-        _lines(axes[2], steps, ["kl"], log=True)
+        if not _lines(axes[2], steps, ["kl"], log=True):
+            axes[2].text(0.5, 0.5, "KL 0 throughout (the policy did not move)", ha="center", transform=axes[2].transAxes)
         twin = axes[2].twinx()
         _lines(twin, steps, ["clip_fraction"], color="tab:red", alpha=0.6)
         twin.set_ylabel("clip fraction", color="tab:red")
