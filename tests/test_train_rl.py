@@ -289,6 +289,52 @@ def test_micro_batching_does_not_change_the_gradients(updates, pairs):
             torch.testing.assert_close(grads_one[name], grads_four[name], atol=1e-6, rtol=1e-4, msg=name)
 
 
+def test_dynamic_sampling_drops_flat_groups_and_draws_more(pairs):
+    """Groups whose samples all got the same reward are dropped and more pairs drawn, up to the cap;
+    with no informative group nothing moves. (Rewards are set by hand on real rollouts.)"""
+    from descore_sdk.training.grpo import RuleReward
+
+    def trainer_with(flat, **settings):
+        model = build_tiny_model("qwen3_vl", seed=7, dimension_names=DIMS)
+        config = RLConfig(num_samples=2, max_new_tokens=3, pairs_per_step=2, length_min_tokens=1, lr=1e-2, **settings)
+        trainer = DualObjectiveRL(model, config)
+        real, seen = trainer.rollout, []
+
+        def rollout(pair):
+            ra, rb, _, parsed = real(pair)
+            seen.append(pairs.index(pair))
+            value = [RuleReward(0.5, 0.5, 1, 1)] * 2 if pairs.index(pair) in flat else [RuleReward(1, 1, 1, 1), RuleReward(0, 0, 0, 0)]
+            return ra, rb, value, parsed
+
+        trainer.rollout = rollout
+        stream = iter(pairs[2:])
+        return trainer, seen, lambda: next(stream)
+
+    # Pairs 0 and 1 are flat: pair 2 (informative), 3 (flat), 4 (informative) are drawn, then it stops.
+    trainer, seen, draw = trainer_with({0, 1, 3}, dynamic_sampling=True, max_draws_per_step=6)
+    metrics = trainer.step(pairs[:2], draw)
+    assert seen == [0, 1, 2, 3, 4]
+    assert metrics["pairs_rolled_out"] == 5 and metrics["groups_trained"] == 2
+    assert metrics["zero_variance_groups"] == pytest.approx(3 / 5) and metrics["rule_reward"] == pytest.approx((3 * 0.5 + 2 * 0.5) / 5)
+    assert np.isfinite(metrics["grpo_loss"]) and metrics["policy_grad_norm"] > 0
+
+    # Everything flat: the cap (here 4 pairs) ends the search and nothing is updated.
+    trainer, seen, draw = trainer_with(set(range(8)), dynamic_sampling=True, max_draws_per_step=4)
+    before = {n: t.clone() for n, t in trainer.model.state_dict().items()}
+    metrics = trainer.step(pairs[:2], draw)
+    assert seen == [0, 1, 2, 3] and metrics["groups_trained"] == 0 and np.isnan(metrics["grpo_loss"])
+    assert all(torch.equal(before[n], t) for n, t in trainer.model.state_dict().items())
+    # The default cap is 3 × pairs_per_step.
+    trainer, seen, draw = trainer_with(set(range(8)), dynamic_sampling=True)
+    trainer.step(pairs[:2], draw)
+    assert seen == [0, 1, 2, 3, 4, 5]
+
+    # Off: the step's pairs only, flat groups included (their advantages are zero).
+    trainer, seen, draw = trainer_with({0}, dynamic_sampling=False)
+    metrics = trainer.step(pairs[:2], draw)
+    assert seen == [0, 1] and metrics["groups_trained"] == 2 and metrics["zero_variance_groups"] == 0.5
+
+
 # -- learning ------------------------------------------------------------------------------------------
 def _stop_probability(model, trainer, pairs):
     """Mean probability of the stop tokens right after the assistant header, over the pairs' videos."""
@@ -473,7 +519,8 @@ def test_command_line(cold_start, tmp_path):
 @pytest.mark.parametrize(
     "bad",
     [dict(num_samples=0), dict(temperature=0.0), dict(bt_scope="all"), dict(bt_ties="x"), dict(length_min_tokens=50, length_max_tokens=10),
-     dict(length_max_tokens=5000), dict(kl_coef=-1.0), dict(steps=0), dict(max_new_tokens=0)],
+     dict(length_max_tokens=5000), dict(kl_coef=-1.0), dict(steps=0), dict(max_new_tokens=0),
+     dict(max_draws_per_step=-1), dict(eval_every=-1), dict(eval_max_pairs=0)],
 )
 def test_bad_settings_raise(bad):
     with pytest.raises(InvalidInputError):

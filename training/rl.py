@@ -62,7 +62,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -110,6 +110,8 @@ class RLConfig:
     pairs_per_step: int = 1
     micro_batch: int = 1  # samples (pairs of CoTs) per forward
     updates_per_batch: int = 1  # policy updates per batch of samples (μ); > 1 makes the clipping bite
+    dynamic_sampling: bool = False  # drop zero-advantage groups and draw more pairs (DAPO); see DualObjectiveRL.step
+    max_draws_per_step: int = 0  # dynamic sampling's cap on pairs rolled out per step; 0 = 3 × pairs_per_step
     lr: float = 1e-6  # policy
     head_lr: float = 1e-5  # reward head (BT)
     weight_decay: float = 0.0
@@ -153,6 +155,8 @@ class RLConfig:
             if getattr(self, name) < 0:
                 raise InvalidInputError(f"{name} must be ≥ 0, got {getattr(self, name)}.")
         self.length_target  # validates the range
+        if self.max_draws_per_step < 0:
+            raise InvalidInputError(f"max_draws_per_step must be ≥ 0 (0 = 3 × pairs_per_step), got {self.max_draws_per_step}.")
 
     @property
     def length_target(self) -> LengthTarget:
@@ -427,22 +431,47 @@ class DualObjectiveRL:
             parsed += reports
         return sampled[0], sampled[1], rewards, parsed
 
-    def step(self, pairs: Sequence[PreferencePair]) -> dict:
+    def step(self, pairs: Sequence[PreferencePair], draw: Callable[[], PreferencePair] | None = None) -> dict:
         """One optimizer step (or `updates_per_batch` of them) on `pairs`: rollout → rule reward →
-        GRPO + BT. Returns the step's metrics."""
+        GRPO + BT. Returns the step's metrics.
+
+        With `config.dynamic_sampling` and a `draw` (which returns the next training pair), a group
+        whose rewards are all equal (zero advantage: no policy gradient) is dropped and further pairs
+        are drawn until `pairs_per_step` groups carry a signal or `max_draws_per_step` pairs have been
+        rolled out (DAPO's dynamic sampling, Yu et al. 2025). The step's reward metrics cover every
+        rolled-out group; with no informative group at all, nothing is updated.
+        """
         cfg, model, n = self.config, self.model, self.config.num_samples
         started = time.perf_counter()
         groups = []  # (pair, rollouts_a, rollouts_b, advantages (n,), preference (1, K))
         rule_rewards, cot_tokens, finished, reports = [], [], [], []
-        for pair in pairs:
+        filtering = cfg.dynamic_sampling and draw is not None
+        todo, drawn = list(pairs), 0
+        cap = cfg.max_draws_per_step or 3 * cfg.pairs_per_step
+        while todo or (filtering and len(groups) < cfg.pairs_per_step and drawn < cap):
+            pair = todo.pop(0) if todo else draw()
+            drawn += 1
             rollouts_a, rollouts_b, rewards, parsed = self.rollout(pair)
             advantages = group_advantages([r.total for r in rewards])
-            preference = torch.from_numpy(preference_codes([pair], model.dimension_names))
-            groups.append((pair, rollouts_a, rollouts_b, advantages, preference))
             rule_rewards.append(rewards)
             reports += parsed
             cot_tokens += [len(r.cot_ids) for r in rollouts_a + rollouts_b]
             finished += [r.finished for r in rollouts_a + rollouts_b]
+            if filtering and not bool(advantages.any()):
+                continue
+            preference = torch.from_numpy(preference_codes([pair], model.dimension_names))
+            groups.append((pair, rollouts_a, rollouts_b, advantages, preference))
+        common = {
+            **reward_diagnostics(rule_rewards, reports),
+            "pairs_rolled_out": drawn,
+            "groups_trained": len(groups),
+            "cot_tokens": float(np.mean(cot_tokens)),
+            "finished": float(np.mean(finished)),
+        }
+        if not groups:
+            nan = float("nan")
+            return {**common, **dict.fromkeys(("grpo_loss", "bt_loss", "policy_grad_norm", "head_grad_norm", "kl", "clip_fraction",
+                                              "ratio", "entropy"), nan), "seconds": time.perf_counter() - started}
 
         # Micro-batches of samples; sample i contributes rows A_i and B_i, which share its advantage.
         micro = []
@@ -486,7 +515,7 @@ class DualObjectiveRL:
                 totals["ratio"] += policy.mean_ratio * share
             updates.append({**totals, **self._clip_and_step()})
         return {
-            **reward_diagnostics(rule_rewards, reports),
+            **common,
             # Losses and norms of the last update; KL of the first (the policy that sampled against the
             # reference); clip fraction and ratio averaged over the updates (the first has ρ = 1 exactly).
             **{k: updates[-1][k] for k in ("grpo_loss", "bt_loss", "policy_grad_norm", "head_grad_norm")},
@@ -494,8 +523,6 @@ class DualObjectiveRL:
             "clip_fraction": float(np.mean([u["clip_fraction"] for u in updates])),
             "ratio": float(np.mean([u["ratio"] for u in updates])),
             "entropy": entropy_sum / max(token_count, 1.0),
-            "cot_tokens": float(np.mean(cot_tokens)),
-            "finished": float(np.mean(finished)),
             "seconds": time.perf_counter() - started,
         }
 
@@ -601,6 +628,13 @@ def run_rl(
     steps = config.steps if config.steps is not None else math.ceil(len(pairs) / per_step)
     queue: list[int] = []
     history, evals = [], []
+
+    def draw() -> PreferencePair:  # the next pair of the shuffled stream (dynamic sampling's extra draws)
+        nonlocal queue
+        if not queue:
+            queue = order.permutation(len(pairs)).tolist()
+        return pairs[queue.pop(0)]
+
     with open(out / LOG_FILE, "w", encoding="utf-8") as log:
 
         def evaluate(step: int) -> None:
@@ -617,7 +651,7 @@ def run_rl(
             while len(queue) < per_step:
                 queue += order.permutation(len(pairs)).tolist()  # reshuffled every pass
             batch, queue = [pairs[i] for i in queue[:per_step]], queue[per_step:]
-            metrics = {"step": step + 1, **trainer.step(batch)}
+            metrics = {"step": step + 1, **trainer.step(batch, draw)}
             history.append(metrics)
             log.write(json.dumps(metrics) + "\n")
             log.flush()
@@ -650,6 +684,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs-per-step", type=int, default=d.pairs_per_step)
     p.add_argument("--micro-batch", type=int, default=d.micro_batch, help="samples per forward")
     p.add_argument("--updates-per-batch", type=int, default=d.updates_per_batch)
+    p.add_argument("--dynamic-sampling", action=argparse.BooleanOptionalAction, default=d.dynamic_sampling,
+                   help="drop groups whose samples all got the same reward and draw more pairs (DAPO)")
+    p.add_argument("--max-draws-per-step", type=int, default=d.max_draws_per_step, help="dynamic sampling's cap (0: 3 × pairs per step)")
     p.add_argument("--lr", type=float, default=d.lr, help="policy learning rate")
     p.add_argument("--head-lr", type=float, default=d.head_lr, help="reward head learning rate")
     p.add_argument("--kl-coef", type=float, default=d.kl_coef)
@@ -678,6 +715,8 @@ def config_from_args(args: argparse.Namespace) -> RLConfig:
         pairs_per_step=args.pairs_per_step,
         micro_batch=args.micro_batch,
         updates_per_batch=args.updates_per_batch,
+        dynamic_sampling=args.dynamic_sampling,
+        max_draws_per_step=args.max_draws_per_step,
         lr=args.lr,
         head_lr=args.head_lr,
         kl_coef=args.kl_coef,
