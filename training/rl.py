@@ -44,9 +44,24 @@ pairs with step-wide normalisers, so micro-batching does not change the result. 
 logits are computed in full (batch × length × vocab): keep `micro_batch` small for real models.
 Video inputs come from `descore_sdk.inputs` / `batching`, the code path the Scorer serves with.
 
-Output: the checkpoint in OUT (`checkpoint.export_model`: LoRA merged), plus `rl_log.jsonl` (one
-line of metrics per step) and `rl_config.json` (the settings used). There is no resumable mid-run
-checkpointing in this stage.
+Output: the checkpoint in OUT (`checkpoint.export_model`: LoRA merged), plus `rl_log.jsonl`, `rl_config.json`
+(the settings used) and `rl_summary.json`. There is no resumable mid-run checkpointing in this stage.
+
+What the log says about the learning signal (one line per step; `descore train plot OUT` draws it):
+  rule_reward, rule_accuracy / _format / _length   the sampled CoTs' rule reward and its terms
+  reward_std, accuracy_std   mean within-group std of the reward and of its accuracy term
+  zero_variance_groups       fraction of groups whose samples all got the same reward: A = 0, no
+                             policy gradient from them (with `dynamic_sampling` they are replaced)
+  parsed                     fraction of CoTs whose every section states a verdict the parser reads
+  entropy                    the sampling policy's next-token entropy per CoT token (nats)
+  kl, clip_fraction, ratio   k3 KL to the reference per token; clipped share and mean ρ (ρ = 1 and
+                             no clipping with one update per batch)
+  bt_loss, grpo_loss, *_grad_norm, pairs_rolled_out, groups_trained, cot_tokens, finished, seconds
+With eval data (`--eval-data`), `evaluate_policy` runs before the first step, every `eval_every` steps
+and at the end (think-mode, fast-mode and CoT-verdict accuracy; `{"step", "eval"}` lines), and
+`rl_summary.json` (`metrics.rl_run_summary`, printed as one line) says whether the run improved on its
+starting checkpoint: the rule reward's trend over 5 blocks of steps (beyond 2 standard errors?) and
+the accuracies before vs after.
 """
 
 from __future__ import annotations
