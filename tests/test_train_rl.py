@@ -444,8 +444,8 @@ def test_short_rl_run_from_cold_start(cold_start, tmp_path):
     think_before, think_se = _think_accuracy(model_dir, test_pairs)
 
     config = RLConfig(
-        num_samples=8, max_new_tokens=16, steps=4, micro_batch=8, lr=1e-4, head_lr=1e-3,
-        length_min_tokens=16, length_max_tokens=64, seed=0,
+        num_samples=8, max_new_tokens=16, steps=4, pairs_per_step=1, micro_batch=8, lr=1e-4, head_lr=1e-3,
+        length_min_tokens=16, length_max_tokens=64, seed=0, kl_coef=1e-5, weight_decay=0.0,
     )
     result = run_rl(model, data["train"], tmp_path / "rl", config, eval_data=data["test_id"])
 

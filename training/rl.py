@@ -13,7 +13,7 @@ One step, for each preference pair (prompt, video A, video B, per-dimension labe
 3. One forward of prompt + CoT + `<Reward>` per sequence gives both the log-probabilities of the CoT
    tokens (and of the stop token that ended it) and the head's rewards at `<Reward>`.
 4. Two losses on that one forward:
-     GRPO  clipped policy gradient on the CoT tokens + β · KL(π ‖ π_ref) (k3), β = 1e-5, to the frozen
+     GRPO  clipped policy gradient on the CoT tokens + β · KL(π ‖ π_ref) (k3), β = 1e-2, to the frozen
            reference policy (a copy of the starting model);
      BT    −log σ(r_win − r_lose) per labelled dimension of the head (human ties dropped, or
            Rao–Kupper with `bt_ties`), on the rewards the head gives the same sampled CoTs +
@@ -114,7 +114,16 @@ BT_SCOPES = ("head", "backbone")
 
 @dataclass
 class RLConfig:
-    """Settings of the RL stage (paper defaults where the paper gives one)."""
+    """Settings of the RL stage.
+
+    Where the authors' RL config (DeScore_project_page `dual_rl/examples/config.yaml`, EasyR1) gives a
+    value it is the default: temperature 1.0, top_p 1.0, actor lr 1e-6, weight decay 1e-2, max grad
+    norm 1.0, KL loss (`low_var_kl` = k3) with coefficient 1e-2. Theirs differ on batch sizes (512
+    prompts per rollout batch, 128 per update, n = 5): one preference pair per step, as this stage
+    had, gives a gradient from 2 · n CoTs of one pair, which AdamW turns into a full-size step
+    whatever its noise; `pairs_per_step` = 8 is what measurably moved the tiny benchmark model
+    (training/BENCHMARK.md, "The RL stage").
+    """
 
     num_samples: int = 8  # n: CoTs sampled per video of a pair (the GRPO group)
     max_new_tokens: int = 1024  # generation budget per CoT
@@ -122,17 +131,17 @@ class RLConfig:
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     steps: int | None = None  # optimizer steps; None = one pass over the pairs
-    pairs_per_step: int = 1
+    pairs_per_step: int = 8  # preference pairs (GRPO groups) per optimizer step
     micro_batch: int = 1  # samples (pairs of CoTs) per forward
     updates_per_batch: int = 1  # policy updates per batch of samples (μ); > 1 makes the clipping bite
     dynamic_sampling: bool = False  # drop zero-advantage groups and draw more pairs (DAPO); see DualObjectiveRL.step
     max_draws_per_step: int = 0  # dynamic sampling's cap on pairs rolled out per step; 0 = 3 × pairs_per_step
     lr: float = 1e-6  # policy
     head_lr: float = 1e-5  # reward head (BT)
-    weight_decay: float = 0.0
+    weight_decay: float = 1e-2
     max_grad_norm: float = 1.0  # per side (policy / head); 0 = no clipping
     clip_eps: float = 0.2
-    kl_coef: float = 1e-5
+    kl_coef: float = 1e-2
     bt_weight: float = 5e-3
     bt_scope: str = "head"  # "head": BT → head + <Reward> row only; "backbone": BT through the model too
     bt_ties: str = "drop"  # "drop": plain BT, human ties skipped; "rao_kupper": BT with ties (losses.py)
