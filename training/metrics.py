@@ -235,7 +235,8 @@ def rl_run_summary(history: Sequence[Mapping], evals: Sequence[Mapping] = (), bl
     """Did an RL run improve on its starting checkpoint?
 
     history: the per-step records (`rule_reward`, `rule_accuracy`, ...); evals: the evaluation records
-    in step order (`rl.evaluate_policy`: think_accuracy, fast_accuracy, cot_accuracy, n_decided), the
+    in step order (`rl.evaluate_policy`: think_accuracy, fast_accuracy, cot_accuracy, n_decided,
+    n_cot_items), the
     first taken before any update. The verdict:
       "improved"  the rule reward's block trend is up and, when evaluated, think-mode accuracy did not
                   go down beyond 2 SE, nor fast mode;
@@ -248,8 +249,10 @@ def rl_run_summary(history: Sequence[Mapping], evals: Sequence[Mapping] = (), bl
     changes = {}
     if len(evals) >= 2:
         first, last = evals[0], evals[-1]
-        n = int(first.get("n_decided", 0))
         for key in ("think_accuracy", "fast_accuracy", "cot_accuracy"):
+            # think / fast: accuracy without ties over the decided entries; the CoT verdicts are judged
+            # on every labelled sub-dimension, human ties included.
+            n = int(first.get("n_cot_items" if key == "cot_accuracy" else "n_decided", 0))
             if key in first and key in last:
                 changes[key] = accuracy_change(float(first[key]), float(last[key]), n)
         out["eval"] = {"before_step": first.get("step"), "after_step": last.get("step"), **changes}

@@ -606,6 +606,7 @@ def evaluate_policy(trainer: DualObjectiveRL, pairs: Sequence[PreferencePair]) -
         "parsed": float(np.mean([all(v is not None for v in r.severities.values()) for r in reports])),
         "n_pairs": len(pairs),
         "n_decided": int(decided),  # (pair, dimension) entries without a human tie, over VQ/MQ/TA
+        "n_cot_items": int(sum(len([d for d in SUB_DIMENSIONS if d in p.labels]) or 1 for p in pairs)),  # what cot_accuracy averages
     }
 
 
