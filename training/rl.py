@@ -595,8 +595,13 @@ def evaluate_policy(trainer: DualObjectiveRL, pairs: Sequence[PreferencePair]) -
     decided = sum(r["n_pairs"] - r["n_human_ties"] for r in think_report["dims"].values()) if dims else 0
     fa, fb, fl = pair_predictions(model, pairs, trainer.prompts, trainer.cache)
     fast_dims = [d for d in fl if d in SUB_DIMENSIONS]
-    fast = (metrics_module.evaluate({d: fa[d] for d in fast_dims}, {d: fb[d] for d in fast_dims}, {d: fl[d] for d in fast_dims})
-            ["mean"]["accuracy_without_ties"] if fast_dims else float("nan"))
+    fast_report = (metrics_module.evaluate({d: fa[d] for d in fast_dims}, {d: fb[d] for d in fast_dims}, {d: fl[d] for d in fast_dims})
+                   if fast_dims else None)
+    fast = fast_report["mean"]["accuracy_without_ties"] if fast_report else float("nan")
+
+    def per_dimension(report):
+        return {d: r["accuracy_without_ties"] for d, r in report["dims"].items()} if report else {}
+
     cot = [cot_pair_accuracy(greedy[(str(p.video_a), p.prompt)][0], greedy[(str(p.video_b), p.prompt)][0], p.labels) for p in pairs]
     reports = [r for r, _ in greedy.values()]
     return {
@@ -604,6 +609,8 @@ def evaluate_policy(trainer: DualObjectiveRL, pairs: Sequence[PreferencePair]) -
         "fast_accuracy": float(fast),
         "cot_accuracy": float(np.mean(cot)),
         "parsed": float(np.mean([all(v is not None for v in r.severities.values()) for r in reports])),
+        "think_dims": per_dimension(think_report),  # accuracy without ties per dimension (NaN: no decided pair)
+        "fast_dims": per_dimension(fast_report),
         "n_pairs": len(pairs),
         "n_decided": int(decided),  # (pair, dimension) entries without a human tie, over VQ/MQ/TA
         "n_cot_items": int(sum(len([d for d in SUB_DIMENSIONS if d in p.labels]) or 1 for p in pairs)),  # what cot_accuracy averages
@@ -630,6 +637,7 @@ def run_rl(
     The log (`rl_log.jsonl`) has one line per step and one `{"step": s, "eval": {...}}` line per
     evaluation; `rl_summary.json` holds `metrics.rl_run_summary` of the run.
     """
+    from .evaluation import without_nan
     from .metrics import rl_run_summary
 
     config = config or RLConfig()
@@ -665,7 +673,7 @@ def run_rl(
         def evaluate(step: int) -> None:
             record = {"step": step, **evaluate_policy(trainer, eval_pairs)}
             evals.append(record)
-            log.write(json.dumps({"step": step, "eval": record}) + "\n")
+            log.write(json.dumps(without_nan({"step": step, "eval": record})) + "\n")
             log.flush()
             logger.info("rl eval at step %d: think %.3f, fast %.3f, CoT verdicts %.3f, parsed %.2f", step,
                         record["think_accuracy"], record["fast_accuracy"], record["cot_accuracy"], record["parsed"])
@@ -678,7 +686,7 @@ def run_rl(
             batch, queue = [pairs[i] for i in queue[:per_step]], queue[per_step:]
             metrics = {"step": step + 1, **trainer.step(batch, draw)}
             history.append(metrics)
-            log.write(json.dumps(metrics) + "\n")
+            log.write(json.dumps(without_nan(metrics)) + "\n")
             log.flush()
             logger.info(
                 "rl step %d/%d: rule reward %.3f (acc %.3f, format %.3f, length %.3f; group std %.3f, flat groups %.2f), "
@@ -693,7 +701,7 @@ def run_rl(
     export_model(model, out)
     (out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
     summary = rl_run_summary(history, evals)
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (out / SUMMARY_FILE).write_text(json.dumps(without_nan(summary), indent=2) + "\n", encoding="utf-8")
     return RLResult(out_dir=out, history=history, evals=evals, summary=summary)
 
 
