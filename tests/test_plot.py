@@ -76,6 +76,8 @@ def test_rl_summary_verdicts():
     line = format_rl_summary(summary)
     assert line.startswith("RL improved over 20 steps") and "think 0.800 → 0.850" in line
 
+    slightly_lower = [dict(good_eval[0]), dict(good_eval[1], think_accuracy=0.76)]  # −0.04, within 2 SE (0.11)
+    assert rl_run_summary(rising, slightly_lower)["verdict"] == "reward up, think accuracy not"
     assert rl_run_summary(flat)["verdict"] == "no measurable change"
     assert rl_run_summary(flat, good_eval)["verdict"] == "no measurable change"
     # A rising reward does not hide a think-mode accuracy that fell beyond 2 SE.
@@ -132,7 +134,7 @@ def test_real_run_log_summary_and_plot(real_rl_run, tmp_path):
     from descore_sdk.training.evaluation import without_nan
 
     assert saved == without_nan(result.summary) and saved["steps"] == 4  # strict JSON: NaN is null
-    assert saved["verdict"] in ("improved", "worse", "no measurable change")
+    assert saved["verdict"] in ("improved", "reward up, think accuracy not", "worse", "no measurable change")
     assert set(saved["eval"]) >= {"think_accuracy", "fast_accuracy", "cot_accuracy"}
 
     png = plot_run(run_dir)

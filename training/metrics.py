@@ -238,8 +238,9 @@ def rl_run_summary(history: Sequence[Mapping], evals: Sequence[Mapping] = (), bl
     in step order (`rl.evaluate_policy`: think_accuracy, fast_accuracy, cot_accuracy, n_decided,
     n_cot_items), the
     first taken before any update. The verdict:
-      "improved"  the rule reward's block trend is up and, when evaluated, think-mode accuracy did not
-                  go down beyond 2 SE, nor fast mode;
+      "improved"  the rule reward's block trend is up and, when evaluated, think-mode accuracy is not
+                  lower after than before and fast mode did not go down beyond 2 SE;
+      "reward up, think accuracy not"  the trend is up but think mode ended lower (within 2 SE);
       "worse"     the rule reward's trend is down, or think or fast accuracy went down beyond 2 SE;
       "no measurable change" otherwise (including a run too short to tell).
     """
@@ -257,10 +258,11 @@ def rl_run_summary(history: Sequence[Mapping], evals: Sequence[Mapping] = (), bl
                 changes[key] = accuracy_change(float(first[key]), float(last[key]), n)
         out["eval"] = {"before_step": first.get("step"), "after_step": last.get("step"), **changes}
     down = any(changes.get(k, {}).get("change") == "down" for k in ("think_accuracy", "fast_accuracy"))
+    think_lower = changes.get("think_accuracy", {}).get("delta", 0.0) < 0
     if reward["trend"] == "down" or down:
         verdict = "worse"
     elif reward["trend"] == "up":
-        verdict = "improved"
+        verdict = "reward up, think accuracy not" if think_lower else "improved"
     else:
         verdict = "no measurable change"
     out["verdict"] = verdict
