@@ -81,6 +81,47 @@ def _reference_forward(model, rollout):
     return token_logp, model.reward_head.weight @ hidden[-1]
 
 
+def _reference_distributions(model, rollout):
+    """(T, V) log-softmax rows of one unpadded HF forward at the positions that predict the CoT tokens
+    and the stop token."""
+    ids = np.concatenate([rollout.prompt_ids, rollout.cot_ids, [model.reward_token_id]]).astype(np.int64)
+    input_ids = torch.from_numpy(ids)[None]
+    kwargs = dict(
+        pixel_values_videos=torch.from_numpy(rollout.features.patches),
+        video_grid_thw=torch.from_numpy(rollout.features.grid_thw)[None],
+        mm_token_type_ids=(input_ids == model.backbone.config.video_token_id).int() * 2,
+    )
+    if model.family == "qwen2_5_vl":
+        kwargs["second_per_grid_ts"] = torch.tensor([rollout.features.second_per_grid])
+    hidden = model.backbone.model(input_ids=input_ids, **kwargs).last_hidden_state[0]
+    start = len(rollout.prompt_ids) - 1
+    count = len(rollout.cot_ids) + rollout.finished
+    return torch.log_softmax(model.backbone.lm_head(hidden).float(), dim=-1)[start : start + count]
+
+
+# -- per-step diagnostics ------------------------------------------------------------------------------
+def test_reward_diagnostics_hand_values():
+    from descore_sdk.training.grpo import RuleReward, read_cot
+    from descore_sdk.training.rl import reward_diagnostics
+
+    same = RuleReward(total=0.8, accuracy=1.0, format=1.0, length=0.5)
+    groups = [
+        [same, same, same],  # all equal: zero advantage, no signal
+        [RuleReward(1.0, 1.0, 1.0, 1.0), RuleReward(0.3, 0.0, 1.0, 1.0)],  # std 0.35, accuracy std 0.5
+    ]
+    readable = read_cot("Visual quality: very blurry. Motion: smooth and steady. Alignment: the video matches the prompt.", num_tokens=20)
+    unreadable = read_cot("Visual quality: very blurry. Motion: fine.", num_tokens=9)
+    d = reward_diagnostics(groups, [readable, unreadable, readable, readable])
+    assert d["zero_variance_groups"] == 0.5
+    assert d["reward_std"] == pytest.approx((0.0 + 0.35) / 2)
+    assert d["accuracy_std"] == pytest.approx((0.0 + 0.5) / 2)
+    assert d["rule_reward"] == pytest.approx((3 * 0.8 + 1.0 + 0.3) / 5)
+    assert d["rule_accuracy"] == pytest.approx(4 / 5) and d["rule_length"] == pytest.approx((1.5 + 2) / 5)
+    assert d["parsed"] == 0.75
+    # Equal within float rounding is still a flat group: the advantages GRPO uses are all zero.
+    assert reward_diagnostics([[RuleReward(0.1 + 0.2, 0, 0, 0), RuleReward(0.3, 0, 0, 0)]])["zero_variance_groups"] == 1.0
+
+
 # -- scoring and sampling ----------------------------------------------------------------------------
 @pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl"])
 def test_score_rollouts_matches_unpadded_transformers_forward(family, pairs):
@@ -99,6 +140,11 @@ def test_score_rollouts_matches_unpadded_transformers_forward(family, pairs):
             torch.testing.assert_close(got, expected_logp, atol=2e-5, rtol=1e-5)
             torch.testing.assert_close(scored.rewards[b], expected_rewards, atol=2e-5, rtol=1e-5)
             assert float(scored.logp[b][~scored.mask[b].bool()].abs().sum()) == 0.0
+            # The policy's entropy at the scored positions: −Σ p log p of the reference forward's rows.
+            full = _reference_distributions(model, rollout)
+            expected_entropy = -(full.exp() * full).sum(dim=-1)
+            torch.testing.assert_close(scored.entropy[b][scored.mask[b].bool()], expected_entropy, atol=1e-4, rtol=1e-5)
+            assert float(scored.entropy[b][~scored.mask[b].bool()].abs().sum()) == 0.0
 
 
 def test_sampled_cots_stop_and_condition_on_the_video(pairs):
@@ -243,6 +289,52 @@ def test_micro_batching_does_not_change_the_gradients(updates, pairs):
             torch.testing.assert_close(grads_one[name], grads_four[name], atol=1e-6, rtol=1e-4, msg=name)
 
 
+def test_dynamic_sampling_drops_flat_groups_and_draws_more(pairs):
+    """Groups whose samples all got the same reward are dropped and more pairs drawn, up to the cap;
+    with no informative group nothing moves. (Rewards are set by hand on real rollouts.)"""
+    from descore_sdk.training.grpo import RuleReward
+
+    def trainer_with(flat, **settings):
+        model = build_tiny_model("qwen3_vl", seed=7, dimension_names=DIMS)
+        config = RLConfig(num_samples=2, max_new_tokens=3, pairs_per_step=2, length_min_tokens=1, lr=1e-2, **settings)
+        trainer = DualObjectiveRL(model, config)
+        real, seen = trainer.rollout, []
+
+        def rollout(pair):
+            ra, rb, _, parsed = real(pair)
+            seen.append(pairs.index(pair))
+            value = [RuleReward(0.5, 0.5, 1, 1)] * 2 if pairs.index(pair) in flat else [RuleReward(1, 1, 1, 1), RuleReward(0, 0, 0, 0)]
+            return ra, rb, value, parsed
+
+        trainer.rollout = rollout
+        stream = iter(pairs[2:])
+        return trainer, seen, lambda: next(stream)
+
+    # Pairs 0 and 1 are flat: pair 2 (informative), 3 (flat), 4 (informative) are drawn, then it stops.
+    trainer, seen, draw = trainer_with({0, 1, 3}, dynamic_sampling=True, max_draws_per_step=6)
+    metrics = trainer.step(pairs[:2], draw)
+    assert seen == [0, 1, 2, 3, 4]
+    assert metrics["pairs_rolled_out"] == 5 and metrics["groups_trained"] == 2
+    assert metrics["zero_variance_groups"] == pytest.approx(3 / 5) and metrics["rule_reward"] == pytest.approx((3 * 0.5 + 2 * 0.5) / 5)
+    assert np.isfinite(metrics["grpo_loss"]) and metrics["policy_grad_norm"] > 0
+
+    # Everything flat: the cap (here 4 pairs) ends the search and nothing is updated.
+    trainer, seen, draw = trainer_with(set(range(8)), dynamic_sampling=True, max_draws_per_step=4)
+    before = {n: t.clone() for n, t in trainer.model.state_dict().items()}
+    metrics = trainer.step(pairs[:2], draw)
+    assert seen == [0, 1, 2, 3] and metrics["groups_trained"] == 0 and np.isnan(metrics["grpo_loss"])
+    assert all(torch.equal(before[n], t) for n, t in trainer.model.state_dict().items())
+    # The default cap is 3 × pairs_per_step.
+    trainer, seen, draw = trainer_with(set(range(8)), dynamic_sampling=True)
+    trainer.step(pairs[:2], draw)
+    assert seen == [0, 1, 2, 3, 4, 5]
+
+    # Off: the step's pairs only, flat groups included (their advantages are zero).
+    trainer, seen, draw = trainer_with({0}, dynamic_sampling=False)
+    metrics = trainer.step(pairs[:2], draw)
+    assert seen == [0, 1] and metrics["groups_trained"] == 2 and metrics["zero_variance_groups"] == 0.5
+
+
 # -- learning ------------------------------------------------------------------------------------------
 def _stop_probability(model, trainer, pairs):
     """Mean probability of the stop tokens right after the assistant header, over the pairs' videos."""
@@ -352,14 +444,24 @@ def test_short_rl_run_from_cold_start(cold_start, tmp_path):
     think_before, think_se = _think_accuracy(model_dir, test_pairs)
 
     config = RLConfig(
-        num_samples=8, max_new_tokens=16, steps=4, micro_batch=8, lr=1e-4, head_lr=1e-3,
-        length_min_tokens=16, length_max_tokens=64, seed=0,
+        num_samples=8, max_new_tokens=16, steps=4, pairs_per_step=1, micro_batch=8, lr=1e-4, head_lr=1e-3,
+        length_min_tokens=16, length_max_tokens=64, seed=0, kl_coef=1e-5, weight_decay=0.0,
     )
-    result = run_rl(model, data["train"], tmp_path / "rl", config)
+    result = run_rl(model, data["train"], tmp_path / "rl", config, eval_data=data["test_id"])
 
     # The log and the settings are written.
     log = [json.loads(line) for line in (tmp_path / "rl" / "rl_log.jsonl").read_text().splitlines()]
+    evals = [entry["eval"] for entry in log if "eval" in entry]
+    log = [entry for entry in log if "eval" not in entry]
     assert [entry["step"] for entry in log] == [1, 2, 3, 4] == [h["step"] for h in result.history]
+    # The run's own evaluations (before step 1 and after the last) are the Scorer's think mode (greedy
+    # CoT of ≤ 16 tokens, then `<Reward>`) and fast mode of the same weights.
+    from descore_sdk.training.evaluation import without_nan
+
+    assert [e["step"] for e in evals] == [0, 4] and evals == without_nan(result.evals)
+    assert evals[0]["think_accuracy"] == pytest.approx(think_before, abs=1e-9)
+    assert evals[0]["fast_accuracy"] == pytest.approx(fast_before, abs=1e-9)
+    assert 0.0 <= evals[0]["cot_accuracy"] <= 1.0 and 0.0 <= evals[0]["parsed"] <= 1.0
     assert json.loads((tmp_path / "rl" / "rl_config.json").read_text())["bt_weight"] == 5e-3
     assert all(0.0 <= h["rule_reward"] <= 1.0 and np.isfinite(h["bt_loss"]) for h in log)
 
@@ -381,6 +483,8 @@ def test_short_rl_run_from_cold_start(cold_start, tmp_path):
         assert torch.equal(tensor, end[name]), name
     fast_after, _ = _fast_accuracy(reloaded, test_pairs)
     think_after, _ = _think_accuracy(result.out_dir, test_pairs)
+    assert evals[1]["think_accuracy"] == pytest.approx(think_after, abs=1e-9)
+    assert evals[1]["fast_accuracy"] == pytest.approx(fast_after, abs=1e-9)
 
     # A few RL steps must not cost accuracy beyond noise (2 standard errors of the cold-start accuracy,
     # ≈ 0.17 here with 48 test pairs). Measured (seed 0): fast 0.627 → 0.664, think 0.669 → 0.688,
@@ -417,7 +521,8 @@ def test_command_line(cold_start, tmp_path):
 @pytest.mark.parametrize(
     "bad",
     [dict(num_samples=0), dict(temperature=0.0), dict(bt_scope="all"), dict(bt_ties="x"), dict(length_min_tokens=50, length_max_tokens=10),
-     dict(length_max_tokens=5000), dict(kl_coef=-1.0), dict(steps=0), dict(max_new_tokens=0)],
+     dict(length_max_tokens=5000), dict(kl_coef=-1.0), dict(steps=0), dict(max_new_tokens=0),
+     dict(max_draws_per_step=-1), dict(eval_every=-1), dict(eval_max_pairs=0)],
 )
 def test_bad_settings_raise(bad):
     with pytest.raises(InvalidInputError):

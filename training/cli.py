@@ -15,6 +15,7 @@ this module back.
     descore train jrm        --model CKPT --data train.jsonl --out runs/jrm  [--resume] [...]
     descore train pretrain   --model TINY --data train.jsonl --out runs/pre  (captioning, tiny models)
     descore train benchmark  OUT_DIR [--quick] [--json]                      (all recipes, measured)
+    descore train plot       RUN_DIR [--out curves.png]                      (learning curves as a PNG)
     descore eval MODEL DATA [--json] [--calib CALIB_FILE] [--mode think|fast] [--backend auto]
 
 `descore eval` scores every video of DATA with `descore_sdk.Scorer` (any backend; each distinct
@@ -85,6 +86,12 @@ def cmd_train_benchmark(args) -> int:
     from .benchmark import main as benchmark_main
 
     return benchmark_main(list(args.extra_args), prog="descore train benchmark")
+
+
+def cmd_train_plot(args) -> int:
+    from .plot import cmd_plot
+
+    return cmd_plot(args)
 
 
 def cmd_train_jrm(args) -> int:
@@ -164,6 +171,10 @@ def add_subcommands(subparsers) -> None:
     # Its arguments reach it through `passthrough`: the `descore` parser hands over what it does not know.
     p = train_sub.add_parser("rl", add_help=False, help="dual-objective RL: GRPO on sampled CoTs + Bradley-Terry on the head")
     p.set_defaults(func=cmd_train_rl, passthrough=True)
+    p = train_sub.add_parser("plot", help="learning curves of a run folder as a PNG (rule reward, KL, BT loss, evaluations)")
+    p.add_argument("run_dir", help="training run folder (rl_log.jsonl or metrics.jsonl) or the log file itself")
+    p.add_argument("--out", default=None, help="PNG to write (default: RUN_DIR/curves.png)")
+    p.set_defaults(func=cmd_train_plot)
 
     p = subparsers.add_parser("eval", help="pairwise accuracy of a model on a preference file")
     p.add_argument("model", help="checkpoint folder, exported bundle, or a training run folder (its model/ is used)")

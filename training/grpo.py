@@ -60,7 +60,8 @@ Advantages and loss — GRPO (DeepSeekMath, Shao et al. 2024) with the k3 KL est
     L_t = −[min(ρ_t A, clip(ρ_t, 1 − ε, 1 + ε) A) − β · KL_t]
     loss = mean over sequences (with ≥ 1 token) of the mean of L_t over the sequence's tokens
 
-ε = 0.2 and β = 1e-5 (the paper's KL coefficient) by default. With one update per batch of samples
+ε = 0.2 and β = 1e-5 by default here (the RL stage's `RLConfig.kl_coef` is 1e-2, the authors' EasyR1
+config's `low_var_kl` coefficient). With one update per batch of samples
 π_old = π (detached), so ρ = 1 and the loss's gradient is the plain advantage-weighted one.
 """
 

@@ -186,3 +186,99 @@ def evaluate(
         values = [reports[d][metric] for d in mean_over if not np.isnan(reports[d][metric])]
         mean[metric] = float(np.mean(values)) if values else float("nan")
     return {"dims": reports, "mean": mean, "mean_over": list(mean_over)}
+
+
+# -- is a training curve going anywhere? ------------------------------------------------------------
+def block_trend(values: Sequence[float], blocks: int = 5) -> dict:
+    """Split a per-step series into `blocks` consecutive blocks of (nearly) equal size and compare
+    the first block's mean with the last's.
+
+    Each block's standard error is its sample standard deviation (ddof 1) over √(its size): the steps
+    of a block are taken as independent draws (each step sees different pairs). The change
+    last − first has the standard error √(SE_first² + SE_last²); `trend` is "up" when the change
+    exceeds two of those, "down" when it is below minus two, else "none". Fewer than 2 values per
+    block lowers the number of blocks; a series too short for 2 blocks of 2 gives trend "too short".
+    NaN entries are dropped first.
+
+    Returns {"trend", "blocks": [{"start", "end", "mean", "se"}] (start/end: 0-based indices into
+    the series, end exclusive), "change", "change_se"}.
+    """
+    x = np.asarray([v for v in values if v is not None and not np.isnan(v)], dtype=np.float64)
+    blocks = min(int(blocks), len(x) // 2)
+    if blocks < 2:
+        return {"trend": "too short", "blocks": [], "change": float("nan"), "change_se": float("nan")}
+    edges = np.linspace(0, len(x), blocks + 1).round().astype(int)
+    rows = []
+    for start, end in zip(edges[:-1], edges[1:]):
+        part = x[start:end]
+        rows.append({"start": int(start), "end": int(end), "mean": float(part.mean()), "se": float(part.std(ddof=1) / np.sqrt(len(part)))})
+    change = rows[-1]["mean"] - rows[0]["mean"]
+    change_se = float(np.hypot(rows[0]["se"], rows[-1]["se"]))
+    trend = "up" if change > 2 * change_se else "down" if change < -2 * change_se else "none"
+    return {"trend": trend, "blocks": rows, "change": float(change), "change_se": change_se}
+
+
+def accuracy_change(before: float, after: float, n: int) -> dict:
+    """after − before of two accuracies measured on the same n decided items, with the standard error
+    √(p₁(1−p₁)/n + p₂(1−p₂)/n) (two binomial errors, ignoring that the items are shared: an
+    overestimate when both models get the same items right). `change`: "up" / "down" beyond 2 SE,
+    else "none"."""
+    if not n or np.isnan(before) or np.isnan(after):
+        return {"before": before, "after": after, "delta": float("nan"), "se": float("nan"), "change": "unknown"}
+    se = float(np.sqrt((before * (1 - before) + after * (1 - after)) / n))
+    delta = after - before
+    change = "up" if delta > 2 * se else "down" if delta < -2 * se else "none"
+    return {"before": float(before), "after": float(after), "delta": float(delta), "se": se, "change": change}
+
+
+def rl_run_summary(history: Sequence[Mapping], evals: Sequence[Mapping] = (), blocks: int = 5) -> dict:
+    """Did an RL run improve on its starting checkpoint?
+
+    history: the per-step records (`rule_reward`, `rule_accuracy`, ...); evals: the evaluation records
+    in step order (`rl.evaluate_policy`: think_accuracy, fast_accuracy, cot_accuracy, n_decided,
+    n_cot_items), the
+    first taken before any update. The verdict:
+      "improved"  the rule reward's block trend is up and, when evaluated, think-mode accuracy is not
+                  lower after than before and fast mode did not go down beyond 2 SE;
+      "reward up, think accuracy not"  the trend is up but think mode ended lower (within 2 SE);
+      "worse"     the rule reward's trend is down, or think or fast accuracy went down beyond 2 SE;
+      "no measurable change" otherwise (including a run too short to tell).
+    """
+    reward = block_trend([h.get("rule_reward", np.nan) for h in history], blocks)
+    out = {"steps": len(history), "rule_reward": reward,
+           "rule_accuracy": block_trend([h.get("rule_accuracy", np.nan) for h in history], blocks)}
+    changes = {}
+    if len(evals) >= 2:
+        first, last = evals[0], evals[-1]
+        for key in ("think_accuracy", "fast_accuracy", "cot_accuracy"):
+            # think / fast: accuracy without ties over the decided entries; the CoT verdicts are judged
+            # on every labelled sub-dimension, human ties included.
+            n = int(first.get("n_cot_items" if key == "cot_accuracy" else "n_decided", 0))
+            if key in first and key in last:
+                changes[key] = accuracy_change(float(first[key]), float(last[key]), n)
+        out["eval"] = {"before_step": first.get("step"), "after_step": last.get("step"), **changes}
+    down = any(changes.get(k, {}).get("change") == "down" for k in ("think_accuracy", "fast_accuracy"))
+    think_lower = changes.get("think_accuracy", {}).get("delta", 0.0) < 0
+    if reward["trend"] == "down" or down:
+        verdict = "worse"
+    elif reward["trend"] == "up":
+        verdict = "reward up, think accuracy not" if think_lower else "improved"
+    else:
+        verdict = "no measurable change"
+    out["verdict"] = verdict
+    return out
+
+
+def format_rl_summary(summary: Mapping) -> str:
+    """One line: the verdict, the rule reward's first and last block, and the evaluations' change."""
+    reward = summary["rule_reward"]
+    parts = [f"RL {summary['verdict']} over {summary['steps']} steps"]
+    if reward["blocks"]:
+        first, last = reward["blocks"][0], reward["blocks"][-1]
+        parts.append(f"rule reward {first['mean']:.3f}±{2 * first['se']:.3f} (first block) → {last['mean']:.3f}±{2 * last['se']:.3f} "
+                     f"(last), change {reward['change']:+.3f} (2 SE {2 * reward['change_se']:.3f})")
+    for key, name in (("think_accuracy", "think"), ("fast_accuracy", "fast"), ("cot_accuracy", "CoT verdicts")):
+        change = summary.get("eval", {}).get(key)
+        if change:
+            parts.append(f"{name} {change['before']:.3f} → {change['after']:.3f}")
+    return "; ".join(parts)

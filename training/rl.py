@@ -13,7 +13,7 @@ One step, for each preference pair (prompt, video A, video B, per-dimension labe
 3. One forward of prompt + CoT + `<Reward>` per sequence gives both the log-probabilities of the CoT
    tokens (and of the stop token that ended it) and the head's rewards at `<Reward>`.
 4. Two losses on that one forward:
-     GRPO  clipped policy gradient on the CoT tokens + β · KL(π ‖ π_ref) (k3), β = 1e-5, to the frozen
+     GRPO  clipped policy gradient on the CoT tokens + β · KL(π ‖ π_ref) (k3), β = 1e-2, to the frozen
            reference policy (a copy of the starting model);
      BT    −log σ(r_win − r_lose) per labelled dimension of the head (human ties dropped, or
            Rao–Kupper with `bt_ties`), on the rewards the head gives the same sampled CoTs +
@@ -44,9 +44,24 @@ pairs with step-wide normalisers, so micro-batching does not change the result. 
 logits are computed in full (batch × length × vocab): keep `micro_batch` small for real models.
 Video inputs come from `descore_sdk.inputs` / `batching`, the code path the Scorer serves with.
 
-Output: the checkpoint in OUT (`checkpoint.export_model`: LoRA merged), plus `rl_log.jsonl` (one
-line of metrics per step) and `rl_config.json` (the settings used). There is no resumable mid-run
-checkpointing in this stage.
+Output: the checkpoint in OUT (`checkpoint.export_model`: LoRA merged), plus `rl_log.jsonl`, `rl_config.json`
+(the settings used) and `rl_summary.json`. There is no resumable mid-run checkpointing in this stage.
+
+What the log says about the learning signal (one line per step; `descore train plot OUT` draws it):
+  rule_reward, rule_accuracy / _format / _length   the sampled CoTs' rule reward and its terms
+  reward_std, accuracy_std   mean within-group std of the reward and of its accuracy term
+  zero_variance_groups       fraction of groups whose samples all got the same reward: A = 0, no
+                             policy gradient from them (with `dynamic_sampling` they are replaced)
+  parsed                     fraction of CoTs whose every section states a verdict the parser reads
+  entropy                    the sampling policy's next-token entropy per CoT token (nats)
+  kl, clip_fraction, ratio   k3 KL to the reference per token; clipped share and mean ρ (ρ = 1 and
+                             no clipping with one update per batch)
+  bt_loss, grpo_loss, *_grad_norm, pairs_rolled_out, groups_trained, cot_tokens, finished, seconds
+With eval data (`--eval-data`), `evaluate_policy` runs before the first step, every `eval_every` steps
+and at the end (think-mode, fast-mode and CoT-verdict accuracy; `{"step", "eval"}` lines), and
+`rl_summary.json` (`metrics.rl_run_summary`, printed as one line) says whether the run improved on its
+starting checkpoint: the rule reward's trend over 5 blocks of steps (beyond 2 standard errors?) and
+the accuracies before vs after.
 """
 
 from __future__ import annotations
@@ -62,7 +77,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -83,7 +98,6 @@ from .grpo import (
     grpo_policy_loss,
     read_cot,
     rule_reward,
-    sequence_log_probs,
 )
 from .losses import IGNORE_INDEX, TIE_MODES, preference_item_count, preference_loss
 from .model import DeScoreModel
@@ -94,12 +108,22 @@ logger = logging.getLogger(__name__)
 STOP_TOKENS = ScoreOptions().stop_tokens  # what the Scorer stops a CoT on
 LOG_FILE = "rl_log.jsonl"
 CONFIG_FILE = "rl_config.json"
+SUMMARY_FILE = "rl_summary.json"
 BT_SCOPES = ("head", "backbone")
 
 
 @dataclass
 class RLConfig:
-    """Settings of the RL stage (paper defaults where the paper gives one)."""
+    """Settings of the RL stage.
+
+    Where the authors' RL config (DeScore_project_page `dual_rl/examples/config.yaml`, EasyR1) gives a
+    value it is the default: temperature 1.0, top_p 1.0, actor lr 1e-6, weight decay 1e-2, max grad
+    norm 1.0, KL loss (`low_var_kl` = k3) with coefficient 1e-2. Theirs differ on batch sizes (512
+    prompts per rollout batch, 128 per update, n = 5): one preference pair per step, as this stage
+    had, gives a gradient from 2 · n CoTs of one pair, which AdamW turns into a full-size step
+    whatever its noise; `pairs_per_step` = 8 is what measurably moved the tiny benchmark model
+    (training/BENCHMARK.md, "The RL stage").
+    """
 
     num_samples: int = 8  # n: CoTs sampled per video of a pair (the GRPO group)
     max_new_tokens: int = 1024  # generation budget per CoT
@@ -107,15 +131,17 @@ class RLConfig:
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     steps: int | None = None  # optimizer steps; None = one pass over the pairs
-    pairs_per_step: int = 1
+    pairs_per_step: int = 8  # preference pairs (GRPO groups) per optimizer step
     micro_batch: int = 1  # samples (pairs of CoTs) per forward
     updates_per_batch: int = 1  # policy updates per batch of samples (μ); > 1 makes the clipping bite
+    dynamic_sampling: bool = False  # drop zero-advantage groups and draw more pairs (DAPO); see DualObjectiveRL.step
+    max_draws_per_step: int = 0  # dynamic sampling's cap on pairs rolled out per step; 0 = 3 × pairs_per_step
     lr: float = 1e-6  # policy
     head_lr: float = 1e-5  # reward head (BT)
-    weight_decay: float = 0.0
+    weight_decay: float = 1e-2
     max_grad_norm: float = 1.0  # per side (policy / head); 0 = no clipping
     clip_eps: float = 0.2
-    kl_coef: float = 1e-5
+    kl_coef: float = 1e-2
     bt_weight: float = 5e-3
     bt_scope: str = "head"  # "head": BT → head + <Reward> row only; "backbone": BT through the model too
     bt_ties: str = "drop"  # "drop": plain BT, human ties skipped; "rao_kupper": BT with ties (losses.py)
@@ -127,14 +153,18 @@ class RLConfig:
     lora_r: int = 64
     lora_alpha: int = 128
     seed: int = 0
+    eval_every: int = 0  # with eval data: evaluate before step 1, every eval_every steps (0: only) and at the end
+    eval_max_pairs: int = 64  # the first pairs of the eval data that are used (greedy CoTs cost time)
 
     def __post_init__(self):
         if isinstance(self.reward_weights, dict):
             self.reward_weights = RewardWeights(**self.reward_weights)
-        positive = ("num_samples", "pairs_per_step", "micro_batch", "updates_per_batch")
+        positive = ("num_samples", "pairs_per_step", "micro_batch", "updates_per_batch", "eval_max_pairs")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise InvalidInputError(f"{name} must be ≥ 1, got {getattr(self, name)}.")
+        if self.eval_every < 0:
+            raise InvalidInputError(f"eval_every must be ≥ 0 (0 = before and after the run only), got {self.eval_every}.")
         if self.steps is not None and self.steps < 1:
             raise InvalidInputError(f"steps must be ≥ 1 (or None for one pass), got {self.steps}.")
         if self.max_new_tokens < 1:
@@ -149,6 +179,8 @@ class RLConfig:
             if getattr(self, name) < 0:
                 raise InvalidInputError(f"{name} must be ≥ 0, got {getattr(self, name)}.")
         self.length_target  # validates the range
+        if self.max_draws_per_step < 0:
+            raise InvalidInputError(f"max_draws_per_step must be ≥ 0 (0 = 3 × pairs_per_step), got {self.max_draws_per_step}.")
 
     @property
     def length_target(self) -> LengthTarget:
@@ -160,10 +192,13 @@ class RLConfig:
 
 @dataclass
 class RLResult:
-    """What `run_rl` returns: the checkpoint folder and one dict of metrics per step."""
+    """What `run_rl` returns: the checkpoint folder, one dict of metrics per step, the evaluations
+    (`evaluate_policy` plus "step"; empty without eval data) and `metrics.rl_run_summary`."""
 
     out_dir: Path
     history: list[dict]
+    evals: list[dict] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -222,10 +257,12 @@ def suppressed_ids(model: DeScoreModel) -> list[int]:
 
 @torch.no_grad()
 def sample_cots(
-    model: DeScoreModel, features: VideoFeatures, prompt_ids: np.ndarray, n: int, config: "RLConfig", stop_ids: Sequence[int], pad_id: int
+    model: DeScoreModel, features: VideoFeatures, prompt_ids: np.ndarray, n: int, config: "RLConfig", stop_ids: Sequence[int], pad_id: int,
+    *, greedy: bool = False,
 ) -> list[Rollout]:
     """n CoTs for one video, sampled by the backbone's own `generate` (one batch of n identical prompts;
-    the video's patches are repeated per row, since generate's own expansion would interleave them)."""
+    the video's patches are repeated per row, since generate's own expansion would interleave them).
+    greedy: decode greedily instead (the Scorer's think mode at temperature 0), for evaluation."""
     room = model.descore_config.max_context - len(prompt_ids) - 1  # keep one slot for <Reward>
     if room < 1:
         raise ContextLengthError(
@@ -239,10 +276,7 @@ def sample_cots(
         mm_token_type_ids=model.mm_token_type_ids(ids),
         **batch,
         max_new_tokens=min(config.max_new_tokens, room),
-        do_sample=True,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        top_k=config.top_k,
+        **(dict(do_sample=False) if greedy else dict(do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)),
         eos_token_id=list(stop_ids),
         pad_token_id=pad_id,
         suppress_tokens=suppressed_ids(model),
@@ -267,11 +301,14 @@ class ScoredBatch:
              the position that predicts it; 0 elsewhere.
     mask:    (B, L−1) 1 at scored positions.
     rewards: (B, K) the head's rewards for prompt + CoT + `<Reward>`.
+    entropy: (B, L−1) entropy (nats) of the policy's next-token distribution at each scored position,
+             no graph; 0 elsewhere.
     """
 
     logp: torch.Tensor
     mask: torch.Tensor
     rewards: torch.Tensor
+    entropy: torch.Tensor | None = None
 
 
 def score_rollouts(model: DeScoreModel, rollouts: Sequence[Rollout], pad_id: int) -> ScoredBatch:
@@ -281,8 +318,42 @@ def score_rollouts(model: DeScoreModel, rollouts: Sequence[Rollout], pad_id: int
     out = model(**batch, return_logits=True)
     targets = labels[:, 1:]  # position j predicts token j + 1
     mask = targets != IGNORE_INDEX
-    logp = sequence_log_probs(out.logits[:, :-1], targets.clamp(min=0)) * mask
-    return ScoredBatch(logp=logp, mask=mask.to(logp.dtype), rewards=out.rewards)
+    log_probs = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)  # once, for the log-probs and the entropy
+    logp = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+    with torch.no_grad():
+        entropy = -(log_probs.exp() * log_probs).sum(dim=-1) * mask
+    return ScoredBatch(logp=logp, mask=mask.to(logp.dtype), rewards=out.rewards, entropy=entropy)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Per-step diagnostics
+
+
+def reward_diagnostics(groups: Sequence[Sequence], reports: Sequence = ()) -> dict:
+    """What a step's rollouts carry as a learning signal.
+
+    groups:  per GRPO group (one pair), the `grpo.RuleReward` of each of its n samples.
+    reports: every sampled CoT's `grpo.CoTReport`.
+    Returns the mean rule reward and its terms, the mean within-group population std of the reward
+    (`reward_std`) and of its accuracy term (`accuracy_std`), the fraction of groups whose rewards are
+    all equal (`zero_variance_groups`: `grpo.group_advantages` gives them A = 0, so they teach
+    nothing), and the fraction of CoTs whose every section states a verdict the parser reads
+    (`parsed`).
+    """
+    totals = [np.array([r.total for r in g], dtype=np.float64) for g in groups]
+    accs = [np.array([r.accuracy for r in g], dtype=np.float64) for g in groups]
+    flat = [r for g in groups for r in g]
+    return {
+        "rule_reward": float(np.mean([r.total for r in flat])),
+        "rule_accuracy": float(np.mean([r.accuracy for r in flat])),
+        "rule_format": float(np.mean([r.format for r in flat])),
+        "rule_length": float(np.mean([r.length for r in flat])),
+        "reward_std": float(np.mean([t.std() for t in totals])),
+        "accuracy_std": float(np.mean([a.std() for a in accs])),
+        # The advantages GRPO really uses: an all-zero group is one group_advantages judged flat.
+        "zero_variance_groups": float(np.mean([not bool(group_advantages(t).any()) for t in totals])),
+        "parsed": float(np.mean([all(v is not None for v in r.severities.values()) for r in reports])) if reports else float("nan"),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -365,38 +436,66 @@ class DualObjectiveRL:
         return norms
 
     # -- one step -------------------------------------------------------------------------------------
-    def rollout(self, pair: PreferencePair) -> tuple[list[Rollout], list[Rollout], list]:
-        """n sampled CoTs per video of `pair` and the rule reward of each sample (CoT_A_i, CoT_B_i)."""
+    def rollout(self, pair: PreferencePair) -> tuple[list[Rollout], list[Rollout], list, list]:
+        """n sampled CoTs per video of `pair`, the rule reward of each sample (CoT_A_i, CoT_B_i) and the
+        parsed CoTs (`grpo.CoTReport`, A_i then B_i per sample)."""
         cfg = self.config
         sampled = []
         for video in (pair.video_a, pair.video_b):
             features = self.cache(video)
             prompt_ids = model_inputs(self.prompts, features, pair.prompt, "think").input_ids
             sampled.append(sample_cots(self.model, features, prompt_ids, cfg.num_samples, cfg, self.stop_ids, self.pad_id))
-        rewards = []
+        rewards, parsed = [], []
         for ra, rb in zip(*sampled):
             reports = [
                 read_cot(self.prompts.decode(r.cot_ids), num_tokens=len(r.cot_ids), finished=r.finished, dimensions=SUB_DIMENSIONS)
                 for r in (ra, rb)
             ]
             rewards.append(rule_reward(*reports, pair.labels, weights=cfg.reward_weights, length_target=cfg.length_target))
-        return sampled[0], sampled[1], rewards
+            parsed += reports
+        return sampled[0], sampled[1], rewards, parsed
 
-    def step(self, pairs: Sequence[PreferencePair]) -> dict:
+    def step(self, pairs: Sequence[PreferencePair], draw: Callable[[], PreferencePair] | None = None) -> dict:
         """One optimizer step (or `updates_per_batch` of them) on `pairs`: rollout → rule reward →
-        GRPO + BT. Returns the step's metrics."""
+        GRPO + BT. Returns the step's metrics.
+
+        With `config.dynamic_sampling` and a `draw` (which returns the next training pair), a group
+        whose rewards are all equal (zero advantage: no policy gradient) is dropped and further pairs
+        are drawn until `pairs_per_step` groups carry a signal or `max_draws_per_step` pairs have been
+        rolled out (DAPO's dynamic sampling, Yu et al. 2025). The step's reward metrics cover every
+        rolled-out group; with no informative group at all, nothing is updated.
+        """
         cfg, model, n = self.config, self.model, self.config.num_samples
         started = time.perf_counter()
         groups = []  # (pair, rollouts_a, rollouts_b, advantages (n,), preference (1, K))
-        rule_rewards, cot_tokens, finished = [], [], []
-        for pair in pairs:
-            rollouts_a, rollouts_b, rewards = self.rollout(pair)
+        rule_rewards, cot_tokens, finished, reports = [], [], [], []
+        filtering = cfg.dynamic_sampling and draw is not None
+        todo, drawn = list(pairs), 0
+        cap = cfg.max_draws_per_step or 3 * cfg.pairs_per_step
+        while todo or (filtering and len(groups) < cfg.pairs_per_step and drawn < cap):
+            pair = todo.pop(0) if todo else draw()
+            drawn += 1
+            rollouts_a, rollouts_b, rewards, parsed = self.rollout(pair)
             advantages = group_advantages([r.total for r in rewards])
-            preference = torch.from_numpy(preference_codes([pair], model.dimension_names))
-            groups.append((pair, rollouts_a, rollouts_b, advantages, preference))
-            rule_rewards += rewards
+            rule_rewards.append(rewards)
+            reports += parsed
             cot_tokens += [len(r.cot_ids) for r in rollouts_a + rollouts_b]
             finished += [r.finished for r in rollouts_a + rollouts_b]
+            if filtering and not bool(advantages.any()):
+                continue
+            preference = torch.from_numpy(preference_codes([pair], model.dimension_names))
+            groups.append((pair, rollouts_a, rollouts_b, advantages, preference))
+        common = {
+            **reward_diagnostics(rule_rewards, reports),
+            "pairs_rolled_out": drawn,
+            "groups_trained": len(groups),
+            "cot_tokens": float(np.mean(cot_tokens)),
+            "finished": float(np.mean(finished)),
+        }
+        if not groups:
+            nan = float("nan")
+            return {**common, **dict.fromkeys(("grpo_loss", "bt_loss", "policy_grad_norm", "head_grad_norm", "kl", "clip_fraction",
+                                              "ratio", "entropy"), nan), "seconds": time.perf_counter() - started}
 
         # Micro-batches of samples; sample i contributes rows A_i and B_i, which share its advantage.
         micro = []
@@ -413,10 +512,15 @@ class DualObjectiveRL:
             reference = [score_rollouts(self.reference, rows, self.pad_id).logp for rows, _, _ in micro]
             behaviour = [score_rollouts(model, rows, self.pad_id).logp for rows, _, _ in micro] if cfg.updates_per_batch > 1 else None
 
+        updates = []
+        token_count = sum(float(len(r.cot_ids) + r.finished) for rows, _, _ in micro for r in rows)
+        entropy_sum = 0.0
         for update in range(cfg.updates_per_batch):
-            totals = {"grpo_loss": 0.0, "bt_loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
+            totals = {"grpo_loss": 0.0, "bt_loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "ratio": 0.0}
             for index, (rows, advantages, pref) in enumerate(micro):
                 scored = score_rollouts(model, rows, self.pad_id)
+                if update == 0:  # the entropy of the policy that sampled
+                    entropy_sum += float(scored.entropy.sum())
                 logp_old = scored.logp.detach() if behaviour is None else behaviour[index]
                 policy = grpo_policy_loss(
                     scored.logp, logp_old, reference[index], advantages, scored.mask, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef
@@ -432,18 +536,85 @@ class DualObjectiveRL:
                 totals["bt_loss"] += bt_part.item()
                 totals["kl"] += policy.kl * share
                 totals["clip_fraction"] += policy.clip_fraction * share
-            norms = self._clip_and_step()
+                totals["ratio"] += policy.mean_ratio * share
+            updates.append({**totals, **self._clip_and_step()})
         return {
-            "rule_reward": float(np.mean([r.total for r in rule_rewards])),
-            "rule_accuracy": float(np.mean([r.accuracy for r in rule_rewards])),
-            "rule_format": float(np.mean([r.format for r in rule_rewards])),
-            "rule_length": float(np.mean([r.length for r in rule_rewards])),
-            **totals,
-            **norms,
-            "cot_tokens": float(np.mean(cot_tokens)),
-            "finished": float(np.mean(finished)),
+            **common,
+            # Losses and norms of the last update; KL of the first (the policy that sampled against the
+            # reference); clip fraction and ratio averaged over the updates (the first has ρ = 1 exactly).
+            **{k: updates[-1][k] for k in ("grpo_loss", "bt_loss", "policy_grad_norm", "head_grad_norm")},
+            "kl": updates[0]["kl"],
+            "clip_fraction": float(np.mean([u["clip_fraction"] for u in updates])),
+            "ratio": float(np.mean([u["ratio"] for u in updates])),
+            "entropy": entropy_sum / max(token_count, 1.0),
             "seconds": time.perf_counter() - started,
         }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation during the run
+
+
+@torch.no_grad()
+def evaluate_policy(trainer: DualObjectiveRL, pairs: Sequence[PreferencePair]) -> dict:
+    """What the run is meant to improve, measured on `pairs` (normally a held-back slice):
+
+    think_accuracy  the head's accuracy without ties (`metrics.evaluate`, macro mean over VQ/MQ/TA)
+                    on prompt + the model's own greedy CoT + `<Reward>` (the Scorer's think mode);
+    fast_accuracy   the same on prompt + `<Reward>` (fast mode);
+    cot_accuracy    the rule reward's accuracy term of the pair's two greedy CoTs (does the text
+                    itself judge the pair right?), averaged over pairs;
+    parsed          fraction of greedy CoTs whose every section the verdict parser reads.
+
+    Greedy CoTs are written with the run's `max_new_tokens`.
+    """
+    from . import metrics as metrics_module
+    from .grpo import accuracy as cot_pair_accuracy
+    from .trainer import pair_predictions
+
+    model, cfg = trainer.model, trainer.config
+    greedy: dict[tuple[str, str], tuple] = {}  # (video, prompt) → (report, rewards (K,))
+    for pair in pairs:
+        for video in (pair.video_a, pair.video_b):
+            key = (str(video), pair.prompt)
+            if key in greedy:
+                continue
+            features = trainer.cache(video)
+            prompt_ids = model_inputs(trainer.prompts, features, pair.prompt, "think").input_ids
+            rollout = sample_cots(model, features, prompt_ids, 1, cfg, trainer.stop_ids, trainer.pad_id, greedy=True)[0]
+            report = read_cot(trainer.prompts.decode(rollout.cot_ids), num_tokens=len(rollout.cot_ids),
+                              finished=rollout.finished, dimensions=SUB_DIMENSIONS)
+            greedy[key] = (report, score_rollouts(model, [rollout], trainer.pad_id).rewards[0].float().cpu().numpy())
+    dims = [d for d in model.dimension_names if d in SUB_DIMENSIONS and any(d in p.labels for p in pairs)]
+    index = {d: model.dimension_names.index(d) for d in dims}
+    pred_a = {d: [float(greedy[(str(p.video_a), p.prompt)][1][index[d]]) for p in pairs if d in p.labels] for d in dims}
+    pred_b = {d: [float(greedy[(str(p.video_b), p.prompt)][1][index[d]]) for p in pairs if d in p.labels] for d in dims}
+    labels = {d: [p.labels[d] for p in pairs if d in p.labels] for d in dims}
+    think_report = metrics_module.evaluate(pred_a, pred_b, labels) if dims else None
+    think = think_report["mean"]["accuracy_without_ties"] if dims else float("nan")
+    decided = sum(r["n_pairs"] - r["n_human_ties"] for r in think_report["dims"].values()) if dims else 0
+    fa, fb, fl = pair_predictions(model, pairs, trainer.prompts, trainer.cache)
+    fast_dims = [d for d in fl if d in SUB_DIMENSIONS]
+    fast_report = (metrics_module.evaluate({d: fa[d] for d in fast_dims}, {d: fb[d] for d in fast_dims}, {d: fl[d] for d in fast_dims})
+                   if fast_dims else None)
+    fast = fast_report["mean"]["accuracy_without_ties"] if fast_report else float("nan")
+
+    def per_dimension(report):
+        return {d: r["accuracy_without_ties"] for d, r in report["dims"].items()} if report else {}
+
+    cot = [cot_pair_accuracy(greedy[(str(p.video_a), p.prompt)][0], greedy[(str(p.video_b), p.prompt)][0], p.labels) for p in pairs]
+    reports = [r for r, _ in greedy.values()]
+    return {
+        "think_accuracy": float(think),
+        "fast_accuracy": float(fast),
+        "cot_accuracy": float(np.mean(cot)),
+        "parsed": float(np.mean([all(v is not None for v in r.severities.values()) for r in reports])),
+        "think_dims": per_dimension(think_report),  # accuracy without ties per dimension (NaN: no decided pair)
+        "fast_dims": per_dimension(fast_report),
+        "n_pairs": len(pairs),
+        "n_decided": int(decided),  # (pair, dimension) entries without a human tie, over VQ/MQ/TA
+        "n_cot_items": int(sum(len([d for d in SUB_DIMENSIONS if d in p.labels]) or 1 for p in pairs)),  # what cot_accuracy averages
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -455,18 +626,31 @@ def run_rl(
     data: str | os.PathLike | Sequence[PreferencePair],
     out_dir: str | os.PathLike,
     config: RLConfig | None = None,
+    eval_data: str | os.PathLike | Sequence[PreferencePair] | None = None,
 ) -> RLResult:
     """Run the RL stage and save the checkpoint to `out_dir`.
 
     model: a checkpoint folder (normally the cold-start one) or a loaded `DeScoreModel` (trained in place).
     data:  a pairs file (`read_pairs` formats) or the pairs themselves.
+    eval_data: pairs to evaluate on (`evaluate_policy`; the first `config.eval_max_pairs`) before the
+        first step, every `config.eval_every` steps and after the last; pairs the run does not train on.
+    The log (`rl_log.jsonl`) has one line per step and one `{"step": s, "eval": {...}}` line per
+    evaluation; `rl_summary.json` holds `metrics.rl_run_summary` of the run.
     """
+    from .evaluation import without_nan
+    from .metrics import rl_run_summary
+
     config = config or RLConfig()
     if not isinstance(model, DeScoreModel):
         model = DeScoreModel.from_pretrained(model)
     pairs = list(data) if not isinstance(data, (str, os.PathLike)) else read_pairs(data)
     if not pairs:
         raise InvalidInputError("No preference pairs to train on; check the data file.")
+    eval_pairs = None
+    if eval_data is not None:
+        eval_pairs = (list(eval_data) if not isinstance(eval_data, (str, os.PathLike)) else read_pairs(eval_data))[: config.eval_max_pairs]
+        if not eval_pairs:
+            raise InvalidInputError("The evaluation data has no pairs; check the --eval-data file.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -476,24 +660,49 @@ def run_rl(
     per_step = config.pairs_per_step
     steps = config.steps if config.steps is not None else math.ceil(len(pairs) / per_step)
     queue: list[int] = []
-    history = []
+    history, evals = [], []
+
+    def draw() -> PreferencePair:  # the next pair of the shuffled stream (dynamic sampling's extra draws)
+        nonlocal queue
+        if not queue:
+            queue = order.permutation(len(pairs)).tolist()
+        return pairs[queue.pop(0)]
+
     with open(out / LOG_FILE, "w", encoding="utf-8") as log:
+
+        def evaluate(step: int) -> None:
+            record = {"step": step, **evaluate_policy(trainer, eval_pairs)}
+            evals.append(record)
+            log.write(json.dumps(without_nan({"step": step, "eval": record})) + "\n")
+            log.flush()
+            logger.info("rl eval at step %d: think %.3f, fast %.3f, CoT verdicts %.3f, parsed %.2f", step,
+                        record["think_accuracy"], record["fast_accuracy"], record["cot_accuracy"], record["parsed"])
+
+        if eval_pairs:
+            evaluate(0)
         for step in range(steps):
             while len(queue) < per_step:
                 queue += order.permutation(len(pairs)).tolist()  # reshuffled every pass
             batch, queue = [pairs[i] for i in queue[:per_step]], queue[per_step:]
-            metrics = {"step": step + 1, **trainer.step(batch)}
+            metrics = {"step": step + 1, **trainer.step(batch, draw)}
             history.append(metrics)
-            log.write(json.dumps(metrics) + "\n")
+            log.write(json.dumps(without_nan(metrics)) + "\n")
             log.flush()
             logger.info(
-                "rl step %d/%d: rule reward %.3f (acc %.3f, format %.3f, length %.3f), kl %.2e, bt %.4f, %.1fs",
+                "rl step %d/%d: rule reward %.3f (acc %.3f, format %.3f, length %.3f; group std %.3f, flat groups %.2f), "
+                "kl %.2e, entropy %.3f, parsed %.2f, clip %.3f, bt %.4f, %.1fs",
                 step + 1, steps, metrics["rule_reward"], metrics["rule_accuracy"], metrics["rule_format"],
-                metrics["rule_length"], metrics["kl"], metrics["bt_loss"], metrics["seconds"],
+                metrics["rule_length"], metrics["reward_std"], metrics["zero_variance_groups"], metrics["kl"],
+                metrics["entropy"], metrics["parsed"], metrics["clip_fraction"], metrics["bt_loss"], metrics["seconds"],
             )
+            done = step + 1
+            if eval_pairs and ((config.eval_every and done % config.eval_every == 0) or done == steps):
+                evaluate(done)
     export_model(model, out)
     (out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
-    return RLResult(out_dir=out, history=history)
+    summary = rl_run_summary(history, evals)
+    (out / SUMMARY_FILE).write_text(json.dumps(without_nan(summary), indent=2) + "\n", encoding="utf-8")
+    return RLResult(out_dir=out, history=history, evals=evals, summary=summary)
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
@@ -508,6 +717,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs-per-step", type=int, default=d.pairs_per_step)
     p.add_argument("--micro-batch", type=int, default=d.micro_batch, help="samples per forward")
     p.add_argument("--updates-per-batch", type=int, default=d.updates_per_batch)
+    p.add_argument("--dynamic-sampling", action=argparse.BooleanOptionalAction, default=d.dynamic_sampling,
+                   help="drop groups whose samples all got the same reward and draw more pairs (DAPO)")
+    p.add_argument("--max-draws-per-step", type=int, default=d.max_draws_per_step, help="dynamic sampling's cap (0: 3 × pairs per step)")
     p.add_argument("--lr", type=float, default=d.lr, help="policy learning rate")
     p.add_argument("--head-lr", type=float, default=d.head_lr, help="reward head learning rate")
     p.add_argument("--kl-coef", type=float, default=d.kl_coef)
@@ -522,6 +734,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-r", type=int, default=d.lora_r)
     p.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--eval-data", default=None, help="pairs to evaluate on before, during and after the run (not trained on)")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between evaluations (0: before and after only)")
+    p.add_argument("--eval-max-pairs", type=int, default=d.eval_max_pairs, help="use the first N pairs of --eval-data")
 
 
 def config_from_args(args: argparse.Namespace) -> RLConfig:
@@ -533,6 +748,8 @@ def config_from_args(args: argparse.Namespace) -> RLConfig:
         pairs_per_step=args.pairs_per_step,
         micro_batch=args.micro_batch,
         updates_per_batch=args.updates_per_batch,
+        dynamic_sampling=args.dynamic_sampling,
+        max_draws_per_step=args.max_draws_per_step,
         lr=args.lr,
         head_lr=args.head_lr,
         kl_coef=args.kl_coef,
@@ -547,16 +764,18 @@ def config_from_args(args: argparse.Namespace) -> RLConfig:
         lora_r=args.lora_r,
         lora_alpha=args.lora_alpha,
         seed=args.seed,
+        eval_every=args.eval_every,
+        eval_max_pairs=args.eval_max_pairs,
     )
 
 
 def cmd_rl(args: argparse.Namespace) -> int:
-    result = run_rl(args.model, args.data, args.out, config_from_args(args))
-    last = result.history[-1] if result.history else {}
-    print(
-        f"RL done: {len(result.history)} steps, last rule reward {last.get('rule_reward', float('nan')):.3f}; "
-        f"checkpoint in {result.out_dir}"
-    )
+    from .metrics import format_rl_summary
+
+    result = run_rl(args.model, args.data, args.out, config_from_args(args), eval_data=args.eval_data)
+    print(format_rl_summary(result.summary))
+    print(f"RL done: {len(result.history)} steps; checkpoint in {result.out_dir} "
+          f"(curves: descore train plot {result.out_dir})")
     return 0
 
 
