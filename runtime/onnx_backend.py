@@ -50,6 +50,14 @@ class OnnxDecoderModel:
         self._cache_names = [n for n in decoder_inputs if n["name"].startswith("past_key_values.")]
         # A graph exported with --kv-cache shared updates one buffer per layer in place (runtime/kv_cache.py).
         self.shared_cache = any(n["name"] == "seqlens_k" for n in decoder_inputs)
+        names = [p[0] if isinstance(p, tuple) else p for p in (providers or ["CPUExecutionProvider"])]
+        on_cpu = str(device).split(":")[0] == "cpu" and set(names) == {"CPUExecutionProvider"}
+        if self.shared_cache and not on_cpu:
+            raise ModelLoadError(
+                f"The bundle at {bundle.path} keeps its decoder's KV cache in host memory, updated in place "
+                "(exported with --kv-cache shared, the CPU default), which onnxruntime's CPU provider runs. For a GPU, "
+                "export with --kv-cache concat (and --precision fp16), or score this bundle with device='cpu'."
+            )
         # Work done, for checking the one-encode/one-prefill promise: encode_video calls and decoder
         # positions fed (prompt prefill, CoT steps and scoring-pass prefills all count).
         self.counters = {"vision_encodes": 0, "decoder_positions": 0}

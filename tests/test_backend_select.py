@@ -201,3 +201,29 @@ def test_cli_device_cuda_without_a_gpu_path_is_one_typed_line(scale_bundle, samp
     err = capsys.readouterr().err
     assert code != 0 and "Traceback" not in err
     assert "no GPU path can run here" in err and "descore-sdk[gpu]" in err and "no TensorRT engines" in err
+
+
+def test_a_host_kv_cache_bundle_stays_on_the_cpu(tmp_path, monkeypatch):
+    """The default CPU export (--kv-cache shared: the decoder updates host buffers in place) is not sent
+    to onnxruntime CUDA even when that provider is installed; the reason says how to export for a GPU."""
+    _probes(monkeypatch, trt="the bundle has no TensorRT engines", cuda=None)
+    folder = _bundle(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["graphs"] = {"decoder": {"inputs": [{"name": "inputs_embeds"}, {"name": "seqlens_k"}]}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    choice = choose_backend(folder)
+    assert (choice.backend, choice.device) == ("onnxruntime", "cpu")
+    assert "--kv-cache concat" in choice.reason
+    with pytest.raises(MissingDependencyError, match="--kv-cache concat"):
+        choose_backend(folder, device="cuda")
+
+
+def test_the_runtime_refuses_a_host_kv_cache_bundle_on_a_gpu_provider(scale_bundle):
+    from descore_sdk.bundle import load_bundle
+    from descore_sdk.errors import ModelLoadError
+    from descore_sdk.runtime.onnx_backend import OnnxDecoderModel
+
+    bundle = load_bundle(scale_bundle)
+    with pytest.raises(ModelLoadError, match="--kv-cache concat"):
+        OnnxDecoderModel(bundle, device="cuda")
+    assert OnnxDecoderModel(bundle, providers=["CPUExecutionProvider"], threads=1).shared_cache  # explicit CPU is fine
