@@ -11,6 +11,10 @@ thread-pool round trip). `fuse_rms_norms` replaces every exact chain by onnxrunt
 SimplifiedLayerNormalization (ONNX domain, since onnxruntime 1.x; what onnxruntime-genai's model
 builder emits), which computes the same expression in fp32 in one kernel. Chains with casts between the
 nodes (fp16/bf16 graphs) are not touched.
+
+Packed projections. q/k/v (and the MLP's gate/up) are separate MatMuls over the same input; `pack_matmuls`
+makes each group one MatMul over the concatenated weights followed by a Split (what onnxruntime-genai's
+builder writes): fewer, larger products, one read of the input.
 """
 
 from __future__ import annotations
@@ -110,13 +114,63 @@ def fuse_rms_norms(model) -> int:
     return len(insert)
 
 
+def pack_matmuls(model) -> int:
+    """Rewrite `model` in place: MatMuls that share their input and read 2-D float32 initializers become
+    one MatMul + Split. Returns how many groups were packed."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    groups: dict[str, list] = {}
+    for node in graph.node:
+        if node.op_type == "MatMul" and node.input[1] in initializers:
+            weight = initializers[node.input[1]]
+            if weight.data_type == TensorProto.FLOAT and len(weight.dims) == 2:
+                groups.setdefault(node.input[0], []).append(node)
+    packed = 0
+    replaced: dict[int, list] = {}
+    removed = set()
+    for source, nodes in groups.items():
+        if len(nodes) < 2 or len({tuple(initializers[n.input[1]].dims[:1]) for n in nodes}) != 1:
+            continue
+        weights = [numpy_helper.to_array(initializers[n.input[1]]) for n in nodes]
+        name = f"{nodes[0].name or nodes[0].output[0]}_packed"
+        graph.initializer.append(numpy_helper.from_array(np.concatenate(weights, axis=1), f"{name}.weight"))
+        sizes = numpy_helper.from_array(np.asarray([w.shape[1] for w in weights], dtype=np.int64), f"{name}.sizes")
+        graph.initializer.append(sizes)
+        matmul = helper.make_node("MatMul", [source, f"{name}.weight"], [f"{name}.out"], name=name)
+        split = helper.make_node("Split", [f"{name}.out", f"{name}.sizes"], [n.output[0] for n in nodes], name=f"{name}_split", axis=-1)
+        replaced[id(nodes[0])] = [matmul, split]
+        removed.update(id(n) for n in nodes[1:])
+        packed += 1
+    if not packed:
+        return 0
+    kept = []
+    for node in graph.node:
+        if id(node) in replaced:
+            kept.extend(replaced[id(node)])
+        elif id(node) not in removed:
+            kept.append(node)
+    # a packed group's later members may have been placed after nodes that read the first one's
+    # inputs only; moving all to the first member's place keeps topological order (same input).
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {i for node in graph.node for i in node.input}
+    for tensor in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(tensor)
+    return packed
+
+
 def fuse_rms_norms_in_file(path: str | Path) -> int:
-    """Load the graph at `path` (weights left where they are), fuse its RMSNorms, save it back."""
+    """Load the graph at `path` (weights left where they are), fuse its RMSNorms and, when its weights are
+    stored inside the file (under protobuf's 2 GB), pack its shared-input projections; save it back.
+    Returns the number of RMSNorms fused."""
     import onnx
 
     path = Path(path)
     model = onnx.load(str(path), load_external_data=False)
     count = fuse_rms_norms(model)
-    if count:
+    packs = 0 if path.with_name(path.name + ".data").exists() else pack_matmuls(model)
+    if count or packs:
         onnx.save(model, str(path))
     return count

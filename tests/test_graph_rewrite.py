@@ -73,3 +73,29 @@ def test_other_chains_are_left_alone(variant):
     model, _ = _rms_graph(**variant)
     count = len(model.graph.node)
     assert fuse_rms_norms(model) == 0 and len(model.graph.node) == count
+
+
+def test_projections_sharing_an_input_are_packed_into_one_matmul():
+    from descore_sdk.export.graph_rewrite import pack_matmuls
+
+    rng = np.random.default_rng(2)
+    weights = {n: rng.standard_normal((8, w)).astype(np.float32) for n, w in (("wq", 8), ("wk", 4), ("wv", 4), ("wo", 6))}
+    nodes = [helper.make_node("MatMul", ["x", "wq"], ["q"]), helper.make_node("MatMul", ["x", "wk"], ["k"]),
+             helper.make_node("Relu", ["q"], ["q2"]), helper.make_node("MatMul", ["x", "wv"], ["v"]),
+             helper.make_node("MatMul", ["q2", "wo"], ["o"])]  # another input: not part of the group
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("k", "v", "o")]
+    graph = helper.make_graph(nodes, "qkv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8])], outputs,
+                              [numpy_helper.from_array(w, n) for n, w in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = rng.standard_normal((2, 3, 8)).astype(np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(["k", "v", "o"], {"x": x})
+
+    before = run(model)
+    assert pack_matmuls(model) == 1
+    assert [n.op_type for n in model.graph.node].count("MatMul") == 2 and "Split" in [n.op_type for n in model.graph.node]
+    assert {"wq", "wk", "wv"}.isdisjoint(t.name for t in model.graph.initializer)  # the packed weight replaces them
+    for got, want in zip(run(model), before):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(before[0], x @ weights["wk"], rtol=1e-5, atol=1e-5)  # and the reference is the formula

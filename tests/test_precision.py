@@ -29,7 +29,7 @@ from descore_sdk.export.precision import (  # noqa: E402
 from bundles import MAX_FRAMES, MAX_PIXELS, tiny_bundle, torch_model  # noqa: E402
 
 FAMILY = "qwen3_vl"
-DECODER_LINEARS = 2 * 7 + 1  # per layer q, k, v, o, gate, up, down; plus the LM head (the reward head stays fp32)
+DECODER_LINEARS = 2 * 4 + 1  # per layer q|k|v (packed into one product), o, gate|up (packed), down; plus the LM head (the reward head stays fp32)
 
 
 def _export(tmp_path_factory, precision: str, **kwargs):
