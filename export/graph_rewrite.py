@@ -92,25 +92,8 @@ def fuse_rms_norms(model) -> int:
         remove.update(id(n) for n in chain)
         insert.append((weight_mul, fused))
 
-    if not insert:
-        return 0
-    replacement = {id(old): new for old, new in insert}
-    kept = []
-    for node in graph.node:
-        if id(node) in replacement:
-            kept.append(replacement[id(node)])
-        elif id(node) not in remove:
-            kept.append(node)
-    del graph.node[:]
-    graph.node.extend(kept)
-    # the exponents and epsilons the chains read are now unused
-    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    unused = [t for t in graph.initializer if t.name not in used]
-    for tensor in unused:
-        graph.initializer.remove(tensor)
-    dead = [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]
-    for node in dead:
-        graph.node.remove(node)
+    if insert:  # the exponents and epsilons the chains read become unused
+        _replace_nodes(graph, {id(old): [new] for old, new in insert}, remove)
     return len(insert)
 
 
@@ -143,22 +126,27 @@ def pack_matmuls(model) -> int:
         replaced[id(nodes[0])] = [matmul, split]
         removed.update(id(n) for n in nodes[1:])
         packed += 1
-    if not packed:
-        return 0
+    if packed:  # the group's product goes where its first member was: every member reads the same input
+        _replace_nodes(graph, replaced, removed)
+    return packed
+
+
+def _replace_nodes(graph, replaced: dict[int, list], removed: set[int]) -> None:
+    """Put `replaced[id(node)]` in place of each such node, drop the `removed` ones, then the
+    initializers and Constant nodes nothing reads any more."""
     kept = []
     for node in graph.node:
         if id(node) in replaced:
             kept.extend(replaced[id(node)])
         elif id(node) not in removed:
             kept.append(node)
-    # a packed group's later members may have been placed after nodes that read the first one's
-    # inputs only; moving all to the first member's place keeps topological order (same input).
     del graph.node[:]
     graph.node.extend(kept)
-    used = {i for node in graph.node for i in node.input}
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
     for tensor in [t for t in graph.initializer if t.name not in used]:
         graph.initializer.remove(tensor)
-    return packed
+    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]:
+        graph.node.remove(node)
 
 
 def fuse_rms_norms_in_file(path: str | Path) -> int:

@@ -23,7 +23,7 @@ from .decode import DEFAULT_PREFILL_CHUNK, DecodeRequest, DecodeSettings, RopeSp
 from .kv_cache import SharedKVCache
 from .onnxruntime_runner import OnnxRuntimeRunner
 from .sampling import SamplingParams
-from .vision_inputs import VisionGraphSpec, vision_graph_inputs
+from .vision_inputs import VisionGraphSpec, encode_in_chunks
 
 # Patches per vision call: whole temporal steps up to this many patches (attention there is per frame,
 # so this bounds activations, not correctness). A frame larger than this still goes in one call.
@@ -76,18 +76,7 @@ class OnnxDecoderModel:
     # -- DecoderModel --------------------------------------------------------------------------------
     def encode_video(self, patches: np.ndarray, grid_thw) -> tuple[np.ndarray, np.ndarray | None]:
         self.counters["vision_encodes"] += 1
-        t, h, w = (int(v) for v in np.asarray(grid_thw).reshape(3))
-        per_step = h * w
-        steps_per_call = max(1, self.vision_chunk_patches // per_step)
-        visual, deepstack = [], []
-        for first in range(0, t, steps_per_call):
-            last = min(first + steps_per_call, t)
-            feed = vision_graph_inputs(self.vision_spec, patches[first * per_step : last * per_step], (last - first, h, w))
-            out = self.vision.infer(feed)
-            visual.append(out["visual_embeds"])
-            if "deepstack_embeds" in out:
-                deepstack.append(out["deepstack_embeds"])
-        return np.concatenate(visual), (np.concatenate(deepstack, axis=1) if deepstack else None)
+        return encode_in_chunks(self.vision.infer, self.vision_spec, patches, grid_thw, self.vision_chunk_patches)
 
     def embed(self, ids: np.ndarray) -> np.ndarray:
         return np.array(self.table[np.asarray(ids, dtype=np.int64)], dtype=np.float32)
@@ -125,7 +114,6 @@ class OnnxDecoderModel:
         self.counters["decoder_positions"] += int(np.prod(feed["inputs_embeds"].shape[:2]))
         new_cache = {name.replace("present.", "past_key_values.", 1): value for name, value in out.items() if name.startswith("present.")}
         return StepOutput(out["logits"], out["hidden"], out["reward"]), new_cache
-
 
     def _step_shared(self, inputs_embeds, attention_mask, position_ids, deepstack_embeds, cache: SharedKVCache):
         """One loop step on the in-place cache. Rows are left-padded in the loop's coordinates, so row b's

@@ -210,6 +210,5 @@ class OnnxRuntimeRunner(Runner):
                 binding.bind_output(node.name, "cpu")
                 returned.append(node.name)
         self.session.run_with_iobinding(binding, self._run_options)
-        values = binding.get_outputs()
-        names = [node.name for node in self.session.get_outputs()]
-        return {name: values[names.index(name)].numpy() for name in returned}
+        values = dict(zip((node.name for node in self.session.get_outputs()), binding.get_outputs()))
+        return {name: values[name].numpy() for name in returned}

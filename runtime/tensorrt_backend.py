@@ -39,7 +39,7 @@ from .tensorrt_runner import (
     slice_copies,
     tensorrt_environment,
 )
-from .vision_inputs import VisionGraphSpec, vision_graph_inputs
+from .vision_inputs import VisionGraphSpec, encode_in_chunks
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -171,19 +171,7 @@ class TensorRTDecoderModel:
     # -- DecoderModel --------------------------------------------------------------------------------
     def encode_video(self, patches: np.ndarray, grid_thw):
         self.counters["vision_encodes"] += 1
-        t, h, w = (int(v) for v in np.asarray(grid_thw).reshape(3))
-        per_step = h * w
-        max_patches = int(self.limits["max_vision_patches"])
-        steps_per_call = max(1, max_patches // per_step)
-        visual, deepstack = [], []
-        for first in range(0, t, steps_per_call):
-            last = min(first + steps_per_call, t)
-            out = self.vision.infer(vision_graph_inputs(self.vision_spec, patches[first * per_step: last * per_step],
-                                                        (last - first, h, w)))
-            visual.append(out["visual_embeds"])
-            if "deepstack_embeds" in out:
-                deepstack.append(out["deepstack_embeds"])
-        return np.concatenate(visual), (np.concatenate(deepstack, axis=1) if deepstack else None)
+        return encode_in_chunks(self.vision.infer, self.vision_spec, patches, grid_thw, int(self.limits["max_vision_patches"]))
 
     def embed(self, ids: np.ndarray) -> np.ndarray:
         return np.array(self.table[np.asarray(ids, dtype=np.int64)], dtype=np.float32)

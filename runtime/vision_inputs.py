@@ -172,3 +172,20 @@ def vision_graph_inputs(spec: VisionGraphSpec, pixel_values: np.ndarray, grid_th
         inputs["pos_interp_indices"] = indices
         inputs["pos_interp_weights"] = weights
     return inputs
+
+
+def encode_in_chunks(run, spec: "VisionGraphSpec", patches: np.ndarray, grid_thw, max_patches: int):
+    """Run a vision graph (`run(feed) -> outputs`) over whole temporal steps of at most `max_patches`
+    patches per call (attention there is per frame, so this bounds activations, not results; a frame
+    larger than that still goes in one call). Returns visual (N/m², H) [, deepstack (levels, N/m², H)]."""
+    t, h, w = (int(v) for v in np.asarray(grid_thw).reshape(3))
+    per_step = h * w
+    steps_per_call = max(1, int(max_patches) // per_step)
+    visual, deepstack = [], []
+    for first in range(0, t, steps_per_call):
+        last = min(first + steps_per_call, t)
+        out = run(vision_graph_inputs(spec, patches[first * per_step : last * per_step], (last - first, h, w)))
+        visual.append(out["visual_embeds"])
+        if "deepstack_embeds" in out:
+            deepstack.append(out["deepstack_embeds"])
+    return np.concatenate(visual), (np.concatenate(deepstack, axis=1) if deepstack else None)

@@ -62,8 +62,8 @@ def _rollouts(model, pair, texts_and_stops):
     return [Rollout(features, prompt_ids, prompts.encode(text).tolist(), stop if stopped else None) for text, stopped in texts_and_stops]
 
 
-def _reference_forward(model, rollout):
-    """(log-probs of the CoT tokens and stop token, rewards) from one unpadded HF forward."""
+def _hf_hidden(model, rollout):
+    """transformers' own unpadded forward over prompt + CoT + <Reward>: final hidden states (L, H)."""
     ids = np.concatenate([rollout.prompt_ids, rollout.cot_ids, [model.reward_token_id]]).astype(np.int64)
     input_ids = torch.from_numpy(ids)[None]
     kwargs = dict(
@@ -74,6 +74,12 @@ def _reference_forward(model, rollout):
     if model.family == "qwen2_5_vl":
         kwargs["second_per_grid_ts"] = torch.tensor([rollout.features.second_per_grid])
     hidden = model.backbone.model(input_ids=input_ids, **kwargs).last_hidden_state[0]
+    return hidden
+
+
+def _reference_forward(model, rollout):
+    """(log-probs of the CoT tokens and stop token, rewards) from one unpadded HF forward."""
+    hidden = _hf_hidden(model, rollout)
     logp = torch.log_softmax(model.backbone.lm_head(hidden).float(), dim=-1)
     start = len(rollout.prompt_ids) - 1
     targets = rollout.cot_ids + ([rollout.stop_id] if rollout.finished else [])
@@ -84,16 +90,7 @@ def _reference_forward(model, rollout):
 def _reference_distributions(model, rollout):
     """(T, V) log-softmax rows of one unpadded HF forward at the positions that predict the CoT tokens
     and the stop token."""
-    ids = np.concatenate([rollout.prompt_ids, rollout.cot_ids, [model.reward_token_id]]).astype(np.int64)
-    input_ids = torch.from_numpy(ids)[None]
-    kwargs = dict(
-        pixel_values_videos=torch.from_numpy(rollout.features.patches),
-        video_grid_thw=torch.from_numpy(rollout.features.grid_thw)[None],
-        mm_token_type_ids=(input_ids == model.backbone.config.video_token_id).int() * 2,
-    )
-    if model.family == "qwen2_5_vl":
-        kwargs["second_per_grid_ts"] = torch.tensor([rollout.features.second_per_grid])
-    hidden = model.backbone.model(input_ids=input_ids, **kwargs).last_hidden_state[0]
+    hidden = _hf_hidden(model, rollout)
     start = len(rollout.prompt_ids) - 1
     count = len(rollout.cot_ids) + rollout.finished
     return torch.log_softmax(model.backbone.lm_head(hidden).float(), dim=-1)[start : start + count]
