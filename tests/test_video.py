@@ -520,7 +520,8 @@ def test_shipped_samples_with_zero_timestamps_keep_their_real_rate():
 
 def test_frames_converted_on_the_worker_thread_equal_the_serial_ones(sample_data_dir, monkeypatch):
     """Sampled frames are converted (RGB + resize) on a worker thread while decoding goes on; with the
-    worker switched off the clip is the same, bit for bit (and both match the reference decoder)."""
+    worker switched off the clip is the same, bit for bit. (The worker is the default path, which the
+    tests above check against the reference decoder and Pillow.)"""
     import descore_sdk.video as video_module
 
     path = sample_data_dir / "videos" / "example_2_A.mp4"
