@@ -75,6 +75,37 @@ def check_feed(metadata: dict[str, TensorMeta], feed: dict[str, np.ndarray], gra
                     )
 
 
+def _feed_plan(metadata: dict[str, TensorMeta]) -> tuple:
+    """`check_feed`'s checks as flat tuples, built once per graph: the decode loop feeds a graph once per
+    generated token, and the per-call Python cost is part of every token's latency."""
+    plan = []
+    for name, meta in metadata.items():
+        fixed = tuple((axis, dim) for axis, dim in enumerate(meta.shape) if isinstance(dim, int))
+        named = tuple((axis, dim) for axis, dim in enumerate(meta.shape) if isinstance(dim, str) and dim.isidentifier())
+        plan.append((name, meta.dtype, len(meta.shape), fixed, named))
+    return len(metadata), tuple(plan)
+
+
+def _feed_ok(plan: tuple, feed: dict[str, np.ndarray]) -> bool:
+    """True when `feed` passes every check of `check_feed` (which then need not run to raise)."""
+    count, checks = plan
+    if len(feed) != count:
+        return False
+    sizes: dict[str, int] = {}
+    for name, dtype, ndim, fixed, named in checks:
+        value = feed.get(name)
+        if not isinstance(value, np.ndarray) or value.dtype != dtype or value.ndim != ndim:
+            return False
+        shape = value.shape
+        for axis, dim in fixed:
+            if shape[axis] != dim:
+                return False
+        for axis, dim in named:
+            if sizes.setdefault(dim, shape[axis]) != shape[axis]:
+                return False
+    return True
+
+
 class Runner(ABC):
     """One graph, run on one backend. Subclasses implement `_activate`, `_deactivate`, `_metadata`,
     `_infer`; callers use `activate`/`deactivate` (or `with runner:`), `input_metadata` and `infer`."""
@@ -84,6 +115,7 @@ class Runner(ABC):
     def __init__(self):
         self._active = False
         self._inputs: dict[str, TensorMeta] | None = None
+        self._plan: tuple | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
     @property
@@ -95,6 +127,7 @@ class Runner(ABC):
         if not self._active:
             self._activate()
             self._inputs = None
+            self._plan = None
             self._active = True
         return self
 
@@ -104,6 +137,7 @@ class Runner(ABC):
             self._deactivate()
             self._active = False
             self._inputs = None
+            self._plan = None
 
     def __enter__(self) -> "Runner":
         return self.activate()
@@ -126,16 +160,14 @@ class Runner(ABC):
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph on `feed` (checked first) and return every output by name."""
-        self._require_active()
-        check_feed(self.input_metadata(), feed, self.name)
+        self._check(feed)
         return self._infer(feed)
 
     def infer_inplace(self, feed: dict[str, np.ndarray], inplace: dict[str, str]) -> dict[str, np.ndarray]:
         """`infer`, but each output named in `inplace` ({output: input}) is written into that input's
         array instead of being returned (a KV cache updated in place). Runners that can bind outputs to
         caller memory (onnxruntime's IOBinding) copy nothing; the fallback copies the output back."""
-        self._require_active()
-        check_feed(self.input_metadata(), feed, self.name)
+        self._check(feed)
         for target in inplace.values():
             if not feed[target].flags.c_contiguous or not feed[target].flags.writeable:
                 raise InvalidInputError(f"{self.name}: in-place input {target!r} must be a writeable C-contiguous array.")
@@ -146,6 +178,13 @@ class Runner(ABC):
         for output, target in inplace.items():
             np.copyto(feed[target], outputs.pop(output))
         return outputs
+
+    def _check(self, feed: dict[str, np.ndarray]) -> None:
+        self._require_active()
+        if self._plan is None:
+            self._plan = _feed_plan(self.input_metadata())
+        if not _feed_ok(self._plan, feed):
+            check_feed(self.input_metadata(), feed, self.name)  # raises, saying what is wrong
 
     def _require_active(self) -> None:
         if not self._active:
