@@ -41,8 +41,9 @@ def cache_root() -> Path:
 
 # Bumped whenever export/ changes what a bundle's graphs contain, so a cached bundle is never measured in
 # place of the current export's (2: in-place KV cache through GroupQueryAttention, fused RMSNorms;
-# 3: RotaryEmbedding for q/k; 4: packed q/k/v and gate/up — the "after" tables of docs/BENCHMARKS.md are revision 2).
-EXPORT_REVISION = 4
+# 3: RotaryEmbedding for q/k; 4: packed q/k/v and gate/up; 5: the q/k rotations inside GroupQueryAttention —
+# the "after" tables of docs/BENCHMARKS.md are revision 2).
+EXPORT_REVISION = 5
 
 
 def preset_dir(preset: str) -> Path:

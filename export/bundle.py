@@ -42,6 +42,15 @@ from descore_sdk.options import ScoreOptions
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json")
 
 
+def _installed_version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def export_bundle(
     checkpoint_dir_or_model,
     out_dir: str | Path,
@@ -313,7 +322,8 @@ def build_manifest(out: Path, graphs, model, config, tokenizer_files: list[str])
         "format_version": BUNDLE_FORMAT_VERSION,
         "sdk_version": __version__,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "exporter": {"torch": torch.__version__, "transformers": transformers.__version__, "onnx": onnx.__version__},
+        "exporter": {"torch": torch.__version__, "transformers": transformers.__version__, "onnx": onnx.__version__,
+                     "onnxruntime": _installed_version("onnxruntime")},
         "family": graphs.family,
         "opset": graphs.opset,
         "graphs": {

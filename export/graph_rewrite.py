@@ -15,6 +15,17 @@ nodes (fp16/bf16 graphs) are not touched.
 Packed projections. q/k/v (and the MLP's gate/up) are separate MatMuls over the same input; `pack_matmuls`
 makes each group one MatMul over the concatenated weights followed by a Split (what onnxruntime-genai's
 builder writes): fewer, larger products, one read of the input.
+
+Rotary inside attention. The shared-cache decoder rotates q and k with one RotaryEmbedding each, fed each
+token's own M-RoPE cos/sin as its table (export/gqa.py). GroupQueryAttention can rotate q and k itself
+(`do_rotary`, with `cos_cache`/`sin_cache` and `position_ids` inputs; onnxruntime 1.32's CPU kernel
+checks that the table has at least `total_sequence_length` rows), so `fuse_rotary_into_attention`
+passes the same table — zero rows appended to reach that length, built once per graph — and drops the
+two RotaryEmbedding nodes of every layer.
+
+Each rewrite leaves the values as they were (tests/test_graph_rewrite.py checks each against the
+formula and the unrewritten graph, and every bundle test checks the rewritten decoder against
+transformers).
 """
 
 from __future__ import annotations
@@ -131,6 +142,86 @@ def pack_matmuls(model) -> int:
     return packed
 
 
+def _consumers(graph) -> dict[str, list]:
+    users: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    return users
+
+
+def fuse_rotary_into_attention(model) -> int:
+    """Rewrite `model` in place: GroupQueryAttention(RotaryEmbedding(q), RotaryEmbedding(k), v, …) whose
+    two rotations share position ids and cos/sin tables becomes GroupQueryAttention(q, k, v, …, cos, sin,
+    position_ids) with do_rotary = 1. Returns how many attention nodes were rewritten."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    users = _consumers(graph)
+    outputs = {o.name for o in graph.output}
+    padded: dict[tuple[str, str], str] = {}  # (table, total_sequence_length) → the padded table
+    extra, replaced, removed, count = [], {}, set(), 0
+
+    def rotation(name):
+        node = producers.get(name)
+        if node is None or node.op_type != "RotaryEmbedding" or node.domain != "com.microsoft":
+            return None
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("interleaved", 0) or attrs.get("is_packed_batching", 0) or attrs.get("rotary_embedding_dim", 0):
+            return None
+        if attrs.get("scale", 1.0) != 1.0 or name in outputs or len(users.get(name, [])) != 1:
+            return None
+        return node
+
+    def pad(table: str, total: str) -> str:
+        """table (N, half) followed by total_sequence_length zero rows: never shorter than the kernel asks."""
+        if (table, total) not in padded:
+            tag = f"{table}_padded"
+            if not extra:  # shared pieces, made once
+                extra.append(numpy_helper.from_array(np.asarray([0], np.int64), "rotary_pad.zero_axis"))
+            extra_nodes = [
+                helper.make_node("Shape", [table], [f"{tag}.shape"], start=1, end=2),
+                helper.make_node("Cast", [total], [f"{tag}.total64"], to=TensorProto.INT64),
+                helper.make_node("Unsqueeze", [f"{tag}.total64", "rotary_pad.zero_axis"], [f"{tag}.rows"]),
+                helper.make_node("Concat", [f"{tag}.rows", f"{tag}.shape"], [f"{tag}.pad_shape"], axis=0),
+                helper.make_node("ConstantOfShape", [f"{tag}.pad_shape"], [f"{tag}.zeros"],
+                                 value=numpy_helper.from_array(np.zeros(1, np.float32))),
+                helper.make_node("Concat", [table, f"{tag}.zeros"], [tag], axis=0),
+            ]
+            padded[(table, total)] = tag
+            pad_nodes.extend(extra_nodes)
+        return padded[(table, total)]
+
+    pad_nodes: list = []
+    for attn in graph.node:
+        if attn.op_type != "GroupQueryAttention" or attn.domain != "com.microsoft" or len(attn.input) != 7:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in attn.attribute}
+        if attrs.get("do_rotary", 0):
+            continue
+        q_rot, k_rot = rotation(attn.input[0]), rotation(attn.input[1])
+        if q_rot is None or k_rot is None or list(q_rot.input[1:]) != list(k_rot.input[1:]):
+            continue
+        position_ids, cos, sin = q_rot.input[1:]
+        total = attn.input[6]
+        inputs = [q_rot.input[0], k_rot.input[0], *attn.input[2:7], pad(cos, total), pad(sin, total), position_ids]
+        fused = helper.make_node("GroupQueryAttention", inputs, list(attn.output), name=attn.name, domain="com.microsoft",
+                                 **{**attrs, "do_rotary": 1, "rotary_interleaved": 0})
+        replaced[id(attn)] = [fused]
+        removed.update((id(q_rot), id(k_rot)))
+        count += 1
+    if count:
+        first = min(i for i, n in enumerate(graph.node) if id(n) in replaced)
+        # The padded tables are computed before the first attention that reads them (their inputs, the
+        # tables and total_sequence_length, come earlier: the tables fed the rotations).
+        anchor = graph.node[first]
+        replaced[id(anchor)] = pad_nodes + replaced[id(anchor)]
+        graph.initializer.extend(extra)
+        _replace_nodes(graph, replaced, removed)
+    return count
+
+
 def _replace_nodes(graph, replaced: dict[int, list], removed: set[int]) -> None:
     """Put `replaced[id(node)]` in place of each such node, drop the `removed` ones, then the
     initializers and Constant nodes nothing reads any more."""
@@ -149,16 +240,32 @@ def _replace_nodes(graph, replaced: dict[int, list], removed: set[int]) -> None:
         graph.node.remove(node)
 
 
-def fuse_rms_norms_in_file(path: str | Path) -> int:
-    """Load the graph at `path` (weights left where they are), fuse its RMSNorms and, when its weights are
-    stored inside the file (under protobuf's 2 GB), pack its shared-input projections; save it back.
-    Returns the number of RMSNorms fused."""
+def attention_takes_position_ids() -> bool:
+    """Whether the installed onnxruntime's GroupQueryAttention has the `position_ids` input (its CPU
+    kernel since onnxruntime 1.22, microsoft/onnxruntime#23944). Without it (or without onnxruntime
+    here) the rotations stay separate RotaryEmbedding nodes, which older releases run."""
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as capi
+    except ImportError:
+        return False
+    for schema in capi.get_all_operator_schema():
+        if schema.name == "GroupQueryAttention" and schema.domain == "com.microsoft":
+            return any(i.name == "position_ids" for i in schema.inputs)
+    return False
+
+
+def rewrite_shared_decoder(path: str | Path) -> dict[str, int]:
+    """Load the shared-cache decoder at `path` (weights left where they are) and apply every rewrite
+    above: RMSNorm chains, rotary into attention and, when its weights are stored
+    inside the file (under protobuf's 2 GB), packed shared-input projections; save it back. Returns how
+    many of each were rewritten."""
     import onnx
 
     path = Path(path)
     model = onnx.load(str(path), load_external_data=False)
-    count = fuse_rms_norms(model)
-    packs = 0 if path.with_name(path.name + ".data").exists() else pack_matmuls(model)
-    if count or packs:
+    counts = {"rms_norms": fuse_rms_norms(model)}
+    counts["rotary_in_attention"] = fuse_rotary_into_attention(model) if attention_takes_position_ids() else 0
+    counts["packed_matmuls"] = 0 if path.with_name(path.name + ".data").exists() else pack_matmuls(model)
+    if any(counts.values()):
         onnx.save(model, str(path))
-    return count
+    return counts

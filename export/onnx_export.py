@@ -145,11 +145,11 @@ def export_onnx(
             _export(decoder, _decoder_example(decoder, parts), _decoder_dynamic_shapes(decoder), out / DECODER_FILE,
                     decoder.input_names, decoder.output_names, opset, optimize, external_data,
                     _SHARED_DECODER_AXES if kv_cache == "shared" else _DECODER_AXES)
-            if kv_cache == "shared":  # the onnxruntime-specific flavour: also fuse the RMSNorms (graph_rewrite.py)
-                from .graph_rewrite import fuse_rms_norms_in_file
+            if kv_cache == "shared":  # the onnxruntime-specific flavour: also fuse for onnxruntime (graph_rewrite.py)
+                from .graph_rewrite import rewrite_shared_decoder
 
-                fused = fuse_rms_norms_in_file(out / DECODER_FILE)
-                logger.info("fused %d RMSNorms into SimplifiedLayerNormalization", fused)
+                counts = rewrite_shared_decoder(out / DECODER_FILE)
+                logger.info("decoder rewrites for onnxruntime: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
             timings["decoder"] = time.perf_counter() - start
 
             start = time.perf_counter()

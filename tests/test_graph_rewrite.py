@@ -99,3 +99,101 @@ def test_projections_sharing_an_input_are_packed_into_one_matmul():
     for got, want in zip(run(model), before):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(before[0], x @ weights["wk"], rtol=1e-5, atol=1e-5)  # and the reference is the formula
+
+
+def _attention_graph(heads=4, kv_heads=2, dim=16):
+    """RotaryEmbedding(q), RotaryEmbedding(k) → GroupQueryAttention over a shared buffer: the shape of the
+    shared-cache decoder's attention (export/gqa.py), with the cos/sin tables as graph inputs."""
+    msft = "com.microsoft"
+    nodes = [
+        helper.make_node("RotaryEmbedding", ["q", "pos", "cos", "sin"], ["q_rot"], domain=msft, num_heads=heads, interleaved=0),
+        helper.make_node("RotaryEmbedding", ["k", "pos", "cos", "sin"], ["k_rot"], domain=msft, num_heads=kv_heads, interleaved=0),
+        helper.make_node("GroupQueryAttention", ["q_rot", "k_rot", "v", "past_key", "past_value", "seqlens_k", "total"],
+                         ["out", "present_key", "present_value"], domain=msft, num_heads=heads, kv_num_heads=kv_heads, scale=0.25),
+    ]
+    f = TensorProto.FLOAT
+    inputs = [helper.make_tensor_value_info("q", f, ["B", "S", heads * dim]),
+              helper.make_tensor_value_info("k", f, ["B", "S", kv_heads * dim]),
+              helper.make_tensor_value_info("v", f, ["B", "S", kv_heads * dim]),
+              helper.make_tensor_value_info("past_key", f, ["B", kv_heads, "C", dim]),
+              helper.make_tensor_value_info("past_value", f, ["B", kv_heads, "C", dim]),
+              helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["B"]),
+              helper.make_tensor_value_info("total", TensorProto.INT32, []),
+              helper.make_tensor_value_info("cos", f, ["N", dim // 2]),
+              helper.make_tensor_value_info("sin", f, ["N", dim // 2]),
+              helper.make_tensor_value_info("pos", TensorProto.INT64, ["B", "S"])]
+    outputs = [helper.make_tensor_value_info(n, f, None) for n in ("out", "present_key", "present_value")]
+    graph = helper.make_graph(nodes, "attn", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(msft, 1)])
+
+
+def test_rotary_moves_into_attention_with_the_same_values():
+    from descore_sdk.export.graph_rewrite import fuse_rotary_into_attention
+
+    heads, kv_heads, dim, capacity = 4, 2, 16, 24
+    model = _attention_graph(heads, kv_heads, dim)
+    before = model.SerializeToString()
+    assert fuse_rotary_into_attention(model) == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert "RotaryEmbedding" not in ops and ops.count("GroupQueryAttention") == 1
+    attention = next(n for n in model.graph.node if n.op_type == "GroupQueryAttention")
+    assert {a.name: helper.get_attribute_value(a) for a in attention.attribute}["do_rotary"] == 1
+
+    rng = np.random.default_rng(3)
+
+    def rotate(x, c, s):  # x (..., dim), non-interleaved halves
+        a, b = x[..., : dim // 2], x[..., dim // 2 :]
+        return np.concatenate([a * c - b * s, b * c + a * s], axis=-1)
+
+    sessions = [ort.InferenceSession(m, providers=["CPUExecutionProvider"]) for m in (before, model.SerializeToString())]
+    buffers = [{n: np.zeros((2, kv_heads, capacity, dim), np.float32) for n in ("past_key", "past_value")} for _ in sessions]
+    keys = np.zeros((2, kv_heads, capacity, dim), np.float32)
+    values = np.zeros_like(keys)
+    lengths = np.zeros(2, np.int64)
+    # Row 0 prefills 5 tokens, row 1 3 (alone: the CPU kernel takes S > 1 only with B = 1), then two
+    # decode steps of both rows at their different lengths.
+    for calls in ((([0], 5), ([1], 3)), (([0, 1], 1),), (([0, 1], 1),)):
+        for batch_rows, s in calls:
+            b = len(batch_rows)
+            q = rng.standard_normal((b, s, heads * dim)).astype(np.float32)
+            k = rng.standard_normal((b, s, kv_heads * dim)).astype(np.float32)
+            v = rng.standard_normal((b, s, kv_heads * dim)).astype(np.float32)
+            angles = rng.uniform(0, 6, (b * s, dim // 2)).astype(np.float32)  # each token its own (M-RoPE) angles
+            cos, sin = np.cos(angles), np.sin(angles)
+            pos = np.arange(b * s, dtype=np.int64).reshape(b, s)
+            seqlens = (lengths[batch_rows] + s - 1).astype(np.int32)
+            feed = {"q": q, "k": k, "v": v, "seqlens_k": seqlens, "total": np.asarray(seqlens.max() + 1, np.int32),
+                    "cos": cos, "sin": sin, "pos": pos}
+            # the formula: rotate, append to the cache, causal softmax attention per query head
+            qr = rotate(q.reshape(b, s, heads, dim), cos[pos][:, :, None], sin[pos][:, :, None])
+            kr = rotate(k.reshape(b, s, kv_heads, dim), cos[pos][:, :, None], sin[pos][:, :, None])
+            want = np.zeros((b, s, heads * dim), np.float32)
+            for i, row in enumerate(batch_rows):
+                first = lengths[row]
+                keys[row, :, first : first + s] = kr[i].transpose(1, 0, 2)
+                values[row, :, first : first + s] = v[i].reshape(s, kv_heads, dim).transpose(1, 0, 2)
+                for t in range(s):
+                    for h in range(heads):
+                        g = h // (heads // kv_heads)
+                        scores = keys[row, g, : first + t + 1] @ qr[i, t, h] * 0.25
+                        p = np.exp(scores - scores.max())
+                        want[i, t, h * dim : (h + 1) * dim] = (p / p.sum()) @ values[row, g, : first + t + 1]
+            got = []
+            for session, buffer in zip(sessions, buffers):
+                binding = session.io_binding()
+                for name, value in feed.items():
+                    binding.bind_cpu_input(name, value)
+                binding.bind_output("out", "cpu")
+                for name in ("past_key", "past_value"):
+                    view = buffer[name][batch_rows[0] : batch_rows[-1] + 1]
+                    wrapped = ort.OrtValue.ortvalue_from_numpy(view)
+                    binding.bind_ortvalue_input(name, wrapped)
+                    binding.bind_ortvalue_output(name.replace("past", "present"), wrapped)
+                session.run_with_iobinding(binding)
+                got.append(binding.get_outputs()[0].numpy())
+            np.testing.assert_array_equal(got[1], got[0])  # the same kernel arithmetic, rotation moved
+            np.testing.assert_allclose(got[0], want, rtol=1e-4, atol=1e-5)
+            lengths[batch_rows] += s
+    for buffer in buffers:
+        np.testing.assert_allclose(buffer["past_key"], keys, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(buffer["past_value"], values)

@@ -13,8 +13,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
 
 from descore_sdk import Scorer  # noqa: E402
+from descore_sdk.export.graph_rewrite import attention_takes_position_ids  # noqa: E402
 from descore_sdk.runtime.kv_cache import SharedKVCache  # noqa: E402
 from bundles import DIMENSIONS, MAX_FRAMES, MAX_PIXELS, tiny_bundle  # noqa: E402
 
@@ -158,6 +160,9 @@ def test_shared_bundle_equals_the_concatenating_one(concat_and_shared, sample_vi
     concat, shared = concat_and_shared
     scorers = [Scorer.from_pretrained(b, backend_options={"threads": 1}) for b in (concat, shared)]
     assert not scorers[0].backend.model.shared_cache and scorers[1].backend.model.shared_cache
+    ops = [n.op_type for n in onnx.load(str(shared / "decoder.onnx"), load_external_data=False).graph.node]
+    if attention_takes_position_ids():  # the rotations run inside the attention kernel (graph_rewrite.py)
+        assert "RotaryEmbedding" not in ops and ops.count("GroupQueryAttention") == 2
     videos = [sample_videos[0], sample_videos[3], sample_videos[4]]
     prompts = ["A cat.", "A girl in a pink dress walks to a chair and sits on it.", "Waves at dusk, slow pan."]
     cots = [scorers[0].prompts.encode(t) for t in ("Smooth motion, sharp frames.", "Blurry.", "The colours are warm and the pan is slow and even.")]
