@@ -14,6 +14,8 @@ mask columns [width − lengths[b], width). `select` maps the loop's column cuts
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 # Capacity grows in steps of this many columns (at least doubling), copying the filled part once.
@@ -78,3 +80,71 @@ class SharedKVCache:
     def row(self, b: int) -> dict[str, np.ndarray]:
         """Row b's buffers as (1, ...) views: writes through them land in this cache."""
         return {name: buffer[b : b + 1] for name, buffer in self.buffers.items()}
+
+
+class PrefixStore:
+    """The KV of recently prefilled prompt heads, reused by later rows whose prompt starts the same way.
+
+    Every prompt of a layout starts with the same text (the system turn, the template up to the video;
+    in the authors' layout also the text prompt, so the two videos of a `compare` share it). A row's
+    keys and values at token j depend only on the inputs of tokens 0..j (causal attention), so when the
+    first k inputs of a new row — embeddings, M-RoPE positions and DeepStack features — equal, element
+    for element, those of a stored head, its first k cache columns are the stored ones: the backend
+    copies them and prefills only the rest. The comparison is exact, so nothing is ever reused for a
+    different prompt. Only the head before the video is stored (the leading tokens whose three position
+    rows read 0, 1, 2, …: text, and at most the first video token), a few hundred tokens at most, for
+    the `entries` most recently seen heads. Thread-safe (one Scorer serves concurrent threads)."""
+
+    def __init__(self, entries: int = 4, max_tokens: int = 1024):
+        self.entries = int(entries)
+        self.max_tokens = int(max_tokens)
+        self._heads: list[dict] = []  # most recently used first
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def shareable_length(positions: np.ndarray) -> int:
+        """positions (3, n): how many leading tokens sit at 0, 1, 2, … on all three rows (text before the video)."""
+        plain = (positions == np.arange(positions.shape[1])).all(axis=0)
+        return int(plain.size if plain.all() else np.argmin(plain))
+
+    def match(self, embeds: np.ndarray, positions: np.ndarray, deepstack: np.ndarray | None, limit: int):
+        """(k, head): the longest stored head whose first k ≤ `limit` tokens have exactly these inputs
+        (embeds (n, H), positions (3, n), deepstack (levels, n, H) | None); (0, None) if none."""
+        best, chosen = 0, None
+        with self._lock:
+            for head in self._heads:
+                m = min(limit, head["length"], len(embeds))
+                if m <= best:
+                    continue
+                same = ~(head["embeds"][:m] != embeds[:m]).any(axis=1)
+                same &= (head["positions"][:, :m] == positions[:, :m]).all(axis=0)
+                if deepstack is not None:
+                    same &= ~(head["deepstack"][:, :m] != deepstack[:, :m]).any(axis=(0, 2))
+                k = m if same.all() else int(np.argmin(same))
+                if k > best:
+                    best, chosen = k, head
+            if chosen is not None:  # most recently used first (by identity: heads hold arrays)
+                self._heads = [chosen] + [h for h in self._heads if h is not chosen]
+        return best, chosen
+
+    def remember(self, embeds: np.ndarray, positions: np.ndarray, deepstack: np.ndarray | None,
+                 row: dict[str, np.ndarray], known: int) -> None:
+        """Store the head of a row just prefilled from its first token (`row`: its cache views (1, heads,
+        capacity, dim)), unless `known` (the tokens a stored head already matched) covers it."""
+        length = min(self.shareable_length(positions), self.max_tokens)
+        if length < 2 or length <= known:
+            return
+        head = {
+            "length": length,
+            "embeds": np.array(embeds[:length]),
+            "positions": np.array(positions[:, :length]),
+            "deepstack": None if deepstack is None else np.array(deepstack[:, :length]),
+            "kv": {name: np.array(buffer[0, :, :length]) for name, buffer in row.items()},
+        }
+        with self._lock:
+            self._heads.insert(0, head)
+            del self._heads[self.entries:]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._heads.clear()

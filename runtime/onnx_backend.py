@@ -20,7 +20,7 @@ from descore_sdk.errors import BundleIntegrityError, ModelLoadError
 from descore_sdk.prompt import blocked_generation_ids, load_tokenizer
 
 from .decode import DEFAULT_PREFILL_CHUNK, DecodeRequest, DecodeSettings, RopeSpec, StepOutput, decode
-from .kv_cache import SharedKVCache
+from .kv_cache import PrefixStore, SharedKVCache
 from .onnxruntime_runner import OnnxRuntimeRunner
 from .sampling import SamplingParams
 from .vision_inputs import VisionGraphSpec, encode_in_chunks
@@ -34,7 +34,8 @@ class OnnxDecoderModel:
     """vision.onnx + decoder.onnx + embed_tokens.npy of one bundle, as the decode loop's `DecoderModel`."""
 
     def __init__(self, bundle: Bundle, *, device: str = "cpu", providers: list | None = None, threads: int | None = None,
-                 vision_chunk_patches: int = DEFAULT_VISION_CHUNK_PATCHES, shrink_arena: bool = True):
+                 vision_chunk_patches: int = DEFAULT_VISION_CHUNK_PATCHES, shrink_arena: bool = True,
+                 prefix_cache: bool = True):
         self.bundle = bundle
         model = bundle.model
         self.rope = RopeSpec.from_bundle(bundle)
@@ -60,7 +61,11 @@ class OnnxDecoderModel:
             )
         # Work done, for checking the one-encode/one-prefill promise: encode_video calls and decoder
         # positions fed (prompt prefill, CoT steps and scoring-pass prefills all count).
-        self.counters = {"vision_encodes": 0, "decoder_positions": 0}
+        self.counters = {"vision_encodes": 0, "decoder_positions": 0, "prefix_positions_reused": 0}
+        # Prompt heads shared between rows and calls are prefilled once (runtime/kv_cache.PrefixStore);
+        # the in-place cache only: its rows are packed from column 0, so a head lands at the same columns
+        # in every row.
+        self.prefix_store = PrefixStore() if (prefix_cache and self.shared_cache) else None
         self.activate()
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -129,14 +134,26 @@ class OnnxDecoderModel:
             out = None
             for b in np.flatnonzero(new):
                 n = int(new[b])
+                embeds = inputs_embeds[b, width - n :]
+                positions = position_ids[:, b, width - n :]
+                deepstack = None if deepstack_embeds is None else deepstack_embeds[:, b, width - n :]
+                row, reused = cache.row(b), 0
+                first = self.prefix_store is not None and cache.lengths[b] == 0
+                if first and n > 1:
+                    reused, head = self.prefix_store.match(embeds, positions, self._deepstack_or_zeros(deepstack, n), n - 1)
+                    for name, buffer in (row.items() if reused else ()):
+                        buffer[0, :, :reused] = head["kv"][name][:, :reused]
+                    self.counters["prefix_positions_reused"] += reused
                 part = self._run_shared(
-                    inputs_embeds[b : b + 1, width - n :],
-                    position_ids[:, b : b + 1, width - n :],
-                    None if deepstack_embeds is None else deepstack_embeds[:, b : b + 1, width - n :],
-                    cache.row(b),
-                    cache.lengths[b : b + 1],
-                    n,
+                    embeds[None, reused:],
+                    positions[:, None, reused:],
+                    None if deepstack is None else deepstack[:, None, reused:],
+                    row,
+                    cache.lengths[b : b + 1] + reused,
+                    n - reused,
                 )
+                if first:
+                    self.prefix_store.remember(embeds, positions, self._deepstack_or_zeros(deepstack, n), row, reused)
                 if out is None:  # rows with nothing new in this chunk get zeros (the loop never reads them)
                     out = {k: np.zeros((batch,) + v.shape[1:], dtype=v.dtype) for k, v in part.items()}
                 for k, v in part.items():
@@ -144,6 +161,14 @@ class OnnxDecoderModel:
         cache.lengths = cache.lengths + new
         cache.width = int(attention_mask.shape[1])
         return StepOutput(out["logits"], out["hidden"], out["reward"]), cache
+
+    def _deepstack_or_zeros(self, deepstack, n: int):
+        """What the graph is fed for these tokens' DeepStack input (zeros when the loop passes none)."""
+        if not self.num_deepstack:
+            return None
+        if deepstack is None:
+            return np.zeros((self.num_deepstack, n, self.table.shape[1]), dtype=np.float32)
+        return deepstack
 
     def _run_shared(self, inputs_embeds, position_ids, deepstack_embeds, buffers: dict, lengths: np.ndarray, width: int):
         rows = inputs_embeds.shape[0]
@@ -200,11 +225,13 @@ class OnnxBackend:
 
     def __init__(self, path: str | Path, *, device: str = "cpu", family: str | None = None, verify: bool = True,
                  providers: list | None = None, threads: int | None = None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
-                 vision_chunk_patches: int = DEFAULT_VISION_CHUNK_PATCHES, shrink_arena: bool = True):
+                 vision_chunk_patches: int = DEFAULT_VISION_CHUNK_PATCHES, shrink_arena: bool = True,
+                 prefix_cache: bool = True):
         self.bundle = load_bundle(path, family=family, verify=verify)
         self.descore_config = self.bundle.descore_config
         self.model = OnnxDecoderModel(self.bundle, device=device, providers=providers, threads=threads,
-                                      vision_chunk_patches=vision_chunk_patches, shrink_arena=shrink_arena)
+                                      vision_chunk_patches=vision_chunk_patches, shrink_arena=shrink_arena,
+                                      prefix_cache=prefix_cache)
         self.reward_token_id = int(self.bundle.manifest["reward_token_id"])
         tokenizer = load_tokenizer(self.bundle.path)
         self.blocked_ids = blocked_generation_ids(tokenizer, self.bundle.descore_config)

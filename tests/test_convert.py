@@ -28,6 +28,7 @@ from authors_formats import (  # noqa: E402
 )
 from descore_sdk import Scorer  # noqa: E402
 from descore_sdk.errors import InvalidInputError, ModelLoadError  # noqa: E402
+from descore_sdk.prompt import common_prefix_length  # noqa: E402
 from descore_sdk.training.convert import convert_descore, convert_videoalign, rename_legacy_keys  # noqa: E402
 
 torch.set_num_threads(1)
@@ -384,3 +385,28 @@ def test_adaptive_fast_rows_report_the_prompt_they_were_scored_on(descore, sampl
     adaptive = scorer.score(video, PROMPT, mode="adaptive")  # no band: stays fast
     assert adaptive.mode == "fast" and adaptive.num_prompt_tokens == fast.num_prompt_tokens
     assert abs(adaptive.reward - fast.reward) <= ORT_TOL
+
+
+def test_the_prompt_head_is_prefilled_once(descore, sample_videos):
+    """The authors' template puts the text prompt before the video, so the two videos of a `compare`
+    share the whole head (system turn, template, prompt). With the prefix store (the default) the second
+    video copies the first one's cache columns for exactly the tokens both prompts have before the
+    first video token, and every reward equals the authors' scoring pass as without it."""
+    release, backbone, head, _, bundle = descore
+    scorers = {flag: Scorer.from_pretrained(bundle, backend_options={"threads": 1, "prefix_cache": flag}, mode="think",
+                                            max_new_tokens=3, **SMALL) for flag in (True, False)}
+    videos = (sample_videos[1], sample_videos[2])
+    pairs = {flag: scorer.compare(*videos, PROMPT) for flag, scorer in scorers.items()}
+    for side in ("a", "b"):
+        on, off = getattr(pairs[True], side), getattr(pairs[False], side)
+        assert on.rationale == off.rationale and abs(on.reward - off.reward) <= 1e-5
+    inputs, ts = _features(scorers[True], videos[1])
+    expected = descore_reference(release, "qwen3_vl", backbone, head, inputs, ts, PROMPT, pairs[True].b.rationale)
+    assert abs(pairs[True].b.reward - expected) <= ORT_TOL  # the copied head, against the independent reference
+
+    ids = [scorers[True].prepare(v, PROMPT, mode="think").input_ids for v in videos]
+    first_video = int(np.argmax(ids[1] == scorers[True].prompts.ids.video_pad))
+    shared = min(common_prefix_length(ids[0], ids[1]), first_video)
+    assert shared > len(scorers[True].prompts.encode(PROMPT))  # the head holds the prompt itself
+    assert scorers[True].backend.model.counters["prefix_positions_reused"] == shared
+    assert scorers[False].backend.model.counters["prefix_positions_reused"] == 0

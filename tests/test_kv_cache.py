@@ -177,6 +177,8 @@ def test_shared_bundle_equals_the_concatenating_one(concat_and_shared, sample_vi
         np.testing.assert_allclose(b.step_logits, a.step_logits, atol=2e-5)
         np.testing.assert_allclose(b.rewards, a.rewards, atol=2e-5)
     assert len(DIMENSIONS["qwen2_5_vl"]) == len(results[0][0].rewards)
+    # rows 2 and 3 copied the system turn's columns from row 1 (runtime/kv_cache.PrefixStore)
+    assert scorers[1].backend.model.counters["prefix_positions_reused"] > 0
 
     adaptive = [s.score_batch(videos, prompts, batch_size=3, mode="adaptive", adaptive_band=(-1e9, 1e9), max_new_tokens=5)
                 for s in scorers]
@@ -221,3 +223,42 @@ def test_rotary_op_and_kernel_rotate_each_token_by_its_own_angles():
     traced = rotary(*(torch.from_numpy(a) for a in (x, index, table_cos, table_sin)), heads).numpy()
     np.testing.assert_allclose(kernel, expected, atol=1e-5)
     np.testing.assert_allclose(traced, expected, atol=1e-5)
+
+
+def test_prefix_store_matches_exact_inputs_only():
+    from descore_sdk.runtime.kv_cache import PrefixStore
+
+    rng = np.random.default_rng(0)
+    # positions: 6 text tokens and a first video token at 0..6 on every row, then a video token whose rows differ
+    positions = np.array([[0, 1, 2, 3, 4, 5, 6, 6], [0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3, 4, 5, 6, 8]])
+    assert PrefixStore.shareable_length(positions) == 7
+    assert PrefixStore.shareable_length(positions[:, :4]) == 4
+    assert PrefixStore.shareable_length(np.array([[1, 2], [1, 2], [1, 2]])) == 0
+
+    embeds = rng.standard_normal((8, 4)).astype(np.float32)
+    deepstack = np.zeros((2, 8, 4), np.float32)
+    row = {"k": rng.standard_normal((1, 2, 16, 3)).astype(np.float32)}
+    store = PrefixStore(entries=2)
+    store.remember(embeds, positions, deepstack, row, known=0)
+    k, head = store.match(embeds, positions, deepstack, limit=7)
+    assert k == 7 and np.array_equal(head["kv"]["k"], row["k"][0, :, :7])  # a copy of the 7 shareable columns
+    assert store.match(embeds, positions, deepstack, limit=8)[0] == 7  # never past the stored head
+    row["k"][:] = 0
+    assert head["kv"]["k"].any()  # not a view of the row
+    assert store.match(embeds, positions, deepstack, limit=3)[0] == 3
+
+    other = embeds.copy()
+    other[4, 2] += 1e-6  # one element of token 4 differs: tokens 0..3 still match
+    assert store.match(other, positions, deepstack, limit=7)[0] == 4
+    moved = positions.copy()
+    moved[1, 2] = 9
+    assert store.match(embeds, moved, deepstack, limit=7)[0] == 2
+    features = deepstack.copy()
+    features[1, 1, 0] = 1.0
+    assert store.match(embeds, positions, features, limit=7)[0] == 1
+
+    store.remember(embeds, positions, deepstack, row, known=7)  # covered already: nothing stored
+    assert len(store._heads) == 1
+    for seed in (1, 2):  # two new heads evict the oldest (entries=2)
+        store.remember(np.random.default_rng(seed).standard_normal((8, 4)).astype(np.float32), positions, deepstack, row, 0)
+    assert store.match(embeds, positions, deepstack, limit=7)[0] == 0
