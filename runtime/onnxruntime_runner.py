@@ -14,6 +14,7 @@ so one runner serves concurrent scoring threads.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,28 @@ _ORT_TYPES = {
     "tensor(uint8)": np.uint8,
     "tensor(bool)": np.bool_,
 }
+
+
+# ONNX element types (TensorProto codes) of the tensors the runtime binds by address; IOBinding takes
+# either a numpy type or this code, and only the code can say bfloat16.
+ONNX_ELEMENT_TYPES = {"float32": 1, "float16": 10, "bfloat16": 16, "int64": 7, "int32": 6}
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    """Part of a device tensor another OrtValue owns: `shape` elements of ONNX type `element_type` at byte
+    `offset` of `owner`'s buffer (e.g. one row of a (B, heads, capacity, dim) KV buffer). Bound by address
+    (`IOBinding.bind_input` / `bind_output` with `buffer_ptr`), as input and output alike, so an op that
+    writes in place writes into the owner; the owner must outlive the run (this object holds it)."""
+
+    owner: object  # onnxruntime.OrtValue
+    offset: int
+    shape: tuple
+    element_type: int
+
+    @property
+    def address(self) -> int:
+        return int(self.owner.data_ptr()) + int(self.offset)
 
 
 def _onnxruntime():
@@ -212,3 +235,54 @@ class OnnxRuntimeRunner(Runner):
         self.session.run_with_iobinding(binding, self._run_options)
         values = dict(zip((node.name for node in self.session.get_outputs()), binding.get_outputs()))
         return {name: values[name].numpy() for name in returned}
+
+    def run_bound(self, host_inputs: dict[str, np.ndarray], device_inputs: dict, device_outputs: dict, *,
+                  device_type: str = "cpu", device_id: int = 0) -> tuple[dict[str, np.ndarray], dict]:
+        """One run with every input and output bound (IOBinding), for callers that keep tensors on a device.
+
+        host_inputs: numpy arrays (copied to wherever the consuming node runs: a few KB per decode step);
+        device_inputs: {name: OrtValue or DeviceView} already on the device (a numpy array is bound as a
+        host input, e.g. an empty cache); device_outputs: {name: OrtValue or DeviceView} to write into (the
+        same object as an input for an op that updates its input in place), or None to let onnxruntime
+        allocate the output on `device_type`:`device_id` and return it. Every other output is bound to
+        "cpu", so onnxruntime copies just those (logits, hidden, reward of the last position) to the host
+        at the end of the run; `copy_outputs_to_cpu` would copy the device outputs too.
+        Returns ({host output: np.ndarray}, {device output: OrtValue}); the second holds the outputs bound
+        with None. API as in onnxruntime's Python IOBinding documentation (`bind_cpu_input`,
+        `bind_ortvalue_input`, `bind_input(name, device_type, device_id, element_type, shape, buffer_ptr)`,
+        `bind_ortvalue_output`, `bind_output`, `run_with_iobinding`, `get_outputs`; 1.17 – 1.32), which
+        synchronizes bound inputs before the run and outputs after it."""
+        self._require_active()
+        expected = set(self.input_metadata())
+        given = set(host_inputs) | set(device_inputs)
+        if given != expected:
+            raise InvalidInputError(f"{self.name}: bound inputs {sorted(given)} differ from the graph's {sorted(expected)}.")
+        binding = self.session.io_binding()
+        for name, value in host_inputs.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name, value in device_inputs.items():
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+            elif isinstance(value, DeviceView):
+                binding.bind_input(name, device_type, device_id, value.element_type, list(value.shape), value.address)
+            else:
+                binding.bind_ortvalue_input(name, value)
+        names = [node.name for node in self.session.get_outputs()]
+        for name in names:
+            value = device_outputs.get(name, "host")
+            if isinstance(value, str):
+                binding.bind_output(name, "cpu")
+            elif value is None:
+                binding.bind_output(name, device_type, device_id)
+            elif isinstance(value, DeviceView):
+                binding.bind_output(name, device_type, device_id, value.element_type, list(value.shape), value.address)
+            else:
+                binding.bind_ortvalue_output(name, value)
+        try:
+            self.session.run_with_iobinding(binding, self._run_options)
+        except Exception as exc:  # onnxruntime's own Fail / InvalidArgument classes
+            raise ModelLoadError(f"onnxruntime could not run {self.path} with device-bound tensors: {exc}") from None
+        values = dict(zip(names, binding.get_outputs()))
+        host = {name: values[name].numpy() for name in names if name not in device_outputs}
+        allocated = {name: values[name] for name, value in device_outputs.items() if value is None}
+        return host, allocated
