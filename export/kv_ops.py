@@ -23,7 +23,10 @@ KV_OPS_OPSET = 18  # Pad-18 / Slice-13 / Gather-13 (all three element types); on
 
 
 def kv_ops_dir() -> Path:
-    return Path(__file__).resolve().parents[1] / "descore_sdk" / "assets" / "kv_ops"
+    """descore_sdk/assets/kv_ops of this source tree (the generator runs from a checkout)."""
+    from importlib import resources
+
+    return Path(str(resources.files("descore_sdk.assets") / "kv_ops"))
 
 
 def kv_ops_model(element_type: str):

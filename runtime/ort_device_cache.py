@@ -29,6 +29,7 @@ GPU in this repository yet (docs/GPU.md says how to run its GPU test first).
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ from .decode import StepOutput
 from .onnx_backend import DEFAULT_VISION_CHUNK_PATCHES, OnnxDecoderModel
 from .onnxruntime_runner import ONNX_ELEMENT_TYPES, DeviceView, OnnxRuntimeRunner, _onnxruntime
 
-KV_OPS_DIR = Path(__file__).resolve().parents[1] / "descore_sdk" / "assets" / "kv_ops"
+KV_OPS_DIR = Path(str(resources.files("descore_sdk.assets") / "kv_ops"))  # package data (a plain folder in wheels)
 _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 _GRANULE = 64  # capacity grows in steps of this many columns, at least doubling (as kv_cache.SharedKVCache)
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
