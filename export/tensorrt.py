@@ -333,6 +333,10 @@ def build_engines(source: str | Path, out_dir: str | Path, *, precision: str = D
     env = tensorrt_environment(device_index)  # MissingDependencyError / DeviceUnavailableError, before any work
     strategy = build_strategy(env.tensorrt_version, precision, read_manifest(source)["graphs"]["decoder"].get(
         "precision", "fp32") if is_bundle else None)
+    if strategy.quantize:  # the Q/DQ export reads and writes the graph with the onnx package (export extra)
+        from descore_sdk.errors import require
+
+        require("onnx", "export", "--precision int8 (Q/DQ graphs)")
     say(f"TensorRT {env.tensorrt_version} on {env.gpu.name} (compute capability {env.compute_capability}); "
         f"{'strongly typed' if strategy.strongly_typed else 'builder flags ' + ','.join(strategy.flags)} {precision} engines")
 

@@ -432,6 +432,25 @@ def test_engines_score_like_onnxruntime(scale_bundle, sample_videos, tmp_path):
         np.testing.assert_allclose(list(a.rewards.values()), list(b.rewards.values()), atol=1e-3)
 
 
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(NO_GPU is not None, reason=f"needs TensorRT and an NVIDIA GPU: {NO_GPU}")
+def test_int8_engines_score_like_their_qdq_graph(scale_bundle, sample_videos, tmp_path):
+    """Build int8 engines (Q/DQ decoder) and compare think-mode rewards with the same bundle's Q/DQ graph run by
+    onnxruntime on the CPU (both int8 in the linear layers; 0.05 allows TensorRT's fused int8 GEMMs and fp32
+    reductions in another order), and with the fp32 graph at the CPU test's int8 tolerance."""
+    from descore_sdk.scorer import Scorer
+
+    out = build_engines(scale_bundle, tmp_path / "trt-int8", precision="int8", max_seq=1024, progress=False)
+    trt = Scorer.from_pretrained(out, backend="tensorrt", mode="think", max_new_tokens=8)
+    qdq = Scorer.from_pretrained(out, backend="onnxruntime", device="cpu", mode="think", max_new_tokens=8)
+    fp32 = Scorer.from_pretrained(scale_bundle, device="cpu", mode="think", max_new_tokens=8)
+    for video in sample_videos[:2]:
+        a, b, c = trt.score(video, "a video"), qdq.score(video, "a video"), fp32.score(video, "a video")
+        np.testing.assert_allclose(list(a.rewards.values()), list(b.rewards.values()), atol=0.05)
+        np.testing.assert_allclose(list(a.rewards.values()), list(c.rewards.values()), atol=0.15)
+
+
 def test_real_cuda_python_without_a_gpu_says_so():
     """With cuda-python installed on a machine without an NVIDIA driver (this one, when the extra is in the
     venv), the GPU probe is a DeviceUnavailableError naming the CUDA error, not a traceback."""
