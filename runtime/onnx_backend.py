@@ -206,14 +206,16 @@ class OnnxBackend:
                  vision_chunk_patches: int = DEFAULT_VISION_CHUNK_PATCHES, shrink_arena: bool = True,
                  device_cache: bool | None = None):
         """device_cache: keep the decoder's KV cache on the device with IOBinding (`ort_device_cache`). None
-        (default): on for a CUDA / TensorRT provider, off on the CPU, where the host path is the measured one
-        (True there runs the device code on host memory; the tests compare the two)."""
-        from .ort_device_cache import DeviceCacheDecoderModel, cache_device
+        (default): on for a CUDA / TensorRT provider or a cache that is not float32 (export/half_cache.py), off
+        on the CPU otherwise, where the host path is the measured one (True there runs the device code on host
+        memory; the tests compare the two)."""
+        from .ort_device_cache import DeviceCacheDecoderModel, cache_device, cache_element_type
 
         self.bundle = load_bundle(path, family=family, verify=verify)
         self.descore_config = self.bundle.descore_config
-        if device_cache is None:
-            device_cache = cache_device(device, providers)[0] != "cpu"
+        if device_cache is None:  # the host path keeps float32 numpy caches; an fp16-cache bundle takes the other
+            device_cache = (cache_device(device, providers)[0] != "cpu"
+                            or cache_element_type(self.bundle.graph("decoder")["inputs"]) != "float32")
         model_class = DeviceCacheDecoderModel if device_cache else OnnxDecoderModel
         self.model = model_class(self.bundle, device=device, providers=providers, threads=threads,
                                  vision_chunk_patches=vision_chunk_patches, shrink_arena=shrink_arena)

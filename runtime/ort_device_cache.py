@@ -70,6 +70,12 @@ def cache_device(device: str = "cpu", providers: list | None = None) -> tuple[st
     return "cpu", 0
 
 
+def cache_element_type(decoder_inputs: list[dict]) -> str | None:
+    """The element type of a decoder's `past_key_values.*` inputs ("float32", "float16", ...), None if mixed."""
+    types = {str(io.get("dtype")) for io in decoder_inputs if str(io.get("name", "")).startswith("past_key_values.")}
+    return types.pop() if len(types) == 1 else None
+
+
 def cuda_cache_refusal(decoder_inputs: list[dict]) -> str | None:
     """None when a decoder with these inputs (manifest["graphs"]["decoder"]["inputs"]) can keep its KV cache
     on a CUDA device; else why not, in one sentence."""
@@ -81,7 +87,8 @@ def cuda_cache_refusal(decoder_inputs: list[dict]) -> str | None:
     return (f"the bundle's decoder updates a {'/'.join(types) or 'float32'} KV cache in place through onnxruntime's "
             "GroupQueryAttention (exported with --kv-cache shared, the CPU default), whose CUDA kernel takes float16/"
             "bfloat16 caches only, so that attention would run on the CPU; for onnxruntime CUDA export with "
-            "--kv-cache concat --precision fp16")
+            "--kv-cache concat --precision fp16, or convert this bundle's cache to fp16 with "
+            "python -m descore_sdk.export.half_cache BUNDLE OUT")
 
 
 class KVOps:

@@ -219,6 +219,74 @@ def test_a_wrong_row_address_is_caught(scale_bundle, sample_videos, monkeypatch)
     assert max(float(np.abs(x.rewards - y.rewards).max()) for x, y in zip(a, b)) > 1e-3
 
 
+# -- an in-place bundle with an fp16 cache (export/half_cache.py): the form GroupQueryAttention's CUDA kernel takes --
+@pytest.fixture(scope="module")
+def half_bundle(scale_bundle, tmp_path_factory):
+    pytest.importorskip("onnx")
+    from descore_sdk.export.half_cache import half_cache_bundle
+
+    return half_cache_bundle(scale_bundle, tmp_path_factory.mktemp("half") / "bundle")
+
+
+def test_half_cache_bundle_io(half_bundle, scale_bundle):
+    """Only the cache I/O changes type (fp16); the rest of the I/O and every other file are the source's; the
+    rewritten graph casts q/k/v to fp16 before each GroupQueryAttention and its output back; such a bundle may
+    go to onnxruntime CUDA; converting twice, or a concat bundle, is refused."""
+    onnx = pytest.importorskip("onnx")
+    from descore_sdk.bundle import read_manifest
+    from descore_sdk.errors import InvalidInputError
+    from descore_sdk.export.half_cache import half_cache_bundle
+
+    old, new = read_manifest(scale_bundle), read_manifest(half_bundle)
+    for direction in ("inputs", "outputs"):
+        for a, b in zip(old["graphs"]["decoder"][direction], new["graphs"]["decoder"][direction]):
+            cache = a["name"].startswith(("past_key_values.", "present."))
+            assert (a["name"], a["shape"]) == (b["name"], b["shape"])
+            assert b["dtype"] == ("float16" if cache else a["dtype"])
+    assert {k: v for k, v in old["files"].items() if k != "decoder.onnx"} == \
+        {k: v for k, v in new["files"].items() if k != "decoder.onnx"}
+    graph = onnx.load(str(half_bundle / "decoder.onnx"), load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers = {i: node for node in graph.node for i in node.input}
+    gqa = [node for node in graph.node if node.op_type == "GroupQueryAttention"]
+    assert len(gqa) == 2
+    for node in gqa:
+        assert all(producer[node.input[i]].op_type == "Cast" for i in range(3))
+        assert node.input[3].startswith("past_key_values.") and node.output[1].startswith("present.")
+        assert consumers[node.output[0]].op_type == "Cast"
+    assert cuda_cache_refusal(new["graphs"]["decoder"]["inputs"]) is None
+    assert cuda_cache_refusal(old["graphs"]["decoder"]["inputs"]) is not None
+    with pytest.raises(InvalidInputError, match="already converted"):
+        half_cache_bundle(half_bundle, half_bundle.parent / "twice")
+
+
+def test_half_cache_bundle_decodes_close_to_fp32(half_bundle, scale_bundle, sample_videos):
+    """The fp16-cache bundle takes the device-cache path by itself (the host path keeps float32 caches) and, on
+    a left-padded batch of 3 with teacher-forced CoTs of 5, 1 and 3 tokens, stays within 5e-3 of the fp32
+    bundle's logits and 2e-3 of its rewards (measured: 1.6e-3 / 6e-4: attention in fp16); free-running greedy
+    CoTs with rows leaving at different steps are the fp32 bundle's."""
+    from descore_sdk.runtime.onnx_backend import OnnxBackend
+    from descore_sdk.scorer import Scorer
+
+    half, fp32 = OnnxBackend(half_bundle, threads=1), OnnxBackend(scale_bundle, threads=1)
+    assert isinstance(half.model, DeviceCacheDecoderModel) and half.model.cache_type == "float16"
+    scorer = Scorer.from_pretrained(scale_bundle, device="cpu", backend_options={"threads": 1})
+    videos = [sample_videos[0], sample_videos[1], sample_videos[0]]
+    think = [scorer.prepare(v, p, mode="think") for v, p in zip(videos, [PROMPT, "a cat", "something else"])]
+    options = scorer.options.replace(mode="think")
+    forced = [np.arange(11, 16), np.asarray([21]), np.asarray([31, 32, 33])]
+    a = half.score_batch(think, options, scorer.stop_ids, [5, 5, 5], forced_cots=forced, record_logits=True)
+    b = fp32.score_batch(think, options, scorer.stop_ids, [5, 5, 5], forced_cots=forced, record_logits=True)
+    for x, y in zip(a, b):
+        assert x.step_logits.shape == y.step_logits.shape
+        np.testing.assert_allclose(x.step_logits, y.step_logits, rtol=0, atol=5e-3)
+        np.testing.assert_allclose(x.rewards, y.rewards, rtol=0, atol=2e-3)
+        assert np.abs(x.step_logits - y.step_logits).max() > 0  # really fp16
+    a = half.score_batch(think, options, scorer.stop_ids, [1, 7, 4])
+    b = fp32.score_batch(think, options, scorer.stop_ids, [1, 7, 4])
+    assert [x.cot_ids.tolist() for x in a] == [y.cot_ids.tolist() for y in b]
+
+
 # -- on a GPU ----------------------------------------------------------------------------------------------------
 def _no_cuda() -> str | None:
     import onnxruntime
@@ -258,3 +326,25 @@ def test_cuda_device_cache_decodes_like_the_cpu(concat_bundle, scale_bundle, sam
         np.testing.assert_allclose(x.rewards, y.rewards, rtol=0, atol=1e-3)
     with pytest.raises(ModelLoadError, match="float16/bfloat16"):
         OnnxBackend(scale_bundle, device="cuda:0")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(NO_CUDA is not None, reason=str(NO_CUDA))
+def test_cuda_in_place_fp16_cache_decodes_like_the_cpu(half_bundle, sample_videos):
+    """The in-place path on the GPU: the fp16-cache bundle's GroupQueryAttention (CUDA kernel) updates the
+    device buffers bound as past and present; against the same bundle on the CPU (1e-2: fp16 kernels)."""
+    from descore_sdk.runtime.onnx_backend import OnnxBackend
+    from descore_sdk.scorer import Scorer
+
+    gpu = OnnxBackend(half_bundle, device="cuda:0")
+    assert gpu.model.device_type == "cuda" and gpu.model.shared_cache
+    cpu = OnnxBackend(half_bundle, threads=1)
+    scorer = Scorer.from_pretrained(half_bundle, device="cpu", backend_options={"threads": 1})
+    think = [scorer.prepare(v, p, mode="think") for v, p in zip(sample_videos[:2], [PROMPT, "a cat"])]
+    options = scorer.options.replace(mode="think")
+    forced = [np.asarray([11, 12, 13, 14, 15]), np.asarray([21])]
+    a = gpu.score_batch(think, options, scorer.stop_ids, [5, 5], forced_cots=forced, record_logits=True)
+    b = cpu.score_batch(think, options, scorer.stop_ids, [5, 5], forced_cots=forced, record_logits=True)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x.step_logits, y.step_logits, rtol=0, atol=1e-2)
+        np.testing.assert_allclose(x.rewards, y.rewards, rtol=0, atol=1e-2)
