@@ -285,6 +285,11 @@ def test_half_cache_bundle_decodes_close_to_fp32(half_bundle, scale_bundle, samp
     a = half.score_batch(think, options, scorer.stop_ids, [1, 7, 4])
     b = fp32.score_batch(think, options, scorer.stop_ids, [1, 7, 4])
     assert [x.cot_ids.tolist() for x in a] == [y.cot_ids.tolist() for y in b]
+    # and through the public API, backend "auto" on this CPU machine
+    half_scorer = Scorer.from_pretrained(half_bundle, backend_options={"threads": 1})
+    assert half_scorer.backend_choice.backend == "onnxruntime"
+    x, y = half_scorer.score(sample_videos[1], "a cat", mode="fast"), scorer.score(sample_videos[1], "a cat", mode="fast")
+    np.testing.assert_allclose(list(x.rewards.values()), list(y.rewards.values()), rtol=0, atol=2e-3)
 
 
 # -- on a GPU ----------------------------------------------------------------------------------------------------
