@@ -250,8 +250,9 @@ class OnnxRuntimeRunner(Runner):
         Returns ({host output: np.ndarray}, {device output: OrtValue}); the second holds the outputs bound
         with None. API as in onnxruntime's Python IOBinding documentation (`bind_cpu_input`,
         `bind_ortvalue_input`, `bind_input(name, device_type, device_id, element_type, shape, buffer_ptr)`,
-        `bind_ortvalue_output`, `bind_output`, `run_with_iobinding`, `get_outputs`; 1.17 – 1.32), which
-        synchronizes bound inputs before the run and outputs after it."""
+        `bind_ortvalue_output`, `bind_output`, `synchronize_inputs/outputs`, `run_with_iobinding`, `get_outputs`;
+        1.17 – 1.32). `InferenceSession::Run(IOBinding)` itself does not synchronize the bound inputs (a TODO in
+        onnxruntime's inference_session.cc), so this does, before the run and after it, as the C++ examples do."""
         self._require_active()
         expected = set(self.input_metadata())
         given = set(host_inputs) | set(device_inputs)
@@ -279,7 +280,9 @@ class OnnxRuntimeRunner(Runner):
             else:
                 binding.bind_ortvalue_output(name, value)
         try:
+            binding.synchronize_inputs()
             self.session.run_with_iobinding(binding, self._run_options)
+            binding.synchronize_outputs()
         except Exception as exc:  # onnxruntime's own Fail / InvalidArgument classes
             raise ModelLoadError(f"onnxruntime could not run {self.path} with device-bound tensors: {exc}") from None
         values = dict(zip(names, binding.get_outputs()))
