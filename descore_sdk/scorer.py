@@ -121,11 +121,13 @@ def probe_ort_cuda() -> str | None:
             "install the GPU build with: pip install 'descore-sdk[gpu]')")
 
 
-def host_kv_cache(manifest: dict) -> bool:
-    """The bundle's decoder keeps its KV cache in caller memory updated in place (`--kv-cache shared`):
-    the runtime binds host (numpy) buffers, so it is a CPU bundle (runtime/kv_cache.py)."""
+def cuda_kv_cache_refusal(manifest: dict) -> str | None:
+    """None when onnxruntime CUDA can keep the bundle's decoder KV cache on the GPU (a concat cache, or an
+    in-place one in fp16/bf16: `runtime.ort_device_cache`), else why not."""
+    from .runtime.ort_device_cache import cuda_cache_refusal
+
     decoder = (manifest.get("graphs") or {}).get("decoder") or {}
-    return any(io.get("name") == "seqlens_k" for io in decoder.get("inputs", ()))
+    return cuda_cache_refusal(list(decoder.get("inputs", ())))
 
 
 def choose_backend(path: Path, backend: str = "auto", device: str = "auto") -> BackendChoice:
@@ -169,9 +171,8 @@ def choose_backend(path: Path, backend: str = "auto", device: str = "auto") -> B
         return BackendChoice("tensorrt", gpu, f"the bundle has TensorRT engines (TensorRT {engines.get('tensorrt_version')}, "
                                               f"compute capability {engines.get('compute_capability')}) that run on this GPU")
     why_not_cuda = probe_ort_cuda()
-    if why_not_cuda is None and host_kv_cache(read_manifest(path)):
-        why_not_cuda = ("the bundle's decoder updates its KV cache in host memory (exported with --kv-cache shared, "
-                        "the CPU default); for onnxruntime CUDA export with --kv-cache concat --precision fp16")
+    if why_not_cuda is None:
+        why_not_cuda = cuda_kv_cache_refusal(read_manifest(path))
     if why_not_cuda is None:
         return BackendChoice("onnxruntime", gpu, f"onnxruntime's CUDA provider; TensorRT not used: {why_not_trt}")
     if kind == "cuda":

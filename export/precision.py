@@ -11,6 +11,7 @@ export/DESIGN.md, "Precision".
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
@@ -357,3 +358,100 @@ def format_fidelity(report: dict) -> str:
     if not report["finite"]:
         lines.append("  NON-FINITE rewards: this precision overflows for this model; do not deploy it.")
     return "\n".join(lines)
+
+
+# -- int8 Q/DQ graphs for TensorRT (`descore export --format tensorrt --precision int8`) ---------------------------
+# TensorRT builds int8 engines from explicitly quantized graphs: QuantizeLinear/DequantizeLinear pairs with
+# symmetric scales (zero point 0) in front of the layers that should run in int8 (TensorRT Developer Guide,
+# "Explicit Quantization", 8.x – 11.x). onnxruntime's static quantizer writes exactly that with the options
+# below (onnxruntime.quantization.quantize_static, QuantFormat.QDQ, ORT 1.17 – 1.32 docs; the same options
+# as Hugging Face Optimum's TensorRT preset): int8 activations and weights, both symmetric, weights per output
+# channel, and the fp32 weights kept behind their own Q/DQ pair (TensorRT quantizes them when it builds).
+QDQ_PRECISION = "int8-qdq"  # manifest["graphs"]["decoder"]["precision"] of such a graph
+QDQ_EXTRA_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "AddQDQPairToWeight": True,
+                     "DedicatedQDQPair": True}
+DEFAULT_CALIBRATION_TOKENS = 8  # CoT steps per calibration video after its prefill
+
+
+def qdq_linear_nodes(model) -> list[str]:
+    """The decoder's linear layers: MatMul nodes whose second input is a weight (an initializer). The
+    attention products (activation × activation) and the two heads (Gemm: LM head and reward head, fp32
+    islands as at every precision) stay in floating point."""
+    weights = {init.name for init in model.graph.initializer}
+    return [node.name for node in model.graph.node if node.op_type == "MatMul" and node.input[1] in weights]
+
+
+def calibration_feeds(bundle_dir, samples: list[tuple] | None = None, *, cot_tokens: int = DEFAULT_CALIBRATION_TOKENS,
+                      threads: int | None = None) -> list[dict]:
+    """Real decoder inputs for calibration: every decoder call the onnxruntime backend makes while scoring
+    `samples` ((video, prompt) pairs; default the packaged sample videos) in think mode with `cot_tokens`
+    teacher-forced CoT steps — the prompt prefill (video tokens included) and decode steps, so both shapes
+    of activation are measured. The bundle must have the concatenating cache (TensorRT's graphs)."""
+    import numpy as np
+
+    from descore_sdk.runtime.onnx_backend import OnnxBackend
+    from descore_sdk.scorer import Scorer
+
+    backend = OnnxBackend(bundle_dir, threads=threads, device_cache=False)
+    if backend.model.shared_cache:
+        raise ValueError("calibration_feeds needs a --kv-cache concat bundle")  # build_engines guarantees it
+    scorer = Scorer.from_pretrained(bundle_dir, device="cpu", backend_options={"threads": threads})
+    feeds = []
+    real_infer = backend.model.decoder.infer
+
+    def recording_infer(feed):
+        feeds.append({name: np.array(value) for name, value in feed.items()})
+        return real_infer(feed)
+
+    backend.model.decoder.infer = recording_infer
+    options = scorer.options.replace(mode="think")
+    forced = np.asarray(scorer.prompts.encode("The video is smooth and the colors are natural; it follows the prompt."),
+                        dtype=np.int64)[:cot_tokens]
+    for video, prompt in samples if samples is not None else packaged_samples():
+        inputs = scorer.prepare(video, prompt, mode="think")
+        backend.score_batch([inputs], options, scorer.stop_ids, [len(forced)], forced_cots=[forced])
+    return feeds
+
+
+def quantize_decoder_qdq(source, target, feeds: list[dict]) -> dict:
+    """Write `target`: the fp32 decoder graph `source` with int8 Q/DQ pairs before its linear layers,
+    scales calibrated (min/max) on `feeds`. Returns what was done, for the manifest."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self, items):
+            self.items = iter(items)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    source, target = Path(source), Path(target)
+    model = onnx.load(str(source))  # into memory, external weights included, so `target` may be `source`
+    nodes = qdq_linear_nodes(model)
+    external = Path(str(source) + ".data").is_file()
+    for stale in (target, Path(str(target) + ".data")):
+        stale.unlink(missing_ok=True)  # a new file, not a write through a hard link into another bundle
+    # No quant_pre_process: its onnxruntime graph optimisation would fuse nodes into onnxruntime contrib ops,
+    # which TensorRT's parser does not read. Its "consider pre-processing" advice is therefore silenced.
+    quiet = _DropMessages("pre-processing")
+    logging.getLogger().addFilter(quiet)
+    try:
+        quantize_static(model, str(target), Feeds(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
+                        op_types_to_quantize=["MatMul"], calibrate_method=CalibrationMethod.MinMax,
+                        use_external_data_format=external, extra_options=dict(QDQ_EXTRA_OPTIONS))
+    finally:
+        logging.getLogger().removeFilter(quiet)
+    return {"format": "QDQ", "activations": "int8 symmetric per tensor", "weights": "int8 symmetric per output channel",
+            "calibration": "min/max", "calibration_calls": len(feeds), "quantized_nodes": len(nodes),
+            "kept_float": "attention products, final norm, LM head, reward head, everything that is not a linear layer"}
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record) -> bool:
+        return self.text not in record.getMessage()

@@ -45,6 +45,9 @@ MAX_VISION_PATCHES_PER_CALL = 16384  # as the onnxruntime backend's vision chunk
 # under `NV_TENSORRT_MAJOR > 8`); weak typing is deprecated from 10.12 and gone in 11 (flag ignored, always on).
 STRONGLY_TYPED_SINCE = (9, 0)
 BF16_SINCE = (9, 0)  # BuilderFlag.BF16 / DataType.BF16 are not in TensorRT 8.6's API
+# Explicit quantization (QuantizeLinear/DequantizeLinear parsed into IQuantizeLayer/IDequantizeLayer) arrived in
+# TensorRT 8.0; before it int8 meant implicit calibration (IInt8Calibrator, deprecated in 10.1, gone in 11).
+QDQ_INT8_SINCE = (8, 0)
 # In-place KV-cache / fused attention layers (TensorRT release notes: IAttention 10.14, IKVCacheUpdateLayer 10.15).
 IN_PLACE_LAYERS = (("IAttention", (10, 14)), ("IKVCacheUpdateLayer", (10, 15)))
 
@@ -190,6 +193,7 @@ class BuildStrategy:
     graph_precision: str  # the ONNX graphs the engines are parsed from
     strongly_typed: bool
     flags: tuple[str, ...]
+    quantize: bool = False  # insert int8 Q/DQ into the fp32 decoder before building (export/precision.py)
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -199,26 +203,42 @@ def _version(text: str) -> tuple[int, ...]:
 def build_strategy(tensorrt_version: str, precision: str, bundle_precision: str | None = None) -> BuildStrategy:
     """The path for `precision` on this TensorRT, or InvalidInputError saying why it cannot be built.
 
-    bundle_precision: the precision of an existing bundle's graphs (None: a checkpoint, exported at
-    the graph precision this returns). fp8 / int8 need explicitly quantized (Q/DQ) graphs, which this
-    SDK does not write yet (its int8/int4 bundles use onnxruntime's MatMulNBits, which TensorRT's parser
-    does not take): refused on every version, saying so."""
+    bundle_precision: the precision of an existing bundle's decoder graph (None: a checkpoint, exported at
+    the graph precision this returns). int8: the fp32 decoder gets int8 Q/DQ pairs before its linear layers
+    (`quantize`; calibrated on real prefill inputs, export/precision.py), the rest stays fp32; strongly typed
+    from TensorRT 9 (explicit quantization needs no precision flag there, and 11 has none), the INT8 builder
+    flag on 8.x, refused before 8.0. fp8 stays refused (see the message)."""
     if precision not in TRT_PRECISIONS:
         raise InvalidInputError(f"Unknown TensorRT precision {precision!r}; use one of {', '.join(TRT_PRECISIONS)}.")
-    if precision in ("fp8", "int8"):
-        raise InvalidInputError(
-            f"--precision {precision} engines need explicitly quantized ONNX graphs (QuantizeLinear/DequantizeLinear "
-            "nodes with calibrated scales, e.g. from NVIDIA TensorRT Model Optimizer), which descore export does not "
-            "produce yet; its int8/int4 bundles use onnxruntime's MatMulNBits, which TensorRT cannot parse. Build "
-            "fp16 or bf16 engines, or run the int8 bundle with onnxruntime."
-        )
     version = _version(tensorrt_version)
+    if precision == "fp8":
+        raise InvalidInputError(
+            "--precision fp8 engines need FP8 (E4M3) Q/DQ graphs calibrated for FP8, e.g. from NVIDIA TensorRT Model "
+            "Optimizer, and a GPU of compute capability ≥ 8.9; descore export writes int8 Q/DQ graphs only, whose "
+            "fidelity it can check on the CPU. Build --precision int8, fp16 or bf16."
+        )
+    if precision == "int8":
+        from .precision import QDQ_PRECISION
+
+        if version < QDQ_INT8_SINCE:
+            raise InvalidInputError(
+                f"int8 engines are built from explicitly quantized (Q/DQ) graphs, which TensorRT reads from 8.0 on; "
+                f"this is TensorRT {tensorrt_version}. Build --precision fp16, or upgrade TensorRT (JetPack ≥ 5)."
+            )
+        if bundle_precision not in (None, "fp32", QDQ_PRECISION):
+            raise InvalidInputError(
+                f"int8 engines are built from fp32 graphs with Q/DQ pairs inserted; this bundle's decoder is "
+                f"{bundle_precision}. Build from an fp32 --kv-cache concat bundle or from the checkpoint."
+            )
+        strongly_typed = version >= STRONGLY_TYPED_SINCE
+        return BuildStrategy(tensorrt_version, "int8", bundle_precision or "fp32", strongly_typed,
+                             () if strongly_typed else ("INT8",), quantize=bundle_precision != QDQ_PRECISION)
     if precision == "bf16" and version < BF16_SINCE:
         raise InvalidInputError(f"bf16 engines need TensorRT ≥ 9 (this is {tensorrt_version}); build --precision fp16.")
     if bundle_precision not in (None, "fp32", "fp16", "bf16"):
         raise InvalidInputError(
-            f"The bundle's graphs are {bundle_precision} (MatMulNBits), which TensorRT cannot parse. Build the engines "
-            "from an fp32/fp16/bf16 bundle or from the checkpoint."
+            f"The bundle's graphs are {bundle_precision}, which TensorRT cannot parse (MatMulNBits) or which only "
+            "--precision int8 builds (int8-qdq). Build the engines from an fp32/fp16/bf16 bundle or from the checkpoint."
         )
     if version >= STRONGLY_TYPED_SINCE:
         if bundle_precision is not None and bundle_precision != precision:
@@ -258,7 +278,9 @@ def memory_plan(manifest: dict, limits: EngineLimits, precision: str, cache_slab
     files = manifest["files"]
     onnx_bytes = sum(rec["bytes"] for name, rec in files.items() if name.endswith((".onnx", ".onnx.data")))
     graph_precision = manifest["graphs"]["decoder"].get("precision", "fp32")
-    scale = {"fp32": 4, "fp16": 2, "bf16": 2}.get(precision, 4) / {"fp32": 4, "fp16": 2, "bf16": 2}.get(graph_precision, 4)
+    # int8: the linear layers' weights (nearly all of them) in one byte; an int8-qdq graph stores them in fp32
+    scale = ({"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}.get(precision, 4)
+             / {"fp32": 4, "fp16": 2, "bf16": 2, "int8-qdq": 4}.get(graph_precision, 4))
     slab = (2 * int(model["num_layers"]) * limits.max_batch * int(model["num_key_value_heads"]) * limits.max_seq
             * int(model["head_dim"]) * 4)
     weights = int(onnx_bytes * scale)
@@ -311,6 +333,10 @@ def build_engines(source: str | Path, out_dir: str | Path, *, precision: str = D
     env = tensorrt_environment(device_index)  # MissingDependencyError / DeviceUnavailableError, before any work
     strategy = build_strategy(env.tensorrt_version, precision, read_manifest(source)["graphs"]["decoder"].get(
         "precision", "fp32") if is_bundle else None)
+    if strategy.quantize:  # the Q/DQ export reads and writes the graph with the onnx package (export extra)
+        from descore_sdk.errors import require
+
+        require("onnx", "export", "--precision int8 (Q/DQ graphs)")
     say(f"TensorRT {env.tensorrt_version} on {env.gpu.name} (compute capability {env.compute_capability}); "
         f"{'strongly typed' if strategy.strongly_typed else 'builder flags ' + ','.join(strategy.flags)} {precision} engines")
 
@@ -333,6 +359,8 @@ def build_engines(source: str | Path, out_dir: str | Path, *, precision: str = D
         options.setdefault("progress", progress)
         options["kv_cache"] = "concat"  # TensorRT parses standard ONNX ops only (not onnxruntime's GroupQueryAttention)
         export_bundle(source, out, precision=strategy.graph_precision, max_frames=max_frames, max_pixels=max_pixels, **options)
+    if strategy.quantize:
+        _quantize_decoder(out, say)
     manifest = read_manifest(out)
     (out / MANIFEST_NAME).unlink()  # rewritten once the engines are complete
 
@@ -361,6 +389,30 @@ def build_engines(source: str | Path, out_dir: str | Path, *, precision: str = D
     say(f"TensorRT bundle ready in {out} ({time.perf_counter() - start:.0f} s). Score with: "
         f"descore score VIDEO --prompt TEXT --model {out}")
     return out
+
+
+def _quantize_decoder(out: Path, say) -> None:
+    """int8: replace the fp32 decoder of the bundle `out` by its Q/DQ form, calibrated on the decoder inputs of
+    real prefills (the packaged sample videos) through the bundle itself; the manifest follows. The new file
+    replaces the directory entry, never writing through a hard link into the source bundle."""
+    from .precision import QDQ_PRECISION, calibration_feeds, quantize_decoder_qdq
+
+    manifest = read_manifest(out)
+    decoder_file = manifest["graphs"]["decoder"]["file"]
+    say(f"  calibrating int8 Q/DQ scales of {decoder_file} on real prefills (the packaged sample videos) ...")
+    feeds = calibration_feeds(out)
+    details = quantize_decoder_qdq(out / decoder_file, out / decoder_file, feeds)
+    say(f"  {details['quantized_nodes']} linear layers get int8 Q/DQ ({details['calibration_calls']} calibration calls)")
+    for name in list(manifest["files"]):
+        if name == decoder_file or name == decoder_file + ".data":
+            del manifest["files"][name]
+    for name in (decoder_file, decoder_file + ".data"):
+        if (out / name).is_file():
+            manifest["files"][name] = file_record(out, name)
+    manifest["files"] = dict(sorted(manifest["files"].items()))
+    manifest["graphs"]["decoder"]["precision"] = QDQ_PRECISION
+    manifest["quantization"] = details
+    write_manifest(out, manifest)
 
 
 def _copy_bundle(source: Path, manifest: dict, out: Path) -> None:

@@ -31,7 +31,10 @@ DEFAULT_VISION_CHUNK_PATCHES = 16384
 
 
 class OnnxDecoderModel:
-    """vision.onnx + decoder.onnx + embed_tokens.npy of one bundle, as the decode loop's `DecoderModel`."""
+    """vision.onnx + decoder.onnx + embed_tokens.npy of one bundle, as the decode loop's `DecoderModel`.
+    The KV cache lives in host numpy arrays; `ort_device_cache.DeviceCacheDecoderModel` keeps it on a device."""
+
+    keeps_cache_on_device = False
 
     def __init__(self, bundle: Bundle, *, device: str = "cpu", providers: list | None = None, threads: int | None = None,
                  vision_chunk_patches: int = DEFAULT_VISION_CHUNK_PATCHES, shrink_arena: bool = True,
@@ -53,11 +56,11 @@ class OnnxDecoderModel:
         self.shared_cache = any(n["name"] == "seqlens_k" for n in decoder_inputs)
         names = [p[0] if isinstance(p, tuple) else p for p in (providers or ["CPUExecutionProvider"])]
         on_cpu = str(device).split(":")[0] == "cpu" and set(names) == {"CPUExecutionProvider"}
-        if self.shared_cache and not on_cpu:
+        if self.shared_cache and not on_cpu and not self.keeps_cache_on_device:
             raise ModelLoadError(
-                f"The bundle at {bundle.path} keeps its decoder's KV cache in host memory, updated in place "
-                "(exported with --kv-cache shared, the CPU default), which onnxruntime's CPU provider runs. For a GPU, "
-                "export with --kv-cache concat (and --precision fp16), or score this bundle with device='cpu'."
+                f"The bundle at {bundle.path} updates its decoder's KV cache in place (--kv-cache shared); this model "
+                "binds host buffers, which only onnxruntime's CPU provider can update. Load it through OnnxBackend "
+                "(device_cache=True keeps the cache on the device: runtime/ort_device_cache.py), or use device='cpu'."
             )
         # Work done, for checking the one-encode/one-prefill promise: encode_video calls and decoder
         # positions fed (prompt prefill, CoT steps and scoring-pass prefills all count).
@@ -226,12 +229,25 @@ class OnnxBackend:
     def __init__(self, path: str | Path, *, device: str = "cpu", family: str | None = None, verify: bool = True,
                  providers: list | None = None, threads: int | None = None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
                  vision_chunk_patches: int = DEFAULT_VISION_CHUNK_PATCHES, shrink_arena: bool = True,
-                 prefix_cache: bool = True):
+                 prefix_cache: bool = True, device_cache: bool | None = None):
+        """prefix_cache: prefill a prompt head seen before once (runtime/kv_cache.PrefixStore; the host
+        in-place cache only). device_cache: keep the decoder's KV cache on the device with IOBinding
+        (`ort_device_cache`). None (default): on for a CUDA / TensorRT provider or a cache that is not
+        float32 (export/half_cache.py), off on the CPU otherwise, where the host path is the measured one
+        (True there runs the device code on host memory; the tests compare the two)."""
+        from .ort_device_cache import DeviceCacheDecoderModel, cache_device, cache_element_type
+
         self.bundle = load_bundle(path, family=family, verify=verify)
         self.descore_config = self.bundle.descore_config
-        self.model = OnnxDecoderModel(self.bundle, device=device, providers=providers, threads=threads,
-                                      vision_chunk_patches=vision_chunk_patches, shrink_arena=shrink_arena,
-                                      prefix_cache=prefix_cache)
+        if device_cache is None:  # the host path keeps float32 numpy caches; an fp16-cache bundle takes the other
+            device_cache = (cache_device(device, providers)[0] != "cpu"
+                            or cache_element_type(self.bundle.graph("decoder")["inputs"]) != "float32")
+        runner = dict(device=device, providers=providers, threads=threads, vision_chunk_patches=vision_chunk_patches,
+                      shrink_arena=shrink_arena)
+        if device_cache:
+            self.model = DeviceCacheDecoderModel(self.bundle, **runner)
+        else:
+            self.model = OnnxDecoderModel(self.bundle, **runner, prefix_cache=prefix_cache)
         self.reward_token_id = int(self.bundle.manifest["reward_token_id"])
         tokenizer = load_tokenizer(self.bundle.path)
         self.blocked_ids = blocked_generation_ids(tokenizer, self.bundle.descore_config)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,28 @@ _ORT_TYPES = {
     "tensor(uint8)": np.uint8,
     "tensor(bool)": np.bool_,
 }
+
+
+# ONNX element types (TensorProto codes) of the tensors the runtime binds by address; IOBinding takes
+# either a numpy type or this code, and only the code can say bfloat16.
+ONNX_ELEMENT_TYPES = {"float32": 1, "float16": 10, "bfloat16": 16, "int64": 7, "int32": 6}
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    """Part of a device tensor another OrtValue owns: `shape` elements of ONNX type `element_type` at byte
+    `offset` of `owner`'s buffer (e.g. one row of a (B, heads, capacity, dim) KV buffer). Bound by address
+    (`IOBinding.bind_input` / `bind_output` with `buffer_ptr`), as input and output alike, so an op that
+    writes in place writes into the owner; the owner must outlive the run (this object holds it)."""
+
+    owner: object  # onnxruntime.OrtValue
+    offset: int
+    shape: tuple
+    element_type: int
+
+    @property
+    def address(self) -> int:
+        return int(self.owner.data_ptr()) + int(self.offset)
 
 
 def _onnxruntime():
@@ -213,9 +236,18 @@ class OnnxRuntimeRunner(Runner):
         ort = _onnxruntime()
         state = getattr(self._bindings, "state", None)
         if state is None or state[0] is not self.session:
-            state = (self.session, self.session.io_binding(), {})
+            state = (self.session, self.session.io_binding(), {}, [])
             self._bindings.state = state
-        _, binding, bound = state
+        _, binding, bound, order = state  # order: output names in the order first bound (get_outputs' order)
+
+        def bind_output(name: str, value=None) -> None:
+            if name not in order:
+                order.append(name)
+            if value is None:
+                binding.bind_output(name, "cpu")
+            else:
+                binding.bind_ortvalue_output(name, value)
+
         targets = {source: output for output, source in inplace.items()}
         sizes: dict[str, int] = {}
         inputs = self.input_metadata()
@@ -230,7 +262,7 @@ class OnnxRuntimeRunner(Runner):
                 wrapped = ort.OrtValue.ortvalue_from_numpy(value)
                 bound[name] = (value, wrapped)
                 binding.bind_ortvalue_input(name, wrapped)
-                binding.bind_ortvalue_output(output, wrapped)
+                bind_output(output, wrapped)
         returned: dict[str, np.ndarray] = {}
         allocated = []
         for meta in self._outputs.values():
@@ -239,12 +271,66 @@ class OnnxRuntimeRunner(Runner):
             shape = tuple(sizes.get(d) if isinstance(d, str) else d for d in meta.shape)
             if all(isinstance(d, int) for d in shape):
                 returned[meta.name] = np.empty(shape, dtype=meta.dtype)
-                binding.bind_ortvalue_output(meta.name, ort.OrtValue.ortvalue_from_numpy(returned[meta.name]))
+                bind_output(meta.name, ort.OrtValue.ortvalue_from_numpy(returned[meta.name]))
             else:
-                binding.bind_output(meta.name, "cpu")
+                bind_output(meta.name)
                 allocated.append(meta.name)
         self.session.run_with_iobinding(binding, self._run_options)
         if allocated:
-            values = dict(zip(self._outputs, binding.get_outputs()))
+            values = dict(zip(order, binding.get_outputs()))
             returned.update({name: values[name].numpy() for name in allocated})
         return returned
+
+    def run_bound(self, host_inputs: dict[str, np.ndarray], device_inputs: dict, device_outputs: dict, *,
+                  device_type: str = "cpu", device_id: int = 0) -> tuple[dict[str, np.ndarray], dict]:
+        """One run with every input and output bound (IOBinding), for callers that keep tensors on a device.
+
+        host_inputs: numpy arrays (copied to wherever the consuming node runs: a few KB per decode step);
+        device_inputs: {name: OrtValue or DeviceView} already on the device (a numpy array is bound as a
+        host input, e.g. an empty cache); device_outputs: {name: OrtValue or DeviceView} to write into (the
+        same object as an input for an op that updates its input in place), or None to let onnxruntime
+        allocate the output on `device_type`:`device_id` and return it. Every other output is bound to
+        "cpu", so onnxruntime copies just those (logits, hidden, reward of the last position) to the host
+        at the end of the run; `copy_outputs_to_cpu` would copy the device outputs too.
+        Returns ({host output: np.ndarray}, {device output: OrtValue}); the second holds the outputs bound
+        with None. API as in onnxruntime's Python IOBinding documentation (`bind_cpu_input`,
+        `bind_ortvalue_input`, `bind_input(name, device_type, device_id, element_type, shape, buffer_ptr)`,
+        `bind_ortvalue_output`, `bind_output`, `synchronize_inputs/outputs`, `run_with_iobinding`, `get_outputs`;
+        1.17 – 1.32). `InferenceSession::Run(IOBinding)` itself does not synchronize the bound inputs (a TODO in
+        onnxruntime's inference_session.cc), so this does, before the run and after it, as the C++ examples do."""
+        self._require_active()
+        expected = set(self.input_metadata())
+        given = set(host_inputs) | set(device_inputs)
+        if given != expected:
+            raise InvalidInputError(f"{self.name}: bound inputs {sorted(given)} differ from the graph's {sorted(expected)}.")
+        binding = self.session.io_binding()
+        for name, value in host_inputs.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name, value in device_inputs.items():
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+            elif isinstance(value, DeviceView):
+                binding.bind_input(name, device_type, device_id, value.element_type, list(value.shape), value.address)
+            else:
+                binding.bind_ortvalue_input(name, value)
+        names = [node.name for node in self.session.get_outputs()]
+        for name in names:
+            value = device_outputs.get(name, "host")
+            if isinstance(value, str):
+                binding.bind_output(name, "cpu")
+            elif value is None:
+                binding.bind_output(name, device_type, device_id)
+            elif isinstance(value, DeviceView):
+                binding.bind_output(name, device_type, device_id, value.element_type, list(value.shape), value.address)
+            else:
+                binding.bind_ortvalue_output(name, value)
+        try:
+            binding.synchronize_inputs()
+            self.session.run_with_iobinding(binding, self._run_options)
+            binding.synchronize_outputs()
+        except Exception as exc:  # onnxruntime's own Fail / InvalidArgument classes
+            raise ModelLoadError(f"onnxruntime could not run {self.path} with device-bound tensors: {exc}") from None
+        values = dict(zip(names, binding.get_outputs()))
+        host = {name: values[name].numpy() for name in names if name not in device_outputs}
+        allocated = {name: values[name] for name, value in device_outputs.items() if value is None}
+        return host, allocated

@@ -24,6 +24,7 @@ ENGINES = {"tensorrt_version": "10.8.0", "compute_capability": "8.9", "gpu_name"
 
 def _bundle(tmp_path, engines: dict | None = None):
     folder = tmp_path / "bundle"
+    folder.parent.mkdir(parents=True, exist_ok=True)
     folder.mkdir()
     manifest = {"format": BUNDLE_FORMAT, "format_version": 1}
     if engines is not None:
@@ -203,27 +204,49 @@ def test_cli_device_cuda_without_a_gpu_path_is_one_typed_line(scale_bundle, samp
     assert "no GPU path can run here" in err and "descore-sdk[gpu]" in err and "no TensorRT engines" in err
 
 
-def test_a_host_kv_cache_bundle_stays_on_the_cpu(tmp_path, monkeypatch):
-    """The default CPU export (--kv-cache shared: the decoder updates host buffers in place) is not sent
-    to onnxruntime CUDA even when that provider is installed; the reason says how to export for a GPU."""
-    _probes(monkeypatch, trt="the bundle has no TensorRT engines", cuda=None)
+def _cache_manifest(tmp_path, inputs: list[dict]):
     folder = _bundle(tmp_path)
     manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["graphs"] = {"decoder": {"inputs": [{"name": "inputs_embeds"}, {"name": "seqlens_k"}]}}
+    manifest["graphs"] = {"decoder": {"inputs": inputs}}
     (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_an_fp32_in_place_cache_bundle_stays_on_the_cpu(tmp_path, monkeypatch):
+    """The default CPU export (--kv-cache shared: GroupQueryAttention updates an fp32 cache in place) is not
+    sent to onnxruntime CUDA even when that provider is installed: onnxruntime's CUDA GroupQueryAttention
+    takes fp16/bf16 caches only. The reason says so and how to export for a GPU."""
+    _probes(monkeypatch, trt="the bundle has no TensorRT engines", cuda=None)
+    folder = _cache_manifest(tmp_path, [{"name": "inputs_embeds", "dtype": "float32"}, {"name": "seqlens_k", "dtype": "int32"},
+                                        {"name": "past_key_values.0.key", "dtype": "float32"}])
     choice = choose_backend(folder)
     assert (choice.backend, choice.device) == ("onnxruntime", "cpu")
+    assert "GroupQueryAttention" in choice.reason and "float16/bfloat16" in choice.reason
     assert "--kv-cache concat" in choice.reason
     with pytest.raises(MissingDependencyError, match="--kv-cache concat"):
         choose_backend(folder, device="cuda")
 
 
-def test_the_runtime_refuses_a_host_kv_cache_bundle_on_a_gpu_provider(scale_bundle):
+@pytest.mark.parametrize("inputs", [
+    [{"name": "attention_mask", "dtype": "int64"}, {"name": "past_key_values.0.key", "dtype": "float32"}],  # concat
+    [{"name": "seqlens_k", "dtype": "int32"}, {"name": "past_key_values.0.key", "dtype": "float16"}],  # in place, fp16
+])
+def test_device_cache_bundles_go_to_onnxruntime_cuda(tmp_path, monkeypatch, inputs):
+    """A concatenating cache, or an in-place one GroupQueryAttention's CUDA kernel takes (fp16), stays on the GPU."""
+    _probes(monkeypatch, trt="the bundle has no TensorRT engines", cuda=None)
+    choice = choose_backend(_cache_manifest(tmp_path, inputs))
+    assert (choice.backend, choice.device) == ("onnxruntime", "cuda:0")
+    assert choose_backend(_cache_manifest(tmp_path / "b", inputs), device="cuda:1").device == "cuda:1"
+
+
+def test_the_runtime_on_a_gpu_provider_keeps_the_cache_on_the_device_or_says_why(scale_bundle):
     from descore_sdk.bundle import load_bundle
     from descore_sdk.errors import ModelLoadError
-    from descore_sdk.runtime.onnx_backend import OnnxDecoderModel
+    from descore_sdk.runtime.onnx_backend import OnnxBackend, OnnxDecoderModel
 
     bundle = load_bundle(scale_bundle)
-    with pytest.raises(ModelLoadError, match="--kv-cache concat"):
+    with pytest.raises(ModelLoadError, match="binds host buffers"):  # the host-cache model on a GPU provider
         OnnxDecoderModel(bundle, device="cuda")
+    with pytest.raises(ModelLoadError, match="float16/bfloat16"):  # the backend picks the device cache: fp32 GQA
+        OnnxBackend(scale_bundle, device="cuda")
     assert OnnxDecoderModel(bundle, providers=["CPUExecutionProvider"], threads=1).shared_cache  # explicit CPU is fine

@@ -34,9 +34,11 @@ def runner(tmp_path_factory):
         "binding",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch_size", 4]),
          helper.make_tensor_value_info("past", TensorProto.FLOAT, ["batch_size", 4])],
-        [helper.make_tensor_value_info("present", TensorProto.FLOAT, ["batch_size", 4]),
-         helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch_size", 4]),
-         helper.make_tensor_value_info("nz", TensorProto.INT64, [2, "nonzero_count"])],
+        # graph order: y, nz, present — the runner binds present first (with its input), so the order
+        # onnxruntime returns outputs in differs from the graph's
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch_size", 4]),
+         helper.make_tensor_value_info("nz", TensorProto.INT64, [2, "nonzero_count"]),
+         helper.make_tensor_value_info("present", TensorProto.FLOAT, ["batch_size", 4])],
         initializer=[helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])],
     )
     path = tmp_path_factory.mktemp("binding") / "g.onnx"
