@@ -179,11 +179,12 @@ def fuse_rotary_into_attention(model) -> int:
         if (table, total) not in padded:
             tag = f"{table}_padded"
             if not extra:  # shared pieces, made once
-                extra.append(numpy_helper.from_array(np.asarray([0], np.int64), "rotary_pad.zero_axis"))
+                extra.append(numpy_helper.from_array(np.asarray([1], np.int64), "rotary_pad.one"))
             extra_nodes = [
                 helper.make_node("Shape", [table], [f"{tag}.shape"], start=1, end=2),
                 helper.make_node("Cast", [total], [f"{tag}.total64"], to=TensorProto.INT64),
-                helper.make_node("Unsqueeze", [f"{tag}.total64", "rotary_pad.zero_axis"], [f"{tag}.rows"]),
+                # a (1,) tensor whether total_sequence_length comes as a scalar (declared) or as (1,)
+                helper.make_node("Reshape", [f"{tag}.total64", "rotary_pad.one"], [f"{tag}.rows"]),
                 helper.make_node("Concat", [f"{tag}.rows", f"{tag}.shape"], [f"{tag}.pad_shape"], axis=0),
                 helper.make_node("ConstantOfShape", [f"{tag}.pad_shape"], [f"{tag}.zeros"],
                                  value=numpy_helper.from_array(np.zeros(1, np.float32))),

@@ -48,7 +48,10 @@ def half_cache_graph(model):
         if node.op_type != GQA:
             nodes.append(node)
             continue
-        for index in range(3):  # query, key, value; inputs 3/4 are the cache, 5/6 the lengths
+        # query, key, value (inputs 3/4 are the cache, 5/6 the lengths) and, when the rotation runs inside
+        # the attention (export/graph_rewrite.fuse_rotary_into_attention), the cos/sin tables 7/8: the
+        # kernel takes them in q's type
+        for index in [i for i in (0, 1, 2, 7, 8) if i < len(node.input) and node.input[i]]:
             half = f"{node.input[index]}_fp16_{node.name}"
             nodes.append(helper.make_node("Cast", [node.input[index]], [half], to=TensorProto.FLOAT16,
                                           name=f"{node.name}_cast_input{index}"))
