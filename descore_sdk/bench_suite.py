@@ -27,8 +27,9 @@ JSON keys (stable; new keys may be added). A stats object is {median, p50, p90, 
                             a bundle imports; `import descore_sdk` alone is lazy)
     bandwidth               gb_per_s (best), median_gb_per_s, threads, bytes, repeats, method
     video_path              null (video_probe=False) or bench_video.measure_video_path: ours_ms,
-                            all_frames_rgb_ms, needed_packets_ms (stats), clip, frames_sampled,
-                            frames_decoded_needed, all_frames_rgb_over_ours, ours_over_needed_packets
+                            ours_swscale_ms, all_frames_rgb_ms, needed_packets_ms (stats), clip, frames_sampled,
+                            frames_decoded_needed, all_frames_rgb_over_ours, ours_over_needed_packets,
+                            all_frames_rgb_over_ours_swscale, ours_swscale_over_needed_packets
     primary                 the family whose numbers are repeated at the top level
     models                  {family: M}; the top level also holds M's keys for the primary family:
     M.parameters            {total, text, vision} of the checkpoint (null when only a bundle was given)
@@ -484,6 +485,9 @@ def format_suite(report: dict) -> str:
                    f"{v['ours_ms']['median']:.0f} ms | decode all frames to RGB {v['all_frames_rgb_ms']['median']:.0f} ms "
                    f"({v['all_frames_rgb_over_ours']:.2f}x ours) | decode needed packets only {v['needed_packets_ms']['median']:.0f} ms "
                    f"(ours {v['ours_over_needed_packets']:.2f}x)")
+        if "ours_swscale_ms" in v:
+            out.append(f"  with resize=\"swscale\": {v['ours_swscale_ms']['median']:.0f} ms ({v['all_frames_rgb_over_ours_swscale']:.2f}x "
+                       f"faster than all frames to RGB, {v['ours_swscale_over_needed_packets']:.2f}x the needed packets)")
     out.append("")
     out.append(f"peak RSS {_f(report['memory']['peak_rss_mb'], '{:.0f}')} MB")
     for note in report["notes"]:

@@ -3,6 +3,8 @@ references measured in the same run on the same file (the issue's target):
 
     ours            the Scorer's own decode + frame sampling (`load_clip`, 2 fps, the model's pixel
                     budget) and preprocessing (resize + patches) of the sampled frames
+    ours_swscale    the same with `resize="swscale"` (FFmpeg converts and scales each sampled frame in
+                    one pass instead of RGB at full size + Pillow bicubic; not bit-exact, see video.py)
     all_frames_rgb  decode EVERY frame and convert each to RGB (PyAV `to_ndarray(format="rgb24")`):
                     what a naive loader does; ours should be ≥ 2× faster
     needed_packets  decode only the packets the sampled frames need, with no conversion at all: demux
@@ -73,18 +75,20 @@ def measure_video_path(config, work_dir: Path, *, repeats: int = 3) -> dict:
 
     path = make_clip(Path(work_dir) / "bench-720p-5s.mp4")
 
-    def ours() -> tuple[float, object]:
+    def ours(resize: str = "pillow") -> tuple[float, object]:
         t0 = time.perf_counter()
-        clip = load_clip(path, config, fps=2.0, min_frames=4, max_frames=768, max_pixels=config.sampling.max_pixels)
+        clip = load_clip(path, config, fps=2.0, min_frames=4, max_frames=768, max_pixels=config.sampling.max_pixels,
+                         resize=resize)
         preprocess_frames(clip.frames, config.vision, config.sampling)
         return (time.perf_counter() - t0) * 1e3, clip
 
     _, clip = ours()  # warm-up
     last = float(np.max(clip.timestamps)) if getattr(clip, "timestamps", None) is not None and len(clip.timestamps) else CLIP_SECONDS
-    _all_frames_rgb(path), _needed_packets(path, last)
-    samples = {"ours_ms": [], "all_frames_rgb_ms": [], "needed_packets_ms": []}
+    _all_frames_rgb(path), _needed_packets(path, last), ours("swscale")
+    samples = {"ours_ms": [], "ours_swscale_ms": [], "all_frames_rgb_ms": [], "needed_packets_ms": []}
     for _ in range(repeats):  # alternating
         samples["ours_ms"].append(ours()[0])
+        samples["ours_swscale_ms"].append(ours("swscale")[0])
         t0 = time.perf_counter()
         _all_frames_rgb(path)
         samples["all_frames_rgb_ms"].append((time.perf_counter() - t0) * 1e3)
@@ -100,5 +104,7 @@ def measure_video_path(config, work_dir: Path, *, repeats: int = 3) -> dict:
         "last_sampled_time_s": last,
         "all_frames_rgb_over_ours": out["all_frames_rgb_ms"]["median"] / ours_ms,
         "ours_over_needed_packets": ours_ms / out["needed_packets_ms"]["median"],
+        "all_frames_rgb_over_ours_swscale": out["all_frames_rgb_ms"]["median"] / out["ours_swscale_ms"]["median"],
+        "ours_swscale_over_needed_packets": out["ours_swscale_ms"]["median"] / out["needed_packets_ms"]["median"],
     })
     return out

@@ -60,6 +60,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.0,
                    help="divide the logits of tokens already in the CoT by this (> 1 discourages loops; 1 = off)")
     p.add_argument("--seed", type=int, default=None, help="random seed of CoT sampling (temperature > 0)")
+    p.add_argument("--resize", default="pillow", choices=["pillow", "swscale"],
+                   help="frame resizing: pillow (default, the Qwen-VL processor's exact pixels) or swscale (FFmpeg "
+                        "converts and scales in one pass: several times cheaper per HD frame, pixels within ~1 of 255)")
     p.add_argument("--json", action="store_true", help="print one JSON object per video (no progress output)")
 
 
@@ -81,6 +84,7 @@ def _scorer_from_args(args):
         seed=args.seed,
         adaptive_threshold=args.adaptive_threshold,
         adaptive_band=tuple(args.adaptive_band) if args.adaptive_band else None,
+        resize=args.resize,
     )
     if scorer.backend_choice is not None and not args.json:
         print(f"descore: backend {scorer.backend_choice}", file=sys.stderr, flush=True)

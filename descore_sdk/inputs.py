@@ -88,10 +88,11 @@ def load_clip(
     max_pixels: int | None = None,
     min_pixels: int | None = None,
     plan=None,
+    resize: str = "pillow",
 ) -> VideoClip:
     """Decode and sample `video` with the checkpoint's sampling settings; a non-None keyword
     overrides the matching `config.sampling` value (the Scorer passes its ScoreOptions here).
-    plan: see `load_video` (the Scorer fits long videos into the context with it)."""
+    plan, resize: see `load_video` (the Scorer fits long videos into the context with `plan`)."""
     s = config.sampling
     return load_video(
         video,
@@ -103,6 +104,7 @@ def load_clip(
         min_pixels=min_pixels or s.min_pixels,
         factor=config.vision.factor,
         plan=plan,
+        resize=resize,
     )
 
 

@@ -409,7 +409,7 @@ class Scorer:
         for i in redo:
             clip = load_clip(videos[i], self.config, fps=options.fps, min_frames=options.min_frames,
                              max_frames=options.max_frames, max_pixels=layout.score_max_pixels,
-                             min_pixels=layout.score_min_pixels)
+                             min_pixels=layout.score_min_pixels, resize=options.resize)
             features = clip_features(clip, self.config, max_pixels=layout.score_max_pixels, min_pixels=layout.score_min_pixels)
             ids = self.prompts.scoring_ids(prompts[i], features.grid_thw, self.prompts.cot_text(outputs[i].cot_ids),
                                            timestamps=features.timestamps)
@@ -429,7 +429,7 @@ class Scorer:
     def _load(self, video, options: ScoreOptions, prompt: str | None = None) -> VideoClip:
         """Decode and sample; with `prompt`, a video too long for the context is fitted into it."""
         return load_clip(video, self.config, fps=options.fps, min_frames=options.min_frames,
-                         max_frames=options.max_frames, max_pixels=options.max_pixels,
+                         max_frames=options.max_frames, max_pixels=options.max_pixels, resize=options.resize,
                          plan=None if prompt is None else self._context_fit(prompt, options))
 
     def _context_fit(self, prompt: str, options: ScoreOptions):

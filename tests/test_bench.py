@@ -288,6 +288,7 @@ def test_suite_tiny_smoke_has_the_stable_keys(suite, videos):
     assert v["frames_sampled"] == 10  # 5 s at 2 fps
     assert v["frames_decoded_needed"] == 150  # one keyframe: every packet up to the last sampled frame
     assert v["all_frames_rgb_over_ours"] == pytest.approx(v["all_frames_rgb_ms"]["median"] / v["ours_ms"]["median"])
+    assert v["ours_swscale_over_needed_packets"] == pytest.approx(v["ours_swscale_ms"]["median"] / v["needed_packets_ms"]["median"])
 
 
 def test_suite_ort_genai_baseline_runs_the_same_steps_or_says_why_not(suite):

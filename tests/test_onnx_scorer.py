@@ -25,6 +25,7 @@ torch = pytest.importorskip("torch")
 
 from descore_sdk import Scorer  # noqa: E402
 from descore_sdk.bundle import PARITY_NAME  # noqa: E402
+from descore_sdk.errors import InvalidInputError  # noqa: E402
 from bundles import MAX_FRAMES, MAX_PIXELS, hf_forward, tiny_bundle, torch_model  # noqa: E402,F401
 
 torch.set_num_threads(1)
@@ -238,3 +239,15 @@ def test_adaptive_compare_thinks_only_for_close_pairs(qwen3, sample_videos):
     torch_far = torch_scorer.compare(a, b, PROMPT, mode="adaptive", adaptive_threshold=gap / 2)
     assert (torch_close.a.mode, torch_far.a.mode) == ("think", "fast")
     assert abs(torch_close.a.reward - think.a.reward) <= TOLERANCE and abs(torch_far.b.reward - fast.b.reward) <= TOLERANCE
+
+
+def test_swscale_resize_option_runs_end_to_end(qwen3, sample_videos):
+    """ScoreOptions.resize="swscale" reaches the video loader (frames come from FFmpeg's scaler, close to
+    Pillow's: tests/test_video.py); a bad value is a typed error at construction."""
+    _, bundle = qwen3
+    exact = Scorer.from_pretrained(bundle, **RUNTIME, mode="fast")
+    fast = Scorer.from_pretrained(bundle, **RUNTIME, mode="fast", resize="swscale")
+    a, b = exact.score(sample_videos[1], PROMPT), fast.score(sample_videos[1], PROMPT)
+    assert a.num_frames == b.num_frames and np.isfinite(b.reward) and a.reward != b.reward
+    with pytest.raises(InvalidInputError, match="resize"):
+        Scorer.from_pretrained(bundle, **RUNTIME, resize="nearest")
