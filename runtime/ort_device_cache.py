@@ -231,7 +231,7 @@ class DeviceCacheDecoderModel(OnnxDecoderModel):
 
     def step(self, inputs_embeds, attention_mask, position_ids, deepstack_embeds, cache):
         if isinstance(cache, DeviceSharedCache):
-            return self._device_step_shared(inputs_embeds, attention_mask, position_ids, deepstack_embeds, cache)
+            return self._step_shared(inputs_embeds, attention_mask, position_ids, deepstack_embeds, cache)
         batch, seq = inputs_embeds.shape[:2]
         host = {
             "inputs_embeds": np.ascontiguousarray(inputs_embeds, dtype=np.float32),
@@ -253,35 +253,9 @@ class DeviceCacheDecoderModel(OnnxDecoderModel):
             return {"deepstack_embeds": np.zeros((self.num_deepstack, batch, seq, hidden), dtype=np.float32)}
         return {"deepstack_embeds": np.ascontiguousarray(deepstack_embeds, dtype=np.float32)}
 
-    def _device_step_shared(self, inputs_embeds, attention_mask, position_ids, deepstack_embeds, cache: DeviceSharedCache):
-        """`OnnxDecoderModel._step_shared` on device buffers: decode steps batched, longer pieces row by row
-        (GroupQueryAttention takes several rows one token each only), each row bound inside the batch buffer."""
-        batch, width = inputs_embeds.shape[:2]
-        new = np.asarray(attention_mask, dtype=np.int64)[:, -width:].sum(axis=1)
-        cache.reserve(int((cache.lengths + new).max()))
-        if width == 1 and np.all(new == 1):
-            out = self._device_run_shared(inputs_embeds, position_ids, deepstack_embeds, cache.buffers, cache.lengths, 1)
-        else:
-            out = None
-            for b in np.flatnonzero(new):
-                n = int(new[b])
-                part = self._device_run_shared(
-                    inputs_embeds[b : b + 1, width - n :],
-                    position_ids[:, b : b + 1, width - n :],
-                    None if deepstack_embeds is None else deepstack_embeds[:, b : b + 1, width - n :],
-                    cache.row(b),
-                    cache.lengths[b : b + 1],
-                    n,
-                )
-                if out is None:  # rows with nothing new in this chunk get zeros (the loop never reads them)
-                    out = {k: np.zeros((batch,) + v.shape[1:], dtype=v.dtype) for k, v in part.items()}
-                for k, v in part.items():
-                    out[k][b] = v[0]
-        cache.lengths = cache.lengths + new
-        cache.width = int(attention_mask.shape[1])
-        return StepOutput(out["logits"], out["hidden"], out["reward"]), cache
-
-    def _device_run_shared(self, inputs_embeds, position_ids, deepstack_embeds, buffers: dict, lengths, width: int):
+    def _run_shared(self, inputs_embeds, position_ids, deepstack_embeds, buffers: dict, lengths, width: int):
+        """`OnnxDecoderModel._run_shared` on device buffers (its `_step_shared` drives both: decode steps batched,
+        longer pieces row by row, each row bound inside the batch buffer by `DeviceSharedCache.row`)."""
         rows = inputs_embeds.shape[0]
         total = np.asarray(lengths, dtype=np.int64) + width
         host = {
