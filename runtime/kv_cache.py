@@ -85,42 +85,58 @@ class SharedKVCache:
 class PrefixStore:
     """The KV of recently prefilled prompt heads, reused by later rows whose prompt starts the same way.
 
-    Every prompt of a layout starts with the same text (the system turn, the template up to the video;
-    in the authors' layout also the text prompt, so the two videos of a `compare` share it). A row's
-    keys and values at token j depend only on the inputs of tokens 0..j (causal attention), so when the
-    first k inputs of a new row — embeddings, M-RoPE positions and DeepStack features — equal, element
-    for element, those of a stored head, its first k cache columns are the stored ones: the backend
-    copies them and prefills only the rest. The comparison is exact, so nothing is ever reused for a
-    different prompt. Only the head before the video is stored (the leading tokens whose three position
-    rows read 0, 1, 2, …: text, and at most the first video token), a few hundred tokens at most, for
-    the `entries` most recently seen heads. Thread-safe (one Scorer serves concurrent threads)."""
+    Every prompt of a layout starts with the same text (the system turn and the template up to the
+    video; in the authors' layout also the text prompt, so the two videos of a `compare`, or the videos
+    an RL group scores for one prompt, share it). The head is the text before the video (`head_length`
+    finds it from the M-RoPE positions alone). The backend prefills it in calls of its own, one per
+    `block` tokens from the row's start, then the rest of the prompt; a later row whose first inputs —
+    embeddings, positions, DeepStack features — equal a stored head's, element for element, copies the
+    cache columns of the whole blocks they share (or of the whole head) and prefills from there. Keys and
+    values at a token depend only on the inputs up to it (causal attention), and every block is the
+    same call on the same inputs whether it was run now or copied, so a row's results never depend on
+    what was scored before it, bit for bit (tests/test_fuzz.py compares threaded and serial calls
+    exactly). Holds the `entries` most recently used heads of at most `max_tokens` tokens.
+    Thread-safe (one Scorer serves concurrent threads)."""
 
-    def __init__(self, entries: int = 4, max_tokens: int = 1024):
+    def __init__(self, entries: int = 4, max_tokens: int = 1024, block: int = 16):
         self.entries = int(entries)
         self.max_tokens = int(max_tokens)
+        self.block = int(block)
         self._heads: list[dict] = []  # most recently used first
         self._lock = threading.Lock()
 
-    @staticmethod
-    def shareable_length(positions: np.ndarray) -> int:
-        """positions (3, n): how many leading tokens sit at 0, 1, 2, … on all three rows (text before the video)."""
+    def head_length(self, positions: np.ndarray) -> int:
+        """positions (3, n): the head's length, or 0 for no head (then the row is prefilled in one call).
+        Text tokens sit at 0, 1, 2, … on all three rows; the first video token does too (its frame,
+        row and column offsets are all 0), the second never does. So the head is the run of such
+        tokens without its last one, when something else follows (a prompt of text only has no head),
+        and when it is 2 to `max_tokens` tokens long."""
         plain = (positions == np.arange(positions.shape[1])).all(axis=0)
-        return int(plain.size if plain.all() else np.argmin(plain))
+        if plain.all():
+            return 0
+        length = int(np.argmin(plain)) - 1
+        return length if 2 <= length <= self.max_tokens else 0
 
-    def match(self, embeds: np.ndarray, positions: np.ndarray, deepstack: np.ndarray | None, limit: int):
-        """(k, head): the longest stored head whose first k ≤ `limit` tokens have exactly these inputs
-        (embeds (n, H), positions (3, n), deepstack (levels, n, H) | None); (0, None) if none."""
+    def blocks(self, start: int, length: int) -> list[tuple[int, int]]:
+        """The head's calls from `start` (a block boundary) on: [start, start + block), …, up to `length`."""
+        return [(b, min(b + self.block, length)) for b in range(start, length, self.block)]
+
+    def match(self, embeds: np.ndarray, positions: np.ndarray, deepstack: np.ndarray | None):
+        """(k, head) for a row's head inputs (embeds (P, H), positions (3, P), deepstack (levels, P, H) |
+        None): k columns of the stored `head` are the row's own, k being the whole head when all P
+        tokens match a head of that length, else the whole blocks the longest exact match covers;
+        (0, None) when nothing is shared."""
         best, chosen = 0, None
+        length = len(embeds)
         with self._lock:
             for head in self._heads:
-                m = min(limit, head["length"], len(embeds))
-                if m <= best:
-                    continue
+                m = min(length, head["length"])
                 same = ~(head["embeds"][:m] != embeds[:m]).any(axis=1)
                 same &= (head["positions"][:, :m] == positions[:, :m]).all(axis=0)
-                if deepstack is not None:
+                if deepstack is not None and head["deepstack"] is not None:
                     same &= ~(head["deepstack"][:, :m] != deepstack[:, :m]).any(axis=(0, 2))
                 k = m if same.all() else int(np.argmin(same))
+                k = k if k == length == head["length"] else k // self.block * self.block
                 if k > best:
                     best, chosen = k, head
             if chosen is not None:  # most recently used first (by identity: heads hold arrays)
@@ -128,17 +144,15 @@ class PrefixStore:
         return best, chosen
 
     def remember(self, embeds: np.ndarray, positions: np.ndarray, deepstack: np.ndarray | None,
-                 row: dict[str, np.ndarray], known: int) -> None:
-        """Store the head of a row just prefilled from its first token (`row`: its cache views (1, heads,
-        capacity, dim)), unless `known` (the tokens a stored head already matched) covers it."""
-        length = min(self.shareable_length(positions), self.max_tokens)
-        if length < 2 or length <= known:
-            return
+                 row: dict[str, np.ndarray]) -> None:
+        """Store a head just prefilled block by block (`row`: the row's cache views (1, heads, capacity,
+        dim), whose first P columns hold it)."""
+        length = len(embeds)
         head = {
             "length": length,
-            "embeds": np.array(embeds[:length]),
-            "positions": np.array(positions[:, :length]),
-            "deepstack": None if deepstack is None else np.array(deepstack[:, :length]),
+            "embeds": np.array(embeds),
+            "positions": np.array(positions),
+            "deepstack": None if deepstack is None else np.array(deepstack),
             "kv": {name: np.array(buffer[0, :, :length]) for name, buffer in row.items()},
         }
         with self._lock:

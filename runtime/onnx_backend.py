@@ -140,23 +140,30 @@ class OnnxDecoderModel:
                 embeds = inputs_embeds[b, width - n :]
                 positions = position_ids[:, b, width - n :]
                 deepstack = None if deepstack_embeds is None else deepstack_embeds[:, b, width - n :]
-                row, reused = cache.row(b), 0
-                first = self.prefix_store is not None and cache.lengths[b] == 0
-                if first and n > 1:
-                    reused, head = self.prefix_store.match(embeds, positions, self._deepstack_or_zeros(deepstack, n), n - 1)
-                    for name, buffer in (row.items() if reused else ()):
-                        buffer[0, :, :reused] = head["kv"][name][:, :reused]
-                    self.counters["prefix_positions_reused"] += reused
+                row, done = cache.row(b), 0
+                head = self.prefix_store.head_length(positions) if self.prefix_store is not None and cache.lengths[b] == 0 else 0
+                if 0 < head < n:  # the prompt head: copied from the store and/or in calls of its own (PrefixStore)
+                    features = self._deepstack_or_zeros(deepstack, n)
+                    features = None if features is None else features[:, :head]
+                    done, stored = self.prefix_store.match(embeds[:head], positions[:, :head], features)
+                    for name, buffer in (row.items() if done else ()):
+                        buffer[0, :, :done] = stored["kv"][name][:, :done]
+                    self.counters["prefix_positions_reused"] += done
+                    for begin, end in self.prefix_store.blocks(done, head):
+                        self._run_shared(embeds[None, begin:end], positions[:, None, begin:end],
+                                         None if deepstack is None else deepstack[:, None, begin:end],
+                                         row, cache.lengths[b : b + 1] + begin, end - begin)
+                    if done < head:
+                        self.prefix_store.remember(embeds[:head], positions[:, :head], features, row)
+                    done = head
                 part = self._run_shared(
-                    embeds[None, reused:],
-                    positions[:, None, reused:],
-                    None if deepstack is None else deepstack[:, None, reused:],
+                    embeds[None, done:],
+                    positions[:, None, done:],
+                    None if deepstack is None else deepstack[:, None, done:],
                     row,
-                    cache.lengths[b : b + 1] + reused,
-                    n - reused,
+                    cache.lengths[b : b + 1] + done,
+                    n - done,
                 )
-                if first:
-                    self.prefix_store.remember(embeds, positions, self._deepstack_or_zeros(deepstack, n), row, reused)
                 if out is None:  # rows with nothing new in this chunk get zeros (the loop never reads them)
                     out = {k: np.zeros((batch,) + v.shape[1:], dtype=v.dtype) for k, v in part.items()}
                 for k, v in part.items():

@@ -229,36 +229,38 @@ def test_prefix_store_matches_exact_inputs_only():
     from descore_sdk.runtime.kv_cache import PrefixStore
 
     rng = np.random.default_rng(0)
-    # positions: 6 text tokens and a first video token at 0..6 on every row, then a video token whose rows differ
-    positions = np.array([[0, 1, 2, 3, 4, 5, 6, 6], [0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3, 4, 5, 6, 8]])
-    assert PrefixStore.shareable_length(positions) == 7
-    assert PrefixStore.shareable_length(positions[:, :4]) == 4
-    assert PrefixStore.shareable_length(np.array([[1, 2], [1, 2], [1, 2]])) == 0
+    store = PrefixStore(entries=2, block=4)
+    # 10 text tokens, then a video whose first token also sits at 10 on every row and whose second does not
+    text = np.arange(11)
+    positions = np.stack([np.r_[text, 10], np.r_[text, 10], np.r_[text, 11]])
+    assert store.head_length(positions) == 10
+    assert store.head_length(positions[:, :9]) == 0  # text only: no head
+    assert store.head_length(np.array([[0, 1, 1], [0, 1, 2], [0, 1, 2]])) == 0  # 1 token of text: too short
+    assert PrefixStore(max_tokens=8).head_length(positions) == 0
+    assert store.blocks(0, 10) == [(0, 4), (4, 8), (8, 10)] and store.blocks(8, 10) == [(8, 10)]
 
-    embeds = rng.standard_normal((8, 4)).astype(np.float32)
-    deepstack = np.zeros((2, 8, 4), np.float32)
+    P = 10
+    embeds = rng.standard_normal((P, 4)).astype(np.float32)
+    deepstack = np.zeros((2, P, 4), np.float32)
+    pos = positions[:, :P]
     row = {"k": rng.standard_normal((1, 2, 16, 3)).astype(np.float32)}
-    store = PrefixStore(entries=2)
-    store.remember(embeds, positions, deepstack, row, known=0)
-    k, head = store.match(embeds, positions, deepstack, limit=7)
-    assert k == 7 and np.array_equal(head["kv"]["k"], row["k"][0, :, :7])  # a copy of the 7 shareable columns
-    assert store.match(embeds, positions, deepstack, limit=8)[0] == 7  # never past the stored head
+    store.remember(embeds, pos, deepstack, row)
+    k, head = store.match(embeds, pos, deepstack)
+    assert k == P and np.array_equal(head["kv"]["k"], row["k"][0, :, :P])  # the whole head, a copy
     row["k"][:] = 0
     assert head["kv"]["k"].any()  # not a view of the row
-    assert store.match(embeds, positions, deepstack, limit=3)[0] == 3
 
     other = embeds.copy()
-    other[4, 2] += 1e-6  # one element of token 4 differs: tokens 0..3 still match
-    assert store.match(other, positions, deepstack, limit=7)[0] == 4
-    moved = positions.copy()
-    moved[1, 2] = 9
-    assert store.match(embeds, moved, deepstack, limit=7)[0] == 2
+    other[6, 2] += 1e-6  # one element of token 6 differs: tokens 0..5 match, whole blocks: 4
+    assert store.match(other, pos, deepstack)[0] == 4
+    moved = pos.copy()
+    moved[1, 9] = 20
+    assert store.match(embeds, moved, deepstack)[0] == 8  # tokens 0..8 match: blocks up to 8
     features = deepstack.copy()
-    features[1, 1, 0] = 1.0
-    assert store.match(embeds, positions, features, limit=7)[0] == 1
+    features[1, 2, 0] = 1.0
+    assert store.match(embeds, pos, features)[0] == 0  # token 2 differs: no whole block
+    assert store.match(embeds[:9], pos[:, :9], deepstack[:, :9])[0] == 8  # a shorter head: its whole blocks only
 
-    store.remember(embeds, positions, deepstack, row, known=7)  # covered already: nothing stored
-    assert len(store._heads) == 1
-    for seed in (1, 2):  # two new heads evict the oldest (entries=2)
-        store.remember(np.random.default_rng(seed).standard_normal((8, 4)).astype(np.float32), positions, deepstack, row, 0)
-    assert store.match(embeds, positions, deepstack, limit=7)[0] == 0
+    for seed in (1, 2):  # two new heads evict the least recently used (entries=2)
+        store.remember(np.random.default_rng(seed).standard_normal((P, 4)).astype(np.float32), pos, deepstack, row)
+    assert store.match(embeds, pos, deepstack)[0] == 0
