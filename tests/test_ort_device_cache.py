@@ -308,27 +308,36 @@ def _no_cuda() -> str | None:
 NO_CUDA = _no_cuda()
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(NO_CUDA is not None, reason=str(NO_CUDA))
-def test_cuda_device_cache_decodes_like_the_cpu(concat_bundle, scale_bundle, sample_videos):
-    """First test to run on a GPU machine: the concat bundle with its cache on cuda:0 against the CPU
-    backend (fp32 graphs; 1e-3 allows cuDNN/cuBLAS reductions and TF32), and the fp32 shared bundle refused."""
+def _gpu_against_cpu(bundle, sample_videos, tolerance: float):
+    """The bundle on cuda:0 (cache on the device) and on the CPU: the same forced CoTs, step logits and
+    rewards within `tolerance`. Returns the GPU backend."""
     from descore_sdk.runtime.onnx_backend import OnnxBackend
     from descore_sdk.scorer import Scorer
 
-    gpu = OnnxBackend(concat_bundle, device="cuda:0")
+    gpu = OnnxBackend(bundle, device="cuda:0")
     assert isinstance(gpu.model, DeviceCacheDecoderModel) and gpu.model.device_type == "cuda"
     assert "CUDAExecutionProvider" in gpu.model.decoder.active_providers
-    cpu = OnnxBackend(concat_bundle, threads=1)
-    scorer = Scorer.from_pretrained(concat_bundle, device="cpu", backend_options={"threads": 1})
+    cpu = OnnxBackend(bundle, threads=1)
+    scorer = Scorer.from_pretrained(bundle, device="cpu", backend_options={"threads": 1})
     think = [scorer.prepare(v, p, mode="think") for v, p in zip(sample_videos[:2], [PROMPT, "a cat"])]
     options = scorer.options.replace(mode="think")
     forced = [np.asarray([11, 12, 13, 14, 15]), np.asarray([21])]
     a = gpu.score_batch(think, options, scorer.stop_ids, [5, 5], forced_cots=forced, record_logits=True)
     b = cpu.score_batch(think, options, scorer.stop_ids, [5, 5], forced_cots=forced, record_logits=True)
     for x, y in zip(a, b):
-        np.testing.assert_allclose(x.step_logits, y.step_logits, rtol=0, atol=1e-3)
-        np.testing.assert_allclose(x.rewards, y.rewards, rtol=0, atol=1e-3)
+        np.testing.assert_allclose(x.step_logits, y.step_logits, rtol=0, atol=tolerance)
+        np.testing.assert_allclose(x.rewards, y.rewards, rtol=0, atol=tolerance)
+    return gpu
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(NO_CUDA is not None, reason=str(NO_CUDA))
+def test_cuda_device_cache_decodes_like_the_cpu(concat_bundle, scale_bundle, sample_videos):
+    """First test to run on a GPU machine: the concat bundle with its cache on cuda:0 against the CPU
+    backend (fp32 graphs; 1e-3 allows cuDNN/cuBLAS reductions and TF32), and the fp32 shared bundle refused."""
+    from descore_sdk.runtime.onnx_backend import OnnxBackend
+
+    _gpu_against_cpu(concat_bundle, sample_videos, 1e-3)
     with pytest.raises(ModelLoadError, match="float16/bfloat16"):
         OnnxBackend(scale_bundle, device="cuda:0")
 
@@ -338,18 +347,5 @@ def test_cuda_device_cache_decodes_like_the_cpu(concat_bundle, scale_bundle, sam
 def test_cuda_in_place_fp16_cache_decodes_like_the_cpu(half_bundle, sample_videos):
     """The in-place path on the GPU: the fp16-cache bundle's GroupQueryAttention (CUDA kernel) updates the
     device buffers bound as past and present; against the same bundle on the CPU (1e-2: fp16 kernels)."""
-    from descore_sdk.runtime.onnx_backend import OnnxBackend
-    from descore_sdk.scorer import Scorer
-
-    gpu = OnnxBackend(half_bundle, device="cuda:0")
-    assert gpu.model.device_type == "cuda" and gpu.model.shared_cache
-    cpu = OnnxBackend(half_bundle, threads=1)
-    scorer = Scorer.from_pretrained(half_bundle, device="cpu", backend_options={"threads": 1})
-    think = [scorer.prepare(v, p, mode="think") for v, p in zip(sample_videos[:2], [PROMPT, "a cat"])]
-    options = scorer.options.replace(mode="think")
-    forced = [np.asarray([11, 12, 13, 14, 15]), np.asarray([21])]
-    a = gpu.score_batch(think, options, scorer.stop_ids, [5, 5], forced_cots=forced, record_logits=True)
-    b = cpu.score_batch(think, options, scorer.stop_ids, [5, 5], forced_cots=forced, record_logits=True)
-    for x, y in zip(a, b):
-        np.testing.assert_allclose(x.step_logits, y.step_logits, rtol=0, atol=1e-2)
-        np.testing.assert_allclose(x.rewards, y.rewards, rtol=0, atol=1e-2)
+    gpu = _gpu_against_cpu(half_bundle, sample_videos, 1e-2)
+    assert gpu.model.shared_cache
