@@ -378,6 +378,16 @@ def grounding_answer(meta: dict, color: str, shape: str) -> str:
     return f"No, it is a {meta['color']} {meta['shape']}."
 
 
+def path_answer(meta: dict, path: str) -> str:
+    """The answer to "Is it moving `path`?" about a video with ground truth `meta`: "Yes." or "No, it
+    moves top to bottom." (the path the video SHOWS). The pre-training path questions of
+    `training/pretrain.py`; the asked path is often not the shown one, so the answer cannot be copied
+    from the question (unlike a training rationale's path, which always equals its prompt's)."""
+    if path not in MOTIONS:
+        raise InvalidInputError(f"Unknown path {path!r}; paths: {list(MOTIONS)}.")
+    return "Yes." if meta["motion"] == path else f"No, it moves {meta['motion']}."
+
+
 # ----------------------------------------------------------------------------------------------------
 # Pairs
 
