@@ -350,11 +350,11 @@ def test_dynamic_sampling_drops_flat_groups_and_draws_more(pairs):
     assert seen == [0, 1] and metrics["groups_trained"] == 2 and metrics["zero_variance_groups"] == 0.5
 
 
-def _report(visual: str, tokens: int = 50):
-    """A parsed CoT whose visual-quality section says `visual`, every other section clean."""
+def _report(visual: str, tokens: int = 50, motion: str = "smooth and steady along a straight path"):
+    """A parsed CoT whose visual-quality section says `visual` (and motion section `motion`), alignment clean."""
     from descore_sdk.training.grpo import read_cot
 
-    text = (f"I see a red circle. Visual quality: {visual}. Motion: smooth and steady along a straight path. "
+    text = (f"I see a red circle. Visual quality: {visual}. Motion: {motion}. "
             "Alignment: colour asked red, seen red, match; so the video matches the prompt.")
     return read_cot(text, num_tokens=tokens)
 
@@ -407,6 +407,39 @@ def test_advantages_reach_the_right_rows(credit, pairs, monkeypatch):
     trainer.rollout = rollout
     trainer.step([dataclasses.replace(pairs[0], labels=HAND_LABELS)])  # the rewards judge the pair on its labels
     expected = {"pair": [[1.0, 1.0], [-1.0, -1.0]], "marginal": [[0.0, 1.0], [0.0, -1.0]]}[credit]  # micro-batch i: [A_i, B_i]
+    np.testing.assert_allclose(seen, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_reward_without_tied_dimensions(tied, pairs, monkeypatch):
+    """Labels VQ: A, MQ and TA: same. Sample 0: A_0 clean but "shakes slightly" (MQ 1), B_0 very
+    blurry: VQ right, MQ wrong, TA right → 2/3. Sample 1: both clean: VQ wrong, MQ and TA right → 2/3.
+    The paper's rule: a flat group, no advantage. Judged on the decided dimension (VQ) alone: 1 vs 0,
+    so sample 0 gets +1 and sample 1 −1 (by hand)."""
+    import descore_sdk.training.rl as rl_module
+    from descore_sdk.training.grpo import rule_reward
+
+    assert rl_module.reward_labels(HAND_LABELS, False) == {"VQ": "A"}
+    assert rl_module.reward_labels({"VQ": "same", "MQ": "same", "TA": "same", "overall": "same"}, False)["MQ"] == "same"
+    model = build_tiny_model("qwen3_vl", seed=7, dimension_names=DIMS)
+    trainer = DualObjectiveRL(model, RLConfig(num_samples=2, max_new_tokens=3, pairs_per_step=1, micro_batch=1,
+                                              reward_tied_dimensions=tied))
+    real = trainer.rollout
+    clean = "sharp, clean and with natural colours"
+    parsed = [_report(clean, motion="the camera shakes slightly, so the whole picture jumps around"),
+              _report("the image is very blurry and the object's edges smear into the background"), _report(clean), _report(clean)]
+
+    def rollout(pair):
+        ra, rb, _, _ = real(pair)
+        return ra, rb, [rule_reward(parsed[0], parsed[1], HAND_LABELS), rule_reward(parsed[2], parsed[3], HAND_LABELS)], parsed
+
+    seen = []
+    real_loss = rl_module.grpo_policy_loss
+    monkeypatch.setattr(rl_module, "grpo_policy_loss", lambda *a, **k: seen.append(a[3].tolist()) or real_loss(*a, **k))
+    trainer.rollout = rollout
+    metrics = trainer.step([dataclasses.replace(pairs[0], labels=HAND_LABELS)])
+    assert metrics["rule_accuracy"] == pytest.approx(2 / 3)  # the log keeps the paper's reward
+    expected = [[0.0, 0.0], [0.0, 0.0]] if tied else [[1.0, 1.0], [-1.0, -1.0]]
     np.testing.assert_allclose(seen, expected, atol=1e-5)
 
 

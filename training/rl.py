@@ -157,6 +157,10 @@ class RLConfig:
     bt_scope: str = "head"  # "head": BT → head + <Reward> row only; "backbone": BT through the model too
     bt_ties: str = "drop"  # "drop": plain BT, human ties skipped; "rao_kupper": BT with ties (losses.py)
     credit: str = "pair"  # "pair": CoT_A_i and CoT_B_i share sample i's advantage; "marginal": one per CoT (`marginal_rewards`)
+    # The rule reward's accuracy term over every labelled sub-dimension (True, the paper's rule), or
+    # (False) only over those where the label prefers one video, unless all are tied (`reward_labels`).
+    # The logged `rule_reward` is always the paper's; this changes what the advantages follow.
+    reward_tied_dimensions: bool = True
     length_min_tokens: int = 32
     length_max_tokens: int = 1024
     reward_weights: RewardWeights = field(default_factory=RewardWeights)
@@ -373,6 +377,21 @@ def reward_diagnostics(groups: Sequence[Sequence], reports: Sequence = ()) -> di
     }
 
 
+def reward_labels(labels: dict, tied_dimensions: bool) -> dict:
+    """The labels the training reward judges a pair on. With `tied_dimensions=False`, the sub-dimensions
+    labelled "same" are left out when at least one is decided ("A" / "B"); a pair tied everywhere keeps
+    them all.
+
+    Why: most synthetic pairs differ in one dimension, so two thirds of the paper's accuracy term are
+    tied dimensions, which a CoT wins by calling both videos clean whatever it sees. What a CoT cannot
+    tell apart it learns to call clean (measured: training/BENCHMARK.md, "RL, second session"), and
+    the head, which reads the CoT in think mode, loses what the CoT used to carry."""
+    if tied_dimensions:
+        return labels
+    decided = {d: v for d, v in labels.items() if d in SUB_DIMENSIONS and v in ("A", "B")}
+    return decided or labels
+
+
 def marginal_rewards(reports_a: Sequence, reports_b: Sequence, labels, *, weights: RewardWeights, length_target: LengthTarget):
     """Each CoT's own reward for `credit="marginal"`: R[i, j] = rule reward of (CoT_A_i, CoT_B_j) over
     all n × n combinations; CoT_A_i gets the mean of row i, CoT_B_j the mean of column j. Returns two
@@ -508,12 +527,16 @@ class DualObjectiveRL:
             pair = todo.pop(0) if todo else draw()
             drawn += 1
             rollouts_a, rollouts_b, rewards, parsed = self.rollout(pair)
+            judged = reward_labels(pair.labels, cfg.reward_tied_dimensions)
             if cfg.credit == "marginal":
-                own_a, own_b = marginal_rewards(parsed[0::2], parsed[1::2], pair.labels, weights=cfg.reward_weights,
+                own_a, own_b = marginal_rewards(parsed[0::2], parsed[1::2], judged, weights=cfg.reward_weights,
                                                 length_target=cfg.length_target)
                 advantages = torch.cat([group_advantages(own_a), group_advantages(own_b)])  # (2n,): A's, then B's
             else:
-                shared = group_advantages([r.total for r in rewards])
+                totals = ([r.total for r in rewards] if judged == pair.labels else
+                          [rule_reward(a, b, judged, weights=cfg.reward_weights, length_target=cfg.length_target).total
+                           for a, b in zip(parsed[0::2], parsed[1::2])])
+                shared = group_advantages(totals)
                 advantages = torch.cat([shared, shared])
             rule_rewards.append(rewards)
             reports += parsed
@@ -768,6 +791,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bt-weight", type=float, default=d.bt_weight)
     p.add_argument("--bt-scope", default=d.bt_scope, choices=BT_SCOPES)
     p.add_argument("--bt-ties", default=d.bt_ties, choices=TIE_MODES)
+    p.add_argument("--reward-tied-dimensions", action=argparse.BooleanOptionalAction, default=d.reward_tied_dimensions,
+                   help="the training reward's accuracy term also judges the pair's tied dimensions (the paper's rule)")
     p.add_argument("--credit", default=d.credit, choices=CREDITS,
                    help="pair: the two CoTs of a sample share its advantage (the paper's); marginal: each CoT its own")
     p.add_argument("--length-min-tokens", type=int, default=d.length_min_tokens)
@@ -802,6 +827,7 @@ def config_from_args(args: argparse.Namespace) -> RLConfig:
         bt_scope=args.bt_scope,
         bt_ties=args.bt_ties,
         credit=args.credit,
+        reward_tied_dimensions=args.reward_tied_dimensions,
         length_min_tokens=args.length_min_tokens,
         length_max_tokens=args.length_max_tokens,
         train_vision=args.train_vision,
