@@ -160,6 +160,41 @@ def test_pretraining_never_sees_the_held_out_factors(tmp_path):
     assert not training_clips & held_out
 
 
+def test_path_question_accuracy_bookkeeping(bench, monkeypatch):
+    """With a stand-in log-probability (the model's is tested in test_text_log_prob_…): an oracle that
+    prefers the true answer scores 1 and 1; one that always prefers "Yes." (copying the question)
+    scores 1 where the asked path is shown and 0 elsewhere. By hand, with 4 paths per clip: 1 asked
+    path is shown and 3 are not."""
+    import descore_sdk.training.pretrain as pretrain_module
+
+    pairs = read_pairs(bench["train"])
+    truth = clip_truth(pairs)
+    model = build_tiny_model("qwen3_vl", seed=1, dimension_names=("VQ", "MQ", "TA"))
+    seen = {"questions": 0}
+
+    def oracle(model, prompts, features, prompt, text):
+        seen["questions"] += text == "Yes."
+        video = next(v for v in truth if features is cache_of[v])
+        return 0.0 if text == path_answer(truth[video], prompt[len("Is it moving "):-1]) else -1.0
+
+    cache_of = {}
+    from descore_sdk.training import batching
+
+    real_cache = batching.FeatureCache
+
+    class RecordingCache(real_cache):
+        def __call__(self, video):
+            cache_of[str(video)] = features = super().__call__(video)
+            return features
+
+    monkeypatch.setattr(batching, "FeatureCache", RecordingCache)
+    monkeypatch.setattr(pretrain_module, "text_log_prob", oracle)
+    assert pretrain_module.path_question_accuracy(model, pairs, max_clips=3) == {"asked_shown": 1.0, "asked_other": 1.0}
+    assert seen["questions"] == 3 * 4
+    monkeypatch.setattr(pretrain_module, "text_log_prob", lambda model, prompts, features, prompt, text: float(text == "Yes."))
+    assert pretrain_module.path_question_accuracy(model, pairs, max_clips=3) == {"asked_shown": 1.0, "asked_other": 0.0}
+
+
 def test_caption_examples_need_ground_truth(tmp_path):
     pair = PreferencePair(prompt="a cat", video_a=tmp_path / "a.mp4", video_b=tmp_path / "b.mp4", labels={"overall": "A"})
     with pytest.raises(DataError, match="meta_a"):

@@ -28,7 +28,8 @@ scored in fast mode with the torch backend, to show the export keeps its accurac
 
 Diagnostics: `pretrain.caption_discrimination` of the pre-trained backbone (captions) and of the
 cold-start model (its rationales) on test_id and on the first 200 test_heldout pairs: per factor, how
-often a clip's own text is likelier than its twin's (0.5: the video makes no difference). The RL
+often a clip's own text is likelier than its twin's (0.5: the video makes no difference); and
+`pretrain.path_question_accuracy` of the pre-trained backbone on 40 test_id clips. The RL
 stage's own verdict (`rl_summary.json`: the trend of the sampled CoTs' rule reward) and the change
 from the cold start to the RL model per split and mode are in the report under "rl".
 
@@ -183,9 +184,11 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
                                     "mean": report["mean"], "dims": report["dims"]})
     # Does each backbone read its text from the video? (0.5 per factor = it does not; see pretrain.py)
     from .model import DeScoreModel
-    from .pretrain import caption_discrimination
+    from .pretrain import caption_discrimination, path_question_accuracy
 
     diagnostics = {
+        # Does the pre-trained backbone answer "Is it moving P?" from the video (40 test_id clips)?
+        "pretrain_path_questions_test_id": path_question_accuracy(DeScoreModel.from_pretrained(backbone), pairs["test_id"]),
         "pretrain_caption_discrimination_test_id": caption_discrimination(DeScoreModel.from_pretrained(backbone), pairs["test_id"]),
         "cold_start_rationale_discrimination_test_id": caption_discrimination(
             DeScoreModel.from_pretrained(out / "cold_start" / "model"), pairs["test_id"], rationale="rationale"),

@@ -228,6 +228,37 @@ def caption_discrimination(model, pairs, *, prompt: str = CAPTION_PROMPT, ration
     return {key: wins[key] / total[key] for key in sorted(total)}
 
 
+def path_question_accuracy(model, pairs, *, max_clips: int = 40) -> dict[str, float]:
+    """Does the model answer the path questions from the video? For the first `max_clips` distinct clips
+    of `pairs` and each of the 4 paths P, the likeliest (teacher-forced) of the 4 possible answers to
+    `PATH_QUESTION` ("Yes." or "No, it moves M." for each M ≠ P) is compared with `synth.path_answer`.
+    Returns {"asked_shown": accuracy where P is the clip's path, "asked_other": where it is not}
+    (chance 0.25 for "asked_other"; a model that copies the question says "Yes." and scores 0 there).
+    """
+    from descore_sdk.prompt import PromptBuilder
+
+    from .batching import FeatureCache
+    from .synth import MOTIONS, path_answer
+
+    prompts = PromptBuilder(model.tokenizer, model.descore_config)
+    cache = FeatureCache(model.descore_config)
+    clips = list(_clips(pairs).items())[:max_clips]
+    right: dict[str, list[bool]] = {"asked_shown": [], "asked_other": []}
+    was_training = model.training
+    model.eval()
+    try:
+        for video, meta in clips:
+            features = cache(video)
+            for asked in MOTIONS:
+                answers = ["Yes."] + [f"No, it moves {m}." for m in MOTIONS if m != asked]
+                scores = [text_log_prob(model, prompts, features, PATH_QUESTION.format(path=asked), a) for a in answers]
+                best = answers[max(range(len(answers)), key=scores.__getitem__)]
+                right["asked_shown" if asked == meta["motion"] else "asked_other"].append(best == path_answer(meta, asked))
+    finally:
+        model.train(was_training)
+    return {key: sum(v) / len(v) for key, v in right.items() if v}
+
+
 # -- command line -----------------------------------------------------------------------------------
 def run(args) -> int:
     from .arguments import report_trained, train_config_from_args
