@@ -74,6 +74,8 @@ class BenchmarkSettings:
     rl_lr: float = 1e-4  # the tiny model's policy lr (RLConfig's 1e-6 default is for real VLMs); KL ~4e-3 after 25 steps
     rl_pairs_per_step: int = 8
     rl_head_lr: float = 1e-4
+    rl_temperature: float = 1.0  # rollouts; 2.0 with rl_min_p 0.1 explores without breaking the template (BENCHMARK.md, S3)
+    rl_min_p: float = 0.0
     batch_size: int = 16
     lr: float = 2e-3
     max_new_tokens: int = 192  # think-mode rationale budget (the synthetic rationales are ~75-100 tokens)
@@ -151,7 +153,8 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
     rl_config = RLConfig(steps=settings.rl_steps, num_samples=8, pairs_per_step=settings.rl_pairs_per_step,
                          max_new_tokens=settings.max_new_tokens,
                          length_min_tokens=min(32, settings.max_new_tokens), length_max_tokens=max(settings.max_new_tokens, 32),
-                         lr=settings.rl_lr, head_lr=settings.rl_head_lr, seed=settings.seed)
+                         lr=settings.rl_lr, head_lr=settings.rl_head_lr, temperature=settings.rl_temperature,
+                         min_p=settings.rl_min_p, seed=settings.seed)
     stages.run("rl", out / "rl" / "config.json", lambda: run_rl(out / "cold_start" / "model", split["train"], out / "rl", rl_config))
 
     from descore_sdk.export.bundle import export_bundle
