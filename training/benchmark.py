@@ -8,7 +8,7 @@ interrupted benchmark continues where it stopped):
 1. data       `synth.generate_benchmark`: train / test_id / test_heldout (held-out factors: colour cast,
               wrong motion).
 2. base       a tiny random-weight Qwen-VL DeScore model (dimensions VQ, MQ, TA, overall).
-3. pretrain   captioning pre-training with grounding questions on the train clips
+3. pretrain   captioning pre-training with grounding and path questions on the train clips
               (`training/pretrain.py`): the tiny stand-in for the VLM pre-training a real Qwen-VL
               comes with.
 4. cold_start DeScore cold start from the pre-trained base: BT, CoT drop 0.5, rationale LM loss.
