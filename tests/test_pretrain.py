@@ -16,11 +16,11 @@ torch = pytest.importorskip("torch")
 
 from safetensors.numpy import load_file  # noqa: E402
 
-from descore_sdk.errors import DataError  # noqa: E402
+from descore_sdk.errors import DataError, InvalidInputError  # noqa: E402
 from descore_sdk.training.benchmark import BenchmarkSettings, main as benchmark_main  # noqa: E402
 from descore_sdk.training.data import PreferencePair, read_pairs  # noqa: E402
 from descore_sdk.training.pretrain import CAPTION_PROMPT, caption_examples, question_examples, main as pretrain_main  # noqa: E402
-from descore_sdk.training.synth import caption, generate_benchmark, grounding_answer  # noqa: E402
+from descore_sdk.training.synth import caption, generate_benchmark, grounding_answer, path_answer  # noqa: E402
 from descore_sdk.training.tiny import build_tiny_model  # noqa: E402
 
 
@@ -73,7 +73,7 @@ def test_grounding_answers_name_what_is_drawn():
 def test_question_examples_ask_about_both_clips(bench):
     pairs = read_pairs(bench["train"])
     truth = clip_truth(pairs)
-    examples = question_examples(pairs, seed=0)
+    examples = [e for e in question_examples(pairs, seed=0) if e.prompt.startswith("Is this a ")]
     seen = [str(e.video_a) for e in examples] + [str(e.video_b) for e in examples]
     assert set(seen) == set(truth) and len(seen) in (len(truth), len(truth) + 1)
     asked_own = 0
@@ -87,7 +87,112 @@ def test_question_examples_ask_about_both_clips(bench):
             assert answer == expected
         asked_own += (truth[str(e.video_a)]["color"], truth[str(e.video_a)]["shape"]) == (color, shape)
     assert 0 < asked_own < len(examples)  # some questions name the first clip's object, some do not
-    assert question_examples(pairs, seed=0) == examples  # deterministic
+    assert question_examples(pairs, seed=0)[: len(examples)] == examples  # deterministic
+
+
+PATHS = ("left to right", "right to left", "top to bottom", "bottom to top")  # written out, not synth's table
+
+
+def test_path_answers_name_the_shown_path():
+    meta = {"factors": {}, "color": "red", "shape": "circle", "motion": "top to bottom", "background": "gray",
+            "tint": None, "dropped_frames": []}
+    assert path_answer(meta, "top to bottom") == "Yes."
+    assert path_answer(meta, "left to right") == "No, it moves top to bottom."
+    assert path_answer(dict(meta, motion="bottom to top"), "top to bottom") == "No, it moves bottom to top."
+    with pytest.raises(InvalidInputError, match="path"):
+        path_answer(meta, "diagonally")
+
+
+def shown_path(video) -> str:
+    """The path a clip shows, read from its decoded pixels: the object's centroid (pixels far from every
+    background level, i.e. saturated) from the first to the last frame, along the axis it moves most."""
+    import av
+
+    with av.open(str(video)) as container:
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]).astype(np.float64)
+    saturation = frames.max(axis=-1) - frames.min(axis=-1)  # the gray/black/white backgrounds have ~0
+    centres = [np.argwhere(mask).mean(axis=0) for mask in saturation > 80]  # (y, x) per frame
+    dy, dx = centres[-1] - centres[0]
+    if abs(dx) > abs(dy):
+        return "left to right" if dx > 0 else "right to left"
+    return "top to bottom" if dy > 0 else "bottom to top"
+
+
+def test_path_questions_answer_with_the_path_the_video_shows(bench):
+    pairs = read_pairs(bench["train"])
+    truth = clip_truth(pairs)
+    # Reference for the records themselves: the path measured in the pixels of clean / frozen clips.
+    steady = [v for v, m in truth.items() if set(m["factors"]) <= {"wrong_color", "wrong_shape", "frame_drop"}]
+    assert len(steady) >= 5
+    for video in steady:
+        assert shown_path(video) == truth[video]["motion"], video
+    examples = question_examples(pairs, seed=0)
+    path_examples = [e for e in examples if e.prompt.startswith("Is it moving ")]
+    assert len(examples) - len(path_examples) == len(path_examples)  # one colour/shape and one path question per clip
+    assert {str(v) for e in path_examples for v in (e.video_a, e.video_b)} == set(truth)
+    asked_other = 0
+    for e in path_examples:
+        asked = e.prompt[len("Is it moving "):-1]
+        assert asked in PATHS and e.labels == {}
+        for video, answer in ((e.video_a, e.rationale_a), (e.video_b, e.rationale_b)):
+            seen = truth[str(video)]["motion"]
+            assert answer == ("Yes." if seen == asked else f"No, it moves {seen}.")
+        asked_other += asked != truth[str(e.video_a)]["motion"]
+    assert 0 < asked_other < len(path_examples)  # some questions name another path than the first clip's
+    assert [e for e in question_examples(pairs, seed=0, path_questions=False) if e.prompt.startswith("Is it moving")] == []
+
+
+def test_pretraining_never_sees_the_held_out_factors(tmp_path):
+    """Pre-training on the train split: no clip has a held-out factor, every clip shows the path and
+    colour its scene's prompt names unless a TRAIN factor changed it, and so a path question whose
+    asked path differs from the shown one is the only place a path ever differs from a text's."""
+    paths = generate_benchmark(tmp_path, n_train=24, n_test=4, n_heldout=4, seed=7, size=(32, 32), num_frames=5)
+    pairs = read_pairs(paths["train"])
+    for p in pairs:
+        for side in ("a", "b"):
+            meta = p.meta[f"meta_{side}"]
+            assert not {"color_cast", "wrong_motion"} & set(meta["factors"]) and meta["tint"] is None
+            assert meta["motion"] == p.meta["scene"]["motion"] and f"moving {meta['motion']} " in p.prompt
+    training_clips = {str(v) for e in caption_examples(pairs) + question_examples(pairs) for v in (e.video_a, e.video_b)}
+    assert training_clips == set(clip_truth(pairs))
+    assert all("/videos/train/" in clip for clip in training_clips)
+    held_out = {str(v) for p in read_pairs(paths["test_heldout"]) for v in (p.video_a, p.video_b)}
+    assert not training_clips & held_out
+
+
+def test_path_question_accuracy_bookkeeping(bench, monkeypatch):
+    """With a stand-in log-probability (the model's is tested in test_text_log_prob_…): an oracle that
+    prefers the true answer scores 1 and 1; one that always prefers "Yes." (copying the question)
+    scores 1 where the asked path is shown and 0 elsewhere. By hand, with 4 paths per clip: 1 asked
+    path is shown and 3 are not."""
+    import descore_sdk.training.pretrain as pretrain_module
+
+    pairs = read_pairs(bench["train"])
+    truth = clip_truth(pairs)
+    model = build_tiny_model("qwen3_vl", seed=1, dimension_names=("VQ", "MQ", "TA"))
+    seen = {"questions": 0}
+
+    def oracle(model, prompts, features, prompt, text):
+        seen["questions"] += text == "Yes."
+        video = next(v for v in truth if features is cache_of[v])
+        return 0.0 if text == path_answer(truth[video], prompt[len("Is it moving "):-1]) else -1.0
+
+    cache_of = {}
+    from descore_sdk.training import batching
+
+    real_cache = batching.FeatureCache
+
+    class RecordingCache(real_cache):
+        def __call__(self, video):
+            cache_of[str(video)] = features = super().__call__(video)
+            return features
+
+    monkeypatch.setattr(batching, "FeatureCache", RecordingCache)
+    monkeypatch.setattr(pretrain_module, "text_log_prob", oracle)
+    assert pretrain_module.path_question_accuracy(model, pairs, max_clips=3) == {"asked_shown": 1.0, "asked_other": 1.0}
+    assert seen["questions"] == 3 * 4
+    monkeypatch.setattr(pretrain_module, "text_log_prob", lambda model, prompts, features, prompt, text: float(text == "Yes."))
+    assert pretrain_module.path_question_accuracy(model, pairs, max_clips=3) == {"asked_shown": 1.0, "asked_other": 0.0}
 
 
 def test_caption_examples_need_ground_truth(tmp_path):

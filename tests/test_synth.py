@@ -3,6 +3,7 @@ the factors, splits keep their factor sets apart, and the same seed writes the s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from descore_sdk.training.synth import (
     generate_benchmark,
     realise_spec,
     render_frames,
+    without_path,
 )
 
 # Written independently of synth.py's tables: which dimension each factor hurts, and the split plan.
@@ -297,3 +299,25 @@ def test_wrong_motion_moves_another_way(twins, seed):
         direction = travel / np.linalg.norm(travel)
         assert np.dot(direction, unit[motion]) > 0.95, (motion, travel)
         assert np.linalg.norm(travel) > 20
+
+
+def test_without_path_keeps_the_seen_path_and_drops_the_asked_one(bench):
+    """Hand-checked: the prompt loses exactly " moving <path>", the rationales keep "moving <path>"
+    in their first sentence and replace the path's checklist item by "path not asked, seen <path>"
+    (the path the clip shows, from its record); labels, videos and the rest of the text are unchanged."""
+    _, paths = bench
+    pairs = read_pairs(paths["train"])
+    for pair in pairs[:6]:
+        scene = pair.meta["scene"]
+        out = without_path(pair)
+        assert out.prompt == f"a {scene['color']} {scene['shape']} on a {scene['background']} background"
+        assert pair.prompt == f"a {scene['color']} {scene['shape']} moving {scene['motion']} on a {scene['background']} background"
+        assert (out.video_a, out.video_b, out.labels) == (pair.video_a, pair.video_b, pair.labels)
+        for side, before, after in (("a", pair.rationale_a, out.rationale_a), ("b", pair.rationale_b, out.rationale_b)):
+            shown = pair.meta[f"meta_{side}"]["motion"]
+            assert shown == scene["motion"]  # train clips move the way their scene says (no wrong motion)
+            item = f"path asked {scene['motion']}, seen {shown}, match"
+            assert item in before and after == before.replace(item, f"path not asked, seen {shown}")
+            assert f"I see a {pair.meta[f'meta_{side}']['color']} {pair.meta[f'meta_{side}']['shape']} moving {shown} across" in after
+    with pytest.raises(InvalidInputError, match="synthetic"):
+        without_path(dataclasses.replace(pairs[0], meta={}))

@@ -9,6 +9,7 @@ gradients of each loss taken alone with `.backward()` on fresh forwards.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -177,6 +178,23 @@ def test_sampled_cots_stop_and_condition_on_the_video(pairs):
         assert (r.cot_ids + [r.stop_id])[: len(cot)] == cot[: len(r.cot_ids) + r.finished]
 
 
+def test_min_p_keeps_only_tokens_near_the_top(pairs):
+    """min_p = 1 keeps the top token alone: at a temperature that otherwise scrambles the samples, every
+    row must equal the greedy CoT (reference: the greedy rows, whose argmax the test above checks)."""
+    model = build_tiny_model("qwen3_vl", seed=3, dimension_names=DIMS)
+    prompts = PromptBuilder(model.tokenizer, model.descore_config)
+    features = video_features(pairs[0].video_a, model.descore_config)
+    prompt_ids = model_inputs(prompts, features, pairs[0].prompt, "think").input_ids
+    stops = [model.tokenizer.token_to_id(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    greedy = sample_cots(model, features, prompt_ids, 1, RLConfig(max_new_tokens=8), stops, stops[1], greedy=True)[0].cot_ids
+    torch.manual_seed(0)
+    hot = sample_cots(model, features, prompt_ids, 4, RLConfig(max_new_tokens=8, temperature=50.0), stops, stops[1])
+    assert any(r.cot_ids != greedy for r in hot)  # without min-p the temperature does scramble them
+    torch.manual_seed(0)
+    kept = sample_cots(model, features, prompt_ids, 4, RLConfig(max_new_tokens=8, temperature=50.0, min_p=1.0), stops, stops[1])
+    assert all(r.cot_ids == greedy for r in kept)
+
+
 # -- gradient routing ----------------------------------------------------------------------------------
 def _losses(trainer, rollouts, advantages, labels):
     """Fresh forward → (GRPO loss, unweighted BT loss) of rows [A..., B...]."""
@@ -330,6 +348,99 @@ def test_dynamic_sampling_drops_flat_groups_and_draws_more(pairs):
     trainer, seen, draw = trainer_with({0}, dynamic_sampling=False)
     metrics = trainer.step(pairs[:2], draw)
     assert seen == [0, 1] and metrics["groups_trained"] == 2 and metrics["zero_variance_groups"] == 0.5
+
+
+def _report(visual: str, tokens: int = 50, motion: str = "smooth and steady along a straight path"):
+    """A parsed CoT whose visual-quality section says `visual` (and motion section `motion`), alignment clean."""
+    from descore_sdk.training.grpo import read_cot
+
+    text = (f"I see a red circle. Visual quality: {visual}. Motion: {motion}. "
+            "Alignment: colour asked red, seen red, match; so the video matches the prompt.")
+    return read_cot(text, num_tokens=tokens)
+
+
+# Two samples per video of a pair labelled VQ: A, MQ and TA: same. Visual-quality severities: A_0 0,
+# A_1 1 (slightly soft), B_0 2 (very blurry), B_1 0. Rule accuracy by hand (VQ right iff sev A < sev B;
+# MQ and TA right, both clean): (A_0, B_0) 1, (A_0, B_1) 2/3, (A_1, B_0) 1, (A_1, B_1) 2/3; reward =
+# 0.7 · accuracy + 0.1 · 1 (well formed) + 0.2 · 1 (50 tokens, in range).
+HAND_LABELS = {"VQ": "A", "MQ": "same", "TA": "same"}
+
+
+def _hand_reports():
+    return ([_report("sharp, clean and with natural colours"), _report("the image is slightly soft, with blurred edges")],
+            [_report("the image is very blurry and the object's edges smear into the background"),
+             _report("sharp, clean and with natural colours")])
+
+
+def test_marginal_rewards_hand_values():
+    from descore_sdk.training.grpo import LengthTarget, RewardWeights
+    from descore_sdk.training.rl import marginal_rewards
+
+    reports_a, reports_b = _hand_reports()
+    own_a, own_b = marginal_rewards(reports_a, reports_b, HAND_LABELS, weights=RewardWeights(), length_target=LengthTarget())
+    # A_0: mean(1, 2/3), A_1: mean(1, 2/3); B_0: mean(1, 1), B_1: mean(2/3, 2/3).
+    np.testing.assert_allclose(own_a, [0.7 * 5 / 6 + 0.3, 0.7 * 5 / 6 + 0.3])
+    np.testing.assert_allclose(own_b, [1.0, 0.7 * 2 / 3 + 0.3])
+
+
+@pytest.mark.parametrize("credit", ["pair", "marginal"])
+def test_advantages_reach_the_right_rows(credit, pairs, monkeypatch):
+    """Which advantage each sequence's policy loss gets: with the paper's pairing both CoTs of sample i
+    share (r_i − mean) / std; with marginal credit A's CoTs get A's own (here all equal: 0) and B's
+    theirs (+1, −1). Rollouts are real, their parsed verdicts the hand-made ones above."""
+    import descore_sdk.training.rl as rl_module
+    from descore_sdk.training.grpo import RuleReward
+
+    model = build_tiny_model("qwen3_vl", seed=7, dimension_names=DIMS)
+    trainer = DualObjectiveRL(model, RLConfig(num_samples=2, max_new_tokens=3, pairs_per_step=1, micro_batch=1, credit=credit))
+    real = trainer.rollout
+    reports_a, reports_b = _hand_reports()
+
+    def rollout(pair):
+        ra, rb, _, _ = real(pair)
+        paired = [RuleReward(1.0, 1.0, 1, 1), RuleReward(0.7 * 2 / 3 + 0.3, 2 / 3, 1, 1)]  # (A_0, B_0), (A_1, B_1)
+        return ra, rb, paired, [reports_a[0], reports_b[0], reports_a[1], reports_b[1]]
+
+    seen = []
+    real_loss = rl_module.grpo_policy_loss
+    monkeypatch.setattr(rl_module, "grpo_policy_loss", lambda *a, **k: seen.append(a[3].tolist()) or real_loss(*a, **k))
+    trainer.rollout = rollout
+    trainer.step([dataclasses.replace(pairs[0], labels=HAND_LABELS)])  # the rewards judge the pair on its labels
+    expected = {"pair": [[1.0, 1.0], [-1.0, -1.0]], "marginal": [[0.0, 1.0], [0.0, -1.0]]}[credit]  # micro-batch i: [A_i, B_i]
+    np.testing.assert_allclose(seen, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_reward_without_tied_dimensions(tied, pairs, monkeypatch):
+    """Labels VQ: A, MQ and TA: same. Sample 0: A_0 clean but "shakes slightly" (MQ 1), B_0 very
+    blurry: VQ right, MQ wrong, TA right → 2/3. Sample 1: both clean: VQ wrong, MQ and TA right → 2/3.
+    The paper's rule: a flat group, no advantage. Judged on the decided dimension (VQ) alone: 1 vs 0,
+    so sample 0 gets +1 and sample 1 −1 (by hand)."""
+    import descore_sdk.training.rl as rl_module
+    from descore_sdk.training.grpo import rule_reward
+
+    assert rl_module.reward_labels(HAND_LABELS, False) == {"VQ": "A"}
+    assert rl_module.reward_labels({"VQ": "same", "MQ": "same", "TA": "same", "overall": "same"}, False)["MQ"] == "same"
+    model = build_tiny_model("qwen3_vl", seed=7, dimension_names=DIMS)
+    trainer = DualObjectiveRL(model, RLConfig(num_samples=2, max_new_tokens=3, pairs_per_step=1, micro_batch=1,
+                                              reward_tied_dimensions=tied))
+    real = trainer.rollout
+    clean = "sharp, clean and with natural colours"
+    parsed = [_report(clean, motion="the camera shakes slightly, so the whole picture jumps around"),
+              _report("the image is very blurry and the object's edges smear into the background"), _report(clean), _report(clean)]
+
+    def rollout(pair):
+        ra, rb, _, _ = real(pair)
+        return ra, rb, [rule_reward(parsed[0], parsed[1], HAND_LABELS), rule_reward(parsed[2], parsed[3], HAND_LABELS)], parsed
+
+    seen = []
+    real_loss = rl_module.grpo_policy_loss
+    monkeypatch.setattr(rl_module, "grpo_policy_loss", lambda *a, **k: seen.append(a[3].tolist()) or real_loss(*a, **k))
+    trainer.rollout = rollout
+    metrics = trainer.step([dataclasses.replace(pairs[0], labels=HAND_LABELS)])
+    assert metrics["rule_accuracy"] == pytest.approx(2 / 3)  # the log keeps the paper's reward
+    expected = [[0.0, 0.0], [0.0, 0.0]] if tied else [[1.0, 1.0], [-1.0, -1.0]]
+    np.testing.assert_allclose(seen, expected, atol=1e-5)
 
 
 # -- learning ------------------------------------------------------------------------------------------
@@ -519,7 +630,7 @@ def test_command_line(cold_start, tmp_path):
     "bad",
     [dict(num_samples=0), dict(temperature=0.0), dict(bt_scope="all"), dict(bt_ties="x"), dict(length_min_tokens=50, length_max_tokens=10),
      dict(length_max_tokens=5000), dict(kl_coef=-1.0), dict(steps=0), dict(max_new_tokens=0),
-     dict(max_draws_per_step=-1), dict(eval_every=-1), dict(eval_max_pairs=0)],
+     dict(max_draws_per_step=-1), dict(eval_every=-1), dict(eval_max_pairs=0), dict(min_p=1.5), dict(min_p=-0.1), dict(credit="each")],
 )
 def test_bad_settings_raise(bad):
     with pytest.raises(InvalidInputError):

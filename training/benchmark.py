@@ -8,7 +8,7 @@ interrupted benchmark continues where it stopped):
 1. data       `synth.generate_benchmark`: train / test_id / test_heldout (held-out factors: colour cast,
               wrong motion).
 2. base       a tiny random-weight Qwen-VL DeScore model (dimensions VQ, MQ, TA, overall).
-3. pretrain   captioning pre-training with grounding questions on the train clips
+3. pretrain   captioning pre-training with grounding and path questions on the train clips
               (`training/pretrain.py`): the tiny stand-in for the VLM pre-training a real Qwen-VL
               comes with.
 4. cold_start DeScore cold start from the pre-trained base: BT, CoT drop 0.5, rationale LM loss.
@@ -28,7 +28,8 @@ scored in fast mode with the torch backend, to show the export keeps its accurac
 
 Diagnostics: `pretrain.caption_discrimination` of the pre-trained backbone (captions) and of the
 cold-start model (its rationales) on test_id and on the first 200 test_heldout pairs: per factor, how
-often a clip's own text is likelier than its twin's (0.5: the video makes no difference). The RL
+often a clip's own text is likelier than its twin's (0.5: the video makes no difference); and
+`pretrain.path_question_accuracy` of the pre-trained backbone on 40 test_id clips. The RL
 stage's own verdict (`rl_summary.json`: the trend of the sampled CoTs' rule reward) and the change
 from the cold start to the RL model per split and mode are in the report under "rl".
 
@@ -73,6 +74,8 @@ class BenchmarkSettings:
     rl_lr: float = 1e-4  # the tiny model's policy lr (RLConfig's 1e-6 default is for real VLMs); KL ~4e-3 after 25 steps
     rl_pairs_per_step: int = 8
     rl_head_lr: float = 1e-4
+    rl_temperature: float = 1.0  # rollouts; 2.0 with rl_min_p 0.1 explores without breaking the template (BENCHMARK.md, S3)
+    rl_min_p: float = 0.0
     batch_size: int = 16
     lr: float = 2e-3
     max_new_tokens: int = 192  # think-mode rationale budget (the synthetic rationales are ~75-100 tokens)
@@ -150,7 +153,8 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
     rl_config = RLConfig(steps=settings.rl_steps, num_samples=8, pairs_per_step=settings.rl_pairs_per_step,
                          max_new_tokens=settings.max_new_tokens,
                          length_min_tokens=min(32, settings.max_new_tokens), length_max_tokens=max(settings.max_new_tokens, 32),
-                         lr=settings.rl_lr, head_lr=settings.rl_head_lr, seed=settings.seed)
+                         lr=settings.rl_lr, head_lr=settings.rl_head_lr, temperature=settings.rl_temperature,
+                         min_p=settings.rl_min_p, seed=settings.seed)
     stages.run("rl", out / "rl" / "config.json", lambda: run_rl(out / "cold_start" / "model", split["train"], out / "rl", rl_config))
 
     from descore_sdk.export.bundle import export_bundle
@@ -183,9 +187,11 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
                                     "mean": report["mean"], "dims": report["dims"]})
     # Does each backbone read its text from the video? (0.5 per factor = it does not; see pretrain.py)
     from .model import DeScoreModel
-    from .pretrain import caption_discrimination
+    from .pretrain import caption_discrimination, path_question_accuracy
 
     diagnostics = {
+        # Does the pre-trained backbone answer "Is it moving P?" from the video (40 test_id clips)?
+        "pretrain_path_questions_test_id": path_question_accuracy(DeScoreModel.from_pretrained(backbone), pairs["test_id"]),
         "pretrain_caption_discrimination_test_id": caption_discrimination(DeScoreModel.from_pretrained(backbone), pairs["test_id"]),
         "cold_start_rationale_discrimination_test_id": caption_discrimination(
             DeScoreModel.from_pretrained(out / "cold_start" / "model"), pairs["test_id"], rationale="rationale"),

@@ -16,6 +16,13 @@ Qwen-VL was trained on:
   what the video shows, the same skill a reward model needs to judge text alignment. Measured on the
   tiny model (one run each, 1,000 pretrain and 1,000 cold-start steps): fast-mode TA 0.72 with the
   questions, 0.66 without; a gain within the noise of 85 test pairs.
+* path questions (with the grounding questions; `--no-path-questions` leaves them out): "Is it moving
+  left to right?", answered "Yes." or "No, it moves top to bottom." (`synth.path_answer`). Half the
+  questions name the path the first clip shows, half another path. Why: in every training pair the
+  shown path is the prompt's (wrong motion is a held-out factor), so nothing else ever makes the
+  model read the path from the video rather than copy it from the text; here the asked path is wrong
+  half the time and the answer names the shown one. No preference pair and no clip with the held-out
+  factor is made: the clips are the train split's, and only the question's words differ from them.
 
     python -m descore_sdk.training.pretrain --model TINY_BASE --data train.jsonl --out runs/pretrain
 
@@ -41,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 CAPTION_PROMPT = "Describe the video."
 GROUNDING_QUESTION = "Is this a {color} {shape}?"
+PATH_QUESTION = "Is it moving {path}?"
 
 
 def _clips(pairs) -> dict[str, dict]:
@@ -78,15 +86,17 @@ def caption_examples(pairs):
     ]
 
 
-def question_examples(pairs, *, seed: int = 0):
+def question_examples(pairs, *, seed: int = 0, path_questions: bool = True):
     """One grounding question per distinct clip of `pairs`, two clips per example sharing the question
     (`GROUNDING_QUESTION`): with probability 1/2 it names the first clip's drawn colour and shape,
     otherwise a uniformly random colour and shape. Each clip's rationale is its own answer
-    (`synth.grounding_answer`). Deterministic given `seed`."""
+    (`synth.grounding_answer`). With `path_questions`, also one path question per clip (`PATH_QUESTION`, after
+    the colour/shape ones): with probability 1/2 it names the path the first clip shows, otherwise a
+    uniformly random OTHER path; answers by `synth.path_answer`. Deterministic given `seed`."""
     import random
 
     from .data import PreferencePair
-    from .synth import COLORS, SHAPES, grounding_answer
+    from .synth import COLORS, MOTIONS, SHAPES, grounding_answer, path_answer
 
     clips = _clips(pairs)
     paths = sorted(clips)
@@ -101,13 +111,22 @@ def question_examples(pairs, *, seed: int = 0):
         examples.append(PreferencePair(
             prompt=GROUNDING_QUESTION.format(color=color, shape=shape), video_a=Path(a), video_b=Path(b), labels={},
             rationale_a=grounding_answer(clips[a], color, shape), rationale_b=grounding_answer(clips[b], color, shape)))
+    if path_questions:
+        order = sorted(clips)
+        rng.shuffle(order)  # other partners than in the colour/shape questions
+        for a, b in _two_by_two(order):
+            shown = clips[a]["motion"]
+            path = shown if rng.random() < 0.5 else rng.choice([m for m in MOTIONS if m != shown])
+            examples.append(PreferencePair(
+                prompt=PATH_QUESTION.format(path=path), video_a=Path(a), video_b=Path(b), labels={},
+                rationale_a=path_answer(clips[a], path), rationale_b=path_answer(clips[b], path)))
     return examples
 
 
-def pretrain_captioner(model_path, data_path, out_dir, config=None, *, questions: bool = True, on_missing: str = "skip",
-                       resume: bool = False) -> Path:
-    """Run captioning pre-training (with grounding questions unless `questions=False`); returns the
-    final model folder (`out_dir/model`).
+def pretrain_captioner(model_path, data_path, out_dir, config=None, *, questions: bool = True, path_questions: bool = True,
+                       on_missing: str = "skip", resume: bool = False) -> Path:
+    """Run captioning pre-training (with grounding questions unless `questions=False`, and path
+    questions among them unless `path_questions=False`); returns the final model folder (`out_dir/model`).
 
     config: a `TrainConfig`; a random-weight model needs `train_lm_head=True` (set by default here).
     """
@@ -125,7 +144,7 @@ def pretrain_captioner(model_path, data_path, out_dir, config=None, *, questions
     logger.info("Captioning pre-training on %d clips of %s%s.", 2 * len(examples), data_path,
                 ", with a grounding question per clip" if questions else "")
     if questions:
-        examples += question_examples(pairs, seed=config.seed)
+        examples += question_examples(pairs, seed=config.seed, path_questions=path_questions)
     prompts = PromptBuilder(model.tokenizer, model.descore_config)
     collator = PairCollator(prompts, config.video_cache(model.descore_config), model.dimension_names,
                             recipe="descore", cot_drop=0.0, with_labels=True, seed=config.seed)
@@ -133,7 +152,8 @@ def pretrain_captioner(model_path, data_path, out_dir, config=None, *, questions
         "stage": "pretrain_captioner",
         "model": str(Path(model_path).resolve()),
         "data": str(Path(data_path).resolve()),
-        "recipe": {"prompt": CAPTION_PROMPT, "questions": GROUNDING_QUESTION if questions else None, "lm_weight": 1.0},
+        "recipe": {"prompt": CAPTION_PROMPT, "questions": GROUNDING_QUESTION if questions else None,
+                   "path_questions": PATH_QUESTION if questions and path_questions else None, "lm_weight": 1.0},
     }
     trainer = Trainer(model, config, train_pairs=examples, collator=collator, objective=PreferenceObjective(lm_weight=1.0),
                       out_dir=out_dir, run_info=run_info)
@@ -208,6 +228,37 @@ def caption_discrimination(model, pairs, *, prompt: str = CAPTION_PROMPT, ration
     return {key: wins[key] / total[key] for key in sorted(total)}
 
 
+def path_question_accuracy(model, pairs, *, max_clips: int = 40) -> dict[str, float]:
+    """Does the model answer the path questions from the video? For the first `max_clips` distinct clips
+    of `pairs` and each of the 4 paths P, the likeliest (teacher-forced) of the 4 possible answers to
+    `PATH_QUESTION` ("Yes." or "No, it moves M." for each M ≠ P) is compared with `synth.path_answer`.
+    Returns {"asked_shown": accuracy where P is the clip's path, "asked_other": where it is not}
+    (chance 0.25 for "asked_other"; a model that copies the question says "Yes." and scores 0 there).
+    """
+    from descore_sdk.prompt import PromptBuilder
+
+    from .batching import FeatureCache
+    from .synth import MOTIONS, path_answer
+
+    prompts = PromptBuilder(model.tokenizer, model.descore_config)
+    cache = FeatureCache(model.descore_config)
+    clips = list(_clips(pairs).items())[:max_clips]
+    right: dict[str, list[bool]] = {"asked_shown": [], "asked_other": []}
+    was_training = model.training
+    model.eval()
+    try:
+        for video, meta in clips:
+            features = cache(video)
+            for asked in MOTIONS:
+                answers = ["Yes."] + [f"No, it moves {m}." for m in MOTIONS if m != asked]
+                scores = [text_log_prob(model, prompts, features, PATH_QUESTION.format(path=asked), a) for a in answers]
+                best = answers[max(range(len(answers)), key=scores.__getitem__)]
+                right["asked_shown" if asked == meta["motion"] else "asked_other"].append(best == path_answer(meta, asked))
+    finally:
+        model.train(was_training)
+    return {key: sum(v) / len(v) for key, v in right.items() if v}
+
+
 # -- command line -----------------------------------------------------------------------------------
 def run(args) -> int:
     from .arguments import report_trained, train_config_from_args
@@ -215,7 +266,7 @@ def run(args) -> int:
     config = train_config_from_args(args)
     config.train_lm_head = not config.lora  # captions need an LM head that learns to use the vocabulary
     final = pretrain_captioner(args.model, args.data, args.out, config, questions=not args.no_questions,
-                               on_missing=args.on_missing, resume=args.resume)
+                               path_questions=not args.no_path_questions, on_missing=args.on_missing, resume=args.resume)
     return report_trained(final)
 
 
@@ -231,6 +282,7 @@ def add_pretrain_arguments(p) -> None:
 
     add_train_arguments(p)
     p.add_argument("--no-questions", action="store_true", help="captions only, no grounding questions")
+    p.add_argument("--no-path-questions", action="store_true", help="grounding questions on colour and shape only")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ One step, for each preference pair (prompt, video A, video B, per-dimension labe
    stopped by `<|im_end|>` / `<|endoftext|>` or `max_new_tokens`). Sample i is the pair (CoT_A_i, CoT_B_i).
 2. Rule reward (`grpo.rule_reward`): 0.7 · sub-dimension accuracy of the verdicts the two CoTs state,
    against the pair's labels + 0.1 · format + 0.2 · length. Advantages are normalised within the
-   group of n samples (`grpo.group_advantages`); both CoTs of sample i share its advantage.
+   group of n samples (`grpo.group_advantages`); both CoTs of sample i share its advantage
+   (`credit="pair"`, the paper's). With `credit="marginal"` each CoT gets its own: CoT_A_i's reward is
+   the mean rule reward of (CoT_A_i, CoT_B_j) over the n samples j of the other video, normalised
+   among the n CoTs of its video, and likewise for CoT_B_j (`marginal_rewards`).
 3. One forward of prompt + CoT + `<Reward>` per sequence gives both the log-probabilities of the CoT
    tokens (and of the stop token that ended it) and the head's rewards at `<Reward>`.
 4. Two losses on that one forward:
@@ -110,6 +113,7 @@ LOG_FILE = "rl_log.jsonl"
 CONFIG_FILE = "rl_config.json"
 SUMMARY_FILE = "rl_summary.json"
 BT_SCOPES = ("head", "backbone")
+CREDITS = ("pair", "marginal")
 
 
 @dataclass
@@ -130,6 +134,13 @@ class RLConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
+    # Min-p sampling (Nguyen et al. 2024, transformers' `min_p`, applied after the temperature): keep only
+    # tokens with at least min_p × the top token's probability. With a temperature above 1 it makes the
+    # rollouts explore where the policy has real alternatives (a verdict word) without sampling the
+    # long tail that breaks the CoT's template elsewhere (training/BENCHMARK.md, "The RL stage").
+    # The policy-gradient log-probs stay those of the untempered policy π (no correction for sampling
+    # from a different distribution). 0 = off.
+    min_p: float = 0.0
     steps: int | None = None  # optimizer steps; None = one pass over the pairs
     pairs_per_step: int = 8  # preference pairs (GRPO groups) per optimizer step
     micro_batch: int = 1  # samples (pairs of CoTs) per forward
@@ -145,6 +156,11 @@ class RLConfig:
     bt_weight: float = 5e-3
     bt_scope: str = "head"  # "head": BT → head + <Reward> row only; "backbone": BT through the model too
     bt_ties: str = "drop"  # "drop": plain BT, human ties skipped; "rao_kupper": BT with ties (losses.py)
+    credit: str = "pair"  # "pair": CoT_A_i and CoT_B_i share sample i's advantage; "marginal": one per CoT (`marginal_rewards`)
+    # The rule reward's accuracy term over every labelled sub-dimension (True, the paper's rule), or
+    # (False) only over those where the label prefers one video, unless all are tied (`reward_labels`).
+    # The logged `rule_reward` is always the paper's; this changes what the advantages follow.
+    reward_tied_dimensions: bool = True
     length_min_tokens: int = 32
     length_max_tokens: int = 1024
     reward_weights: RewardWeights = field(default_factory=RewardWeights)
@@ -171,8 +187,12 @@ class RLConfig:
             raise InvalidInputError(f"max_new_tokens must be ≥ 1 for the model to write a CoT, got {self.max_new_tokens}.")
         if self.temperature <= 0:
             raise InvalidInputError(f"temperature must be > 0: GRPO needs sampled, different CoTs; got {self.temperature}.")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise InvalidInputError(f"min_p must be in [0, 1] (0 = off), got {self.min_p}.")
         if self.bt_ties not in TIE_MODES:
             raise InvalidInputError(f"bt_ties must be one of {TIE_MODES}, got {self.bt_ties!r}.")
+        if self.credit not in CREDITS:
+            raise InvalidInputError(f"credit must be one of {CREDITS}, got {self.credit!r}.")
         if self.bt_scope not in BT_SCOPES:
             raise InvalidInputError(f"bt_scope must be one of {BT_SCOPES}, got {self.bt_scope!r}.")
         for name in ("lr", "head_lr", "weight_decay", "max_grad_norm", "clip_eps", "kl_coef", "bt_weight"):
@@ -276,7 +296,8 @@ def sample_cots(
         mm_token_type_ids=model.mm_token_type_ids(ids),
         **batch,
         max_new_tokens=min(config.max_new_tokens, room),
-        **(dict(do_sample=False) if greedy else dict(do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)),
+        **(dict(do_sample=False) if greedy else dict(do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+                                                     min_p=config.min_p or None)),
         eos_token_id=list(stop_ids),
         pad_token_id=pad_id,
         suppress_tokens=suppressed_ids(model),
@@ -354,6 +375,36 @@ def reward_diagnostics(groups: Sequence[Sequence], reports: Sequence = ()) -> di
         "zero_variance_groups": float(np.mean([not bool(group_advantages(t).any()) for t in totals])),
         "parsed": float(np.mean([all(v is not None for v in r.severities.values()) for r in reports])) if reports else float("nan"),
     }
+
+
+def reward_labels(labels: dict, tied_dimensions: bool) -> dict:
+    """The labels the training reward judges a pair on. With `tied_dimensions=False`, the sub-dimensions
+    labelled "same" are left out when at least one is decided ("A" / "B"); a pair tied everywhere keeps
+    them all.
+
+    Why: most synthetic pairs differ in one dimension, so two thirds of the paper's accuracy term are
+    tied dimensions, which a CoT wins by calling both videos clean whatever it sees. What a CoT cannot
+    tell apart it learns to call clean (measured: training/BENCHMARK.md, "RL, second session"), and
+    the head, which reads the CoT in think mode, loses what the CoT used to carry."""
+    if tied_dimensions:
+        return labels
+    decided = {d: v for d, v in labels.items() if d in SUB_DIMENSIONS and v in ("A", "B")}
+    return decided or labels
+
+
+def marginal_rewards(reports_a: Sequence, reports_b: Sequence, labels, *, weights: RewardWeights, length_target: LengthTarget):
+    """Each CoT's own reward for `credit="marginal"`: R[i, j] = rule reward of (CoT_A_i, CoT_B_j) over
+    all n × n combinations; CoT_A_i gets the mean of row i, CoT_B_j the mean of column j. Returns two
+    (n,) arrays.
+
+    Why: the rule reward judges a PAIR of CoTs, so with the paper's pairing (sample i = (CoT_A_i,
+    CoT_B_i), one shared advantage) a right verdict in CoT_A_i is punished whenever CoT_B_i happens to
+    be wrong. The expected reward of CoT_A_i over the other video's CoTs is what its own gradient
+    should follow (E_A[∇log π(A) · E_B R(A, B)], with E_B estimated by the n samples of B); the n²
+    rule rewards are regular expressions on text, no model call."""
+    table = np.array([[rule_reward(a, b, labels, weights=weights, length_target=length_target).total for b in reports_b]
+                      for a in reports_a], dtype=np.float64)
+    return table.mean(axis=1), table.mean(axis=0)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -467,7 +518,7 @@ class DualObjectiveRL:
         """
         cfg, model, n = self.config, self.model, self.config.num_samples
         started = time.perf_counter()
-        groups = []  # (pair, rollouts_a, rollouts_b, advantages (n,), preference (1, K))
+        groups = []  # (pair, rollouts_a, rollouts_b, advantages (2n,: CoT_A_0..n-1, CoT_B_0..n-1), preference (1, K))
         rule_rewards, cot_tokens, finished, reports = [], [], [], []
         filtering = cfg.dynamic_sampling and draw is not None
         todo, drawn = list(pairs), 0
@@ -476,7 +527,17 @@ class DualObjectiveRL:
             pair = todo.pop(0) if todo else draw()
             drawn += 1
             rollouts_a, rollouts_b, rewards, parsed = self.rollout(pair)
-            advantages = group_advantages([r.total for r in rewards])
+            judged = reward_labels(pair.labels, cfg.reward_tied_dimensions)
+            if cfg.credit == "marginal":
+                own_a, own_b = marginal_rewards(parsed[0::2], parsed[1::2], judged, weights=cfg.reward_weights,
+                                                length_target=cfg.length_target)
+                advantages = torch.cat([group_advantages(own_a), group_advantages(own_b)])  # (2n,): A's, then B's
+            else:
+                totals = ([r.total for r in rewards] if judged == pair.labels else
+                          [rule_reward(a, b, judged, weights=cfg.reward_weights, length_target=cfg.length_target).total
+                           for a, b in zip(parsed[0::2], parsed[1::2])])
+                shared = group_advantages(totals)
+                advantages = torch.cat([shared, shared])
             rule_rewards.append(rewards)
             reports += parsed
             cot_tokens += [len(r.cot_ids) for r in rollouts_a + rollouts_b]
@@ -502,7 +563,8 @@ class DualObjectiveRL:
         for _, ra, rb, adv, pref in groups:
             for i in range(0, n, cfg.micro_batch):
                 idx = list(range(i, min(i + cfg.micro_batch, n)))
-                micro.append(([ra[j] for j in idx] + [rb[j] for j in idx], torch.cat([adv[idx], adv[idx]]), pref.expand(len(idx), -1)))
+                micro.append(([ra[j] for j in idx] + [rb[j] for j in idx], torch.cat([adv[idx], adv[[n + j for j in idx]]]),
+                              pref.expand(len(idx), -1)))
         # Normalisers over the whole step, so micro-batching does not change the losses: GRPO is a mean
         # over sequences with at least one scored token, BT a mean over decided (sample, dimension) entries.
         grpo_count = sum(len(r.cot_ids) + r.finished > 0 for rows, _, _ in micro for r in rows)
@@ -714,6 +776,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-samples", type=int, default=d.num_samples, help="CoTs sampled per video (GRPO group size)")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--min-p", type=float, default=d.min_p,
+                   help="min-p sampling for the rollouts (after the temperature; 0 = off): explore without breaking the template")
     p.add_argument("--pairs-per-step", type=int, default=d.pairs_per_step)
     p.add_argument("--micro-batch", type=int, default=d.micro_batch, help="samples per forward")
     p.add_argument("--updates-per-batch", type=int, default=d.updates_per_batch)
@@ -727,6 +791,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bt-weight", type=float, default=d.bt_weight)
     p.add_argument("--bt-scope", default=d.bt_scope, choices=BT_SCOPES)
     p.add_argument("--bt-ties", default=d.bt_ties, choices=TIE_MODES)
+    p.add_argument("--reward-tied-dimensions", action=argparse.BooleanOptionalAction, default=d.reward_tied_dimensions,
+                   help="the training reward's accuracy term also judges the pair's tied dimensions (the paper's rule)")
+    p.add_argument("--credit", default=d.credit, choices=CREDITS,
+                   help="pair: the two CoTs of a sample share its advantage (the paper's); marginal: each CoT its own")
     p.add_argument("--length-min-tokens", type=int, default=d.length_min_tokens)
     p.add_argument("--length-max-tokens", type=int, default=d.length_max_tokens)
     p.add_argument("--train-vision", action="store_true")
@@ -744,6 +812,7 @@ def config_from_args(args: argparse.Namespace) -> RLConfig:
         num_samples=args.num_samples,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
+        min_p=args.min_p,
         steps=args.steps,
         pairs_per_step=args.pairs_per_step,
         micro_batch=args.micro_batch,
@@ -757,6 +826,8 @@ def config_from_args(args: argparse.Namespace) -> RLConfig:
         bt_weight=args.bt_weight,
         bt_scope=args.bt_scope,
         bt_ties=args.bt_ties,
+        credit=args.credit,
+        reward_tied_dimensions=args.reward_tied_dimensions,
         length_min_tokens=args.length_min_tokens,
         length_max_tokens=args.length_max_tokens,
         train_vision=args.train_vision,

@@ -76,6 +76,7 @@ writes byte-identical files (see `encode_mp4` for what that takes from x264).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -144,9 +145,12 @@ class Scene:
     color: str
     motion: str
     background: str
+    path_in_prompt: bool = True  # False: the prompt does not say which way the object moves (`without_path`)
 
     @property
     def prompt(self) -> str:
+        if not self.path_in_prompt:
+            return f"a {self.color} {self.shape} on a {self.background} background"
         return f"a {self.color} {self.shape} moving {self.motion} on a {self.background} background"
 
 
@@ -337,6 +341,8 @@ def describe(spec: VideoSpec) -> str:
     # on each element sits right after the two words it compares, where even a tiny model can learn it.
     checks = [("colour", scene.color, spec.color), ("shape", scene.shape, spec.shape), ("path", scene.motion, spec.motion)]
     checklist = "; ".join(f"{name} asked {asked}, seen {seen}, {'match' if asked == seen else 'mismatch'}" for name, asked, seen in checks)
+    if not scene.path_in_prompt:  # nothing asked about the path: only what is seen
+        checklist = "; ".join(checklist.split("; ")[:2] + [f"path not asked, seen {spec.motion}"])
     mismatches = []
     if spec.color != scene.color or spec.shape != scene.shape:
         mismatches.append(f"the prompt asks for a {scene.color} {scene.shape} but the object is a {spec.color} {spec.shape}")
@@ -344,6 +350,32 @@ def describe(spec: VideoSpec) -> str:
         mismatches.append(f"the prompt asks for movement {scene.motion} but the object moves {spec.motion}")
     parts.append(f"Alignment: {checklist}; so " + ("; ".join(mismatches) if mismatches else "the video matches the prompt") + ".")
     return " ".join(parts)
+
+
+def without_path(pair: PreferencePair) -> PreferencePair:
+    """The same synthetic pair with a prompt that does not name the path ("a red circle on a gray
+    background") and rationales rebuilt for it: they still say which way the object moves ("I see a
+    red circle moving left to right ...", "path not asked, seen left to right"), which can then only
+    be read from the video. Labels and videos are unchanged: the clips still match the (vaguer)
+    prompt; nothing of the held-out factor is made (a train pair's clips move the scene's way).
+
+    Why: in every training pair the path the rationale states is the prompt's, so a cold-started CoT
+    copies it from the prompt (training/BENCHMARK.md, "Held-out wrong motion"); with some prompts
+    that leave it out, reading it from the video is the one rule that fits all the rationales.
+    """
+    meta = pair.meta or {}
+    if "scene" not in meta or "meta_a" not in meta or "meta_b" not in meta:
+        raise InvalidInputError("without_path needs a synthetic pair with scene / meta_a / meta_b records (`generate_benchmark`).")
+    info = meta["scene"]
+    scene = Scene(info["shape"], info["color"], info["motion"], info["background"], path_in_prompt=False)
+
+    def rationale(clip: dict) -> str:
+        spec = VideoSpec(scene=scene, factors=dict(clip["factors"]), seed=0, shape=clip["shape"], color=clip["color"],
+                         motion=clip["motion"], tint=clip["tint"], dropped=list(clip["dropped_frames"]))
+        return describe(spec)
+
+    return dataclasses.replace(pair, prompt=scene.prompt, rationale_a=rationale(meta["meta_a"]), rationale_b=rationale(meta["meta_b"]),
+                               meta={**meta, "path_in_prompt": False})
 
 
 def caption(meta: dict) -> str:
@@ -376,6 +408,16 @@ def grounding_answer(meta: dict, color: str, shape: str) -> str:
     if (meta["color"], meta["shape"]) == (color, shape):
         return "Yes."
     return f"No, it is a {meta['color']} {meta['shape']}."
+
+
+def path_answer(meta: dict, path: str) -> str:
+    """The answer to "Is it moving `path`?" about a video with ground truth `meta`: "Yes." or "No, it
+    moves top to bottom." (the path the video SHOWS). The pre-training path questions of
+    `training/pretrain.py`; the asked path is often not the shown one, so the answer cannot be copied
+    from the question (unlike a training rationale's path, which always equals its prompt's)."""
+    if path not in MOTIONS:
+        raise InvalidInputError(f"Unknown path {path!r}; paths: {list(MOTIONS)}.")
+    return "Yes." if meta["motion"] == path else f"No, it moves {meta['motion']}."
 
 
 # ----------------------------------------------------------------------------------------------------
