@@ -61,20 +61,25 @@ def test_rl_summary_verdicts():
     rising = _history([0.4, 0.6] * 5 + [0.8, 1.0] * 5)
     flat = _history([0.4, 0.6] * 10)
     good_eval = [{"step": 0, "think_accuracy": 0.80, "fast_accuracy": 0.95, "cot_accuracy": 0.6, "n_decided": 100, "n_cot_items": 300},
-                 {"step": 20, "think_accuracy": 0.85, "fast_accuracy": 0.95, "cot_accuracy": 0.7, "n_decided": 100, "n_cot_items": 300}]
+                 {"step": 20, "think_accuracy": 0.92, "fast_accuracy": 0.95, "cot_accuracy": 0.7, "n_decided": 100, "n_cot_items": 300}]
     bad_eval = [{"step": 0, "think_accuracy": 0.90, "fast_accuracy": 0.95, "n_decided": 100},
                 {"step": 20, "think_accuracy": 0.75, "fast_accuracy": 0.95, "n_decided": 100}]
 
     summary = rl_run_summary(rising, good_eval)
     assert summary["verdict"] == "improved" and summary["rule_reward"]["trend"] == "up"
-    assert summary["eval"]["think_accuracy"]["delta"] == pytest.approx(0.05)
+    assert summary["eval"]["think_accuracy"]["delta"] == pytest.approx(0.12)
     assert summary["eval"]["before_step"] == 0 and summary["eval"]["after_step"] == 20
     # The CoT verdicts are judged on all 300 labelled entries: se = √((.24 + .21)/300) = .038730.
     assert summary["eval"]["cot_accuracy"]["se"] == pytest.approx(0.038730, abs=1e-6)
     assert summary["eval"]["cot_accuracy"]["change"] == "up"
-    assert summary["eval"]["think_accuracy"]["se"] == pytest.approx(((0.16 + 0.1275) / 100) ** 0.5)
+    # se = √((.16 + .0736)/100) = .0483: +0.12 is beyond 2 SE
+    assert summary["eval"]["think_accuracy"]["se"] == pytest.approx(((0.16 + 0.0736) / 100) ** 0.5)
     line = format_rl_summary(summary)
-    assert line.startswith("RL improved over 20 steps") and "think 0.800 → 0.850" in line
+    assert line.startswith("RL improved over 20 steps") and "think 0.800 → 0.920" in line
+
+    a_little_higher = [dict(good_eval[0]), dict(good_eval[1], think_accuracy=0.85)]  # +0.05, within 2 SE (0.107)
+    assert rl_run_summary(rising, a_little_higher)["verdict"] == "reward up, think accuracy within noise"
+    assert rl_run_summary(rising)["verdict"] == "reward up, not evaluated"
 
     slightly_lower = [dict(good_eval[0]), dict(good_eval[1], think_accuracy=0.76)]  # −0.04, within 2 SE (0.11)
     assert rl_run_summary(rising, slightly_lower)["verdict"] == "reward up, think accuracy not"

@@ -238,9 +238,12 @@ def rl_run_summary(history: Sequence[Mapping], evals: Sequence[Mapping] = (), bl
     in step order (`rl.evaluate_policy`: think_accuracy, fast_accuracy, cot_accuracy, n_decided,
     n_cot_items), the
     first taken before any update. The verdict:
-      "improved"  the rule reward's block trend is up and, when evaluated, think-mode accuracy is not
-                  lower after than before and fast mode did not go down beyond 2 SE;
+      "improved"  the rule reward's block trend is up, think-mode accuracy rose beyond 2 SE and fast
+                  mode did not go down beyond 2 SE (what the RL stage is for);
+      "reward up, think accuracy within noise"  the trend is up, think mode changed by less than 2 SE
+                  and did not end lower;
       "reward up, think accuracy not"  the trend is up but think mode ended lower (within 2 SE);
+      "reward up, not evaluated"  the trend is up and the run had no evaluations to tell more;
       "worse"     the rule reward's trend is down, or think or fast accuracy went down beyond 2 SE;
       "no measurable change" otherwise (including a run too short to tell).
     """
@@ -258,11 +261,16 @@ def rl_run_summary(history: Sequence[Mapping], evals: Sequence[Mapping] = (), bl
                 changes[key] = accuracy_change(float(first[key]), float(last[key]), n)
         out["eval"] = {"before_step": first.get("step"), "after_step": last.get("step"), **changes}
     down = any(changes.get(k, {}).get("change") == "down" for k in ("think_accuracy", "fast_accuracy"))
-    think_lower = changes.get("think_accuracy", {}).get("delta", 0.0) < 0
+    think = changes.get("think_accuracy")
     if reward["trend"] == "down" or down:
         verdict = "worse"
     elif reward["trend"] == "up":
-        verdict = "reward up, think accuracy not" if think_lower else "improved"
+        if think is None or think["change"] == "unknown":
+            verdict = "reward up, not evaluated"
+        elif think["change"] == "up":
+            verdict = "improved"
+        else:
+            verdict = "reward up, think accuracy not" if think["delta"] < 0 else "reward up, think accuracy within noise"
     else:
         verdict = "no measurable change"
     out["verdict"] = verdict
