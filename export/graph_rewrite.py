@@ -161,7 +161,7 @@ def fuse_rotary_into_attention(model) -> int:
     users = _consumers(graph)
     outputs = {o.name for o in graph.output}
     padded: dict[tuple[str, str], str] = {}  # (table, total_sequence_length) → the padded table
-    extra, replaced, removed, count = [], {}, set(), 0
+    pad_nodes, replaced, removed, count = [], {}, set(), 0
 
     def rotation(name):
         node = producers.get(name)
@@ -178,9 +178,7 @@ def fuse_rotary_into_attention(model) -> int:
         """table (N, half) followed by total_sequence_length zero rows: never shorter than the kernel asks."""
         if (table, total) not in padded:
             tag = f"{table}_padded"
-            if not extra:  # shared pieces, made once
-                extra.append(numpy_helper.from_array(np.asarray([1], np.int64), "rotary_pad.one"))
-            extra_nodes = [
+            pad_nodes.extend([
                 helper.make_node("Shape", [table], [f"{tag}.shape"], start=1, end=2),
                 helper.make_node("Cast", [total], [f"{tag}.total64"], to=TensorProto.INT64),
                 # a (1,) tensor whether total_sequence_length comes as a scalar (declared) or as (1,)
@@ -189,12 +187,10 @@ def fuse_rotary_into_attention(model) -> int:
                 helper.make_node("ConstantOfShape", [f"{tag}.pad_shape"], [f"{tag}.zeros"],
                                  value=numpy_helper.from_array(np.zeros(1, np.float32))),
                 helper.make_node("Concat", [table, f"{tag}.zeros"], [tag], axis=0),
-            ]
+            ])
             padded[(table, total)] = tag
-            pad_nodes.extend(extra_nodes)
         return padded[(table, total)]
 
-    pad_nodes: list = []
     for attn in graph.node:
         if attn.op_type != "GroupQueryAttention" or attn.domain != "com.microsoft" or len(attn.input) != 7:
             continue
@@ -218,7 +214,7 @@ def fuse_rotary_into_attention(model) -> int:
         # tables and total_sequence_length, come earlier: the tables fed the rotations).
         anchor = graph.node[first]
         replaced[id(anchor)] = pad_nodes + replaced[id(anchor)]
-        graph.initializer.extend(extra)
+        graph.initializer.append(numpy_helper.from_array(np.asarray([1], np.int64), "rotary_pad.one"))
         _replace_nodes(graph, replaced, removed)
     return count
 

@@ -158,7 +158,3 @@ class PrefixStore:
         with self._lock:
             self._heads.insert(0, head)
             del self._heads[self.entries:]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._heads.clear()

@@ -143,8 +143,7 @@ class OnnxDecoderModel:
                 row, done = cache.row(b), 0
                 head = self.prefix_store.head_length(positions) if self.prefix_store is not None and cache.lengths[b] == 0 else 0
                 if 0 < head < n:  # the prompt head: copied from the store and/or in calls of its own (PrefixStore)
-                    features = self._deepstack_or_zeros(deepstack, n)
-                    features = None if features is None else features[:, :head]
+                    features = self._deepstack_or_zeros(None if deepstack is None else deepstack[:, :head], head)
                     done, stored = self.prefix_store.match(embeds[:head], positions[:, :head], features)
                     for name, buffer in (row.items() if done else ()):
                         buffer[0, :, :done] = stored["kv"][name][:, :done]
