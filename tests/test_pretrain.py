@@ -8,6 +8,7 @@ head) compared bitwise with the starting checkpoint.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,7 +257,11 @@ def test_benchmark_quick_run_reports_every_model_and_reuses_stages(tmp_path, cap
     for split in ("test_id", "test_heldout"):
         ort, pt = report["summary"][f"cold_start/onnxruntime/fast/{split}"], report["summary"][f"cold_start/torch/fast/{split}"]
         assert ort == pt
-    assert {"data", "pretrain", "cold_start", "plain_bt", "jrm", "rl", "export_cold_start", "export_rl"} <= set(report["seconds"])
+    assert {"data", "pretrain", "mix", "cold_start", "plain_bt", "jrm", "rl", "export_cold_start", "export_rl"} <= set(report["seconds"])
+    # The supervised recipes train on the mix: train.jsonl's pairs, some with the path left out of the prompt.
+    mixed, train = read_pairs(out / "data" / "train_mixed.jsonl"), read_pairs(out / "data" / "train.jsonl")
+    assert [(p.video_a, p.video_b, p.labels) for p in mixed] == [(p.video_a, p.video_b, p.labels) for p in train]
+    assert any(p.meta.get("path_in_prompt") is False for p in mixed)
     for values in report["diagnostics"].values():
         assert values and all(0.0 <= v <= 1.0 for v in values.values())
     # A second run reuses every stage (only the evaluation runs again).
@@ -264,6 +269,29 @@ def test_benchmark_quick_run_reports_every_model_and_reuses_stages(tmp_path, cap
     again = json.loads(capsys.readouterr().out)
     assert set(again["seconds"]) == {"evaluation"}
     assert again["summary"] == report["summary"]
+
+
+def test_path_free_mix_rewrites_a_seeded_share_of_the_prompts(bench, tmp_path):
+    from descore_sdk.training.benchmark import write_path_free_mix
+
+    train = read_pairs(bench["train"])
+    paths = {p.meta["scene"]["motion"] for p in train}
+    out = write_path_free_mix(bench["train"], Path(bench["train"]).parent / "mix_half.jsonl", 0.5, seed=3)
+    mixed = read_pairs(out)
+    assert read_pairs(write_path_free_mix(bench["train"], Path(bench["train"]).parent / "mix_again.jsonl", 0.5, seed=3)) == mixed
+    free = [i for i, p in enumerate(mixed) if p.meta.get("path_in_prompt") is False]
+    assert 0 < len(free) < len(train)
+    for i, (before, after) in enumerate(zip(train, mixed)):
+        assert (after.video_a, after.video_b, after.labels) == (before.video_a, before.video_b, before.labels)
+        if i in free:  # the prompt names no path; each rationale still names the path its clip shows
+            assert not any(path in after.prompt for path in paths)
+            assert after.meta["meta_a"]["motion"] in after.rationale_a and after.meta["meta_b"]["motion"] in after.rationale_b
+        else:
+            assert after == before
+    none = read_pairs(write_path_free_mix(bench["train"], Path(bench["train"]).parent / "mix_none.jsonl", 0.0, seed=3))
+    assert none == train
+    with pytest.raises(InvalidInputError, match="path-free-fraction"):
+        write_path_free_mix(bench["train"], tmp_path / "x.jsonl", 1.5, seed=3)
 
 
 def test_text_log_prob_matches_the_backbones_own_logits(bench):

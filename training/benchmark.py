@@ -11,13 +11,18 @@ interrupted benchmark continues where it stopped):
 3. pretrain   captioning pre-training with grounding and path questions on the train clips
               (`training/pretrain.py`): the tiny stand-in for the VLM pre-training a real Qwen-VL
               comes with.
-4. cold_start DeScore cold start from the pre-trained base: BT, CoT drop 0.5, rationale LM loss.
-5. plain_bt   the same backbone, BT on the fast layout only (CoT drop 1, no LM loss).
-6. jrm        JRM from the same backbone: BT + rationale LM loss, scored without CoT.
-7. rl         dual-objective RL (GRPO n=8 + BT on the head) from the cold-start checkpoint: 100 steps of
-              8 pairs each at a policy lr of 1e-4 (KL coefficient 1e-2, as the authors' config); see
-              BENCHMARK.md, "The RL stage", for what smaller settings (1 pair, lr 1e-5) did not do.
-8. export     cold_start and rl exported as ONNX bundles.
+4. mix        `data/train_mixed.jsonl`: the train pairs with a seeded half of them rewritten by
+              `synth.without_path` (a prompt that leaves the path out, rationales that still say which
+              way the object moves), so that the rationales can only be learnt by reading the path
+              from the video (BENCHMARK.md, "b4"); `--path-free-fraction 0` trains on train.jsonl as is.
+5. cold_start DeScore cold start from the pre-trained base on the mix: BT, CoT drop 0.5, rationale LM loss.
+6. plain_bt   the same backbone and data, BT on the fast layout only (CoT drop 1, no LM loss).
+7. jrm        JRM from the same backbone and data: BT + rationale LM loss, scored without CoT.
+8. rl         dual-objective RL (GRPO n=8 + BT on the head) from the cold-start checkpoint on train.jsonl:
+              100 steps of 8 pairs each at a policy lr of 1e-4 (KL coefficient 1e-2, as the authors'
+              config), rollouts at temperature 2 with min-p 0.1; see BENCHMARK.md, "The RL stage", for
+              what smaller settings (1 pair, lr 1e-5, temperature 1) did not do.
+9. export     cold_start and rl exported as ONNX bundles.
 
 Evaluation: `descore eval`'s code (`training.evaluation.evaluate_with_scorer`): accuracy without ties per
 dimension and its mean over VQ/MQ/TA, the with-ties accuracy at the threshold calibrated on a slice of
@@ -49,7 +54,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from descore_sdk.errors import DescoreError
+from descore_sdk.errors import DescoreError, InvalidInputError
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +79,9 @@ class BenchmarkSettings:
     rl_lr: float = 1e-4  # the tiny model's policy lr (RLConfig's 1e-6 default is for real VLMs); KL ~4e-3 after 25 steps
     rl_pairs_per_step: int = 8
     rl_head_lr: float = 1e-4
-    rl_temperature: float = 1.0  # rollouts; 2.0 with rl_min_p 0.1 explores without breaking the template (BENCHMARK.md, S3)
-    rl_min_p: float = 0.0
+    rl_temperature: float = 2.0  # rollouts: with rl_min_p 0.1 explores without breaking the template (BENCHMARK.md, S3)
+    rl_min_p: float = 0.1
+    path_free_fraction: float = 0.5  # of the supervised recipes' train pairs, prompt without the path (`synth.without_path`)
     batch_size: int = 16
     lr: float = 2e-3
     max_new_tokens: int = 192  # think-mode rationale budget (the synthetic rationales are ~75-100 tokens)
@@ -144,12 +150,14 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
     stages.run("pretrain", out / "pretrain" / "model" / "config.json", lambda: pretrain_captioner(
         out / "base", split["train"], out / "pretrain", _train_config(settings, settings.pretrain_steps, "constant")))
     backbone = out / "pretrain" / "model"
+    mixed = data / "train_mixed.jsonl"
+    stages.run("mix", mixed, lambda: write_path_free_mix(split["train"], mixed, settings.path_free_fraction, settings.seed))
     stages.run("cold_start", out / "cold_start" / "model" / "config.json", lambda: train_cold_start(
-        backbone, split["train"], out / "cold_start", _train_config(settings, settings.cold_steps), cot_drop=0.5, lm_weight=1.0))
+        backbone, mixed, out / "cold_start", _train_config(settings, settings.cold_steps), cot_drop=0.5, lm_weight=1.0))
     stages.run("plain_bt", out / "plain_bt" / "model" / "config.json", lambda: train_cold_start(
-        backbone, split["train"], out / "plain_bt", _train_config(settings, settings.bt_steps), cot_drop=1.0, lm_weight=0.0))
+        backbone, mixed, out / "plain_bt", _train_config(settings, settings.bt_steps), cot_drop=1.0, lm_weight=0.0))
     stages.run("jrm", out / "jrm" / "model" / "config.json", lambda: train_jrm(
-        backbone, split["train"], out / "jrm", _train_config(settings, settings.jrm_steps), lm_weight=1.0))
+        backbone, mixed, out / "jrm", _train_config(settings, settings.jrm_steps), lm_weight=1.0))
     rl_config = RLConfig(steps=settings.rl_steps, num_samples=8, pairs_per_step=settings.rl_pairs_per_step,
                          max_new_tokens=settings.max_new_tokens,
                          length_min_tokens=min(32, settings.max_new_tokens), length_max_tokens=max(settings.max_new_tokens, 32),
@@ -208,6 +216,22 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
               "summary": summarise(evaluations), "diagnostics": diagnostics, "rl": rl_effect(out / "rl", evaluations)}
     (out / REPORT_FILE).write_text(json.dumps(without_nan(report), indent=2) + "\n", encoding="utf-8")
     return report
+
+
+def write_path_free_mix(train: Path, out: Path, fraction: float, seed: int) -> Path:
+    """`train`'s pairs, each rewritten by `synth.without_path` with probability `fraction` (a seeded
+    draw per pair, so the same pairs every run), written next to it (the videos are shared)."""
+    import random
+
+    from .data import read_pairs, write_pairs_jsonl
+    from .synth import without_path
+
+    if not 0.0 <= fraction <= 1.0:
+        raise InvalidInputError(f"--path-free-fraction must lie in [0, 1], got {fraction}.")
+    rng = random.Random(seed)
+    pairs = [without_path(p) if rng.random() < fraction else p for p in read_pairs(train)]
+    logger.info("benchmark: %d of %d train pairs without the path in the prompt", sum(p.meta.get("path_in_prompt") is False for p in pairs), len(pairs))
+    return write_pairs_jsonl(pairs, out)
 
 
 def rl_effect(rl_dir: Path, evaluations: list[dict]) -> dict:
