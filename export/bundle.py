@@ -82,8 +82,11 @@ def export_bundle(
     saved as fidelity.json and summarised in the manifest. With `strict`, non-finite rewards (an fp16
     overflow) raise BundleIntegrityError.
     kv_cache: "shared" (default: the decoder updates one preallocated buffer per layer in place through
-    onnxruntime's GroupQueryAttention; fp32 / int8 / int4) or "concat" (past in, grown copy out: the
-    portable form any ONNX runtime runs; always used for fp16 / bf16 graphs). Returns the bundle folder.
+    onnxruntime's GroupQueryAttention; fp32 / int8 / int4), "shared-fp16" (the same with the attention core
+    and the cache in fp16, `export/half_cache.py`: the form onnxruntime CUDA's GroupQueryAttention kernel
+    takes, half the cache memory; measured against fp32 like a reduced precision) or "concat" (past in,
+    grown copy out: the portable form any ONNX runtime runs; always used for fp16 / bf16 graphs).
+    Returns the bundle folder.
     """
     from .onnx_export import DEFAULT_OPSET, export_onnx
     from .parity import parity_report
@@ -91,8 +94,12 @@ def export_bundle(
 
     if precision not in PRECISIONS:
         raise InvalidInputError(f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
-    if kv_cache not in ("shared", "concat"):
-        raise InvalidInputError(f"Unknown kv_cache {kv_cache!r}; use shared or concat.")
+    if kv_cache not in KV_CACHE_FORMS:
+        raise InvalidInputError(f"Unknown kv_cache {kv_cache!r}; use one of {', '.join(KV_CACHE_FORMS)}.")
+    half_cache = kv_cache == "shared-fp16"
+    if half_cache and precision in ("fp16", "bf16"):
+        raise InvalidInputError(f"{precision} graphs use the concatenating cache (already {precision} inside the "
+                                "graph); --kv-cache shared-fp16 is for fp32 / int8 / int4 decoders.")
 
     say = _printer(progress)
     out = Path(out_dir)
@@ -107,7 +114,7 @@ def export_bundle(
     model, source = _load_model(checkpoint_dir_or_model, say)
     say(f"Exporting the {model.family} model from {source} to {out} (ONNX opset {opset or DEFAULT_OPSET}) ...")
     graphs = export_onnx(model, out, opset=opset or DEFAULT_OPSET, max_frames=max_frames, max_pixels=max_pixels,
-                         kv_cache=kv_cache)
+                         kv_cache="shared" if half_cache else kv_cache)
     say(f"  graphs written: {', '.join(graphs.files)} ({sum(graphs.timings_s.values()):.1f} s)")
 
     tokenizer_files = _write_tokenizer(model, out)
@@ -129,21 +136,23 @@ def export_bundle(
                 f"The exported graphs differ from the torch model by up to {report['max_abs_diff']:.2e} "
                 f"(tolerance {report['tolerance']:.0e}); see {out / PARITY_NAME}. Do not deploy this bundle."
             )
-    if precision != "fp32":
+    if precision != "fp32" or half_cache:
         _reduce_precision(model, out, manifest, precision, say, opset=opset or DEFAULT_OPSET, graphs=graphs,
                           threads=parity_threads, fidelity_videos=fidelity_videos, fidelity_samples=fidelity_samples,
-                          progress=progress, strict=strict)
+                          progress=progress, strict=strict, half_cache=half_cache)
     say(f"Bundle ready in {out} ({time.perf_counter() - start:.1f} s). Score with: descore score VIDEO --prompt TEXT --model {out}")
     return out
 
 
 # -- reduced precision ------------------------------------------------------------------------------
 REFERENCE_DIR = ".fp32-reference"  # inside the bundle while the fidelity report runs; removed after
+KV_CACHE_FORMS = ("shared", "shared-fp16", "concat")
 
 
 def _reduce_precision(model, out: Path, manifest: dict, precision: str, say, *, opset: int, graphs, threads,
-                      fidelity_videos, fidelity_samples, progress: bool, strict: bool) -> None:
-    """Replace the fp32 graphs in `out` by `precision` ones, then measure and record what that cost.
+                      fidelity_videos, fidelity_samples, progress: bool, strict: bool, half_cache: bool = False) -> None:
+    """Replace the fp32 graphs in `out` by `precision` ones (and, with `half_cache`, the decoder's attention
+    core and cache by fp16 ones, `export/half_cache.py`), then measure and record what that cost.
 
     The fp32 bundle moves to `out/.fp32-reference` (graphs moved, other files hard-linked) to serve as
     the fidelity reference, and is deleted at the end. The manifest is removed first and rewritten only
@@ -172,6 +181,12 @@ def _reduce_precision(model, out: Path, manifest: dict, precision: str, say, *, 
             written = [name for name in half.files if name.endswith((".onnx", ".onnx.data"))] + [graphs.embedding_file]
             per_graph = {"vision": precision, "decoder": precision}
             details = {"float_type": precision, "io": "float32"}
+        elif precision == "fp32":  # only the cache changes (half_cache below)
+            for name in graph_files:
+                _link_or_copy(reference / name, out / name)
+            written = sorted(graph_files)
+            per_graph = {"vision": "fp32", "decoder": "fp32"}
+            details = {}
         else:
             bits = QUANTIZED_BITS[precision]
             say(f"Quantizing the decoder's weights to {precision} (MatMulNBits) ...")
@@ -184,6 +199,19 @@ def _reduce_precision(model, out: Path, manifest: dict, precision: str, say, *, 
             per_graph = {"vision": "fp32", "decoder": precision}
             say(f"  {details['quantized']} MatMuls now MatMulNBits ({bits} bits, block {details['block_size']}, "
                 f"accuracy_level {details['accuracy_level']}); kept fp32: {', '.join(details['kept_fp32']) or 'none'}")
+        if half_cache:
+            import onnx
+
+            from .half_cache import CACHE_RECORD, half_cache_graph
+
+            say("Casting the decoder's attention core and KV cache to fp16 (onnxruntime CUDA's GroupQueryAttention "
+                "takes fp16/bf16 caches only) ...")
+            decoder = out / graphs.decoder_file
+            proto = onnx.load(str(decoder), load_external_data=False)  # the weights stay in decoder.onnx.data
+            decoder.unlink()  # a new file, not a write through the hard link into the reference
+            onnx.save(half_cache_graph(proto), str(decoder))
+            per_graph["decoder"] = f"{per_graph['decoder']}, fp16 KV cache"
+            manifest["kv_cache"] = dict(CACHE_RECORD)
 
         files = {name: record for name, record in manifest["files"].items() if name not in graph_files}
         files.update({name: file_record(out, name) for name in written})
@@ -196,7 +224,7 @@ def _reduce_precision(model, out: Path, manifest: dict, precision: str, say, *, 
         write_manifest(out, manifest)
 
         videos = DEFAULT_FIDELITY_VIDEOS if fidelity_videos is None else int(fidelity_videos)
-        say(f"Measuring the {precision} graphs against fp32 ({videos} generated videos, the sample videos, "
+        say(f"Measuring the {per_graph['decoder']} graphs against fp32 ({videos} generated videos, the sample videos, "
             "teacher-forced logits) ...")
         report = {"precision": precision, "graphs": per_graph,
                   **fidelity_report(model, out, reference, num_videos=videos, sample_videos=fidelity_samples,

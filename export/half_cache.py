@@ -1,6 +1,7 @@
 """An in-place-cache bundle whose KV cache is fp16: the form onnxruntime CUDA can update on the GPU.
 
-    python -m descore_sdk.export.half_cache BUNDLE OUT        # BUNDLE: exported with --kv-cache shared (the default)
+    descore export CHECKPOINT OUT --kv-cache shared-fp16       # at export, with a fidelity report against fp32
+    python -m descore_sdk.export.half_cache BUNDLE OUT        # an existing --kv-cache shared bundle (the default)
 
 The default export (`--kv-cache shared`) attends through onnxruntime's GroupQueryAttention with an fp32
 cache. That op's CUDA kernel is registered for fp16 / bf16 caches only (onnxruntime contrib_ops/cuda/bert/
@@ -26,6 +27,7 @@ from descore_sdk.bundle import MANIFEST_NAME, file_record, load_bundle, write_ma
 from descore_sdk.errors import InvalidInputError
 
 GQA = "GroupQueryAttention"
+CACHE_RECORD = {"form": "shared", "cache_type": "float16", "attention": "GroupQueryAttention in fp16"}  # manifest["kv_cache"]
 
 
 def half_cache_graph(model):
@@ -101,7 +103,7 @@ def half_cache_bundle(source: str | Path, out: str | Path) -> Path:
     manifest["files"][decoder_file] = file_record(out, decoder_file)
     manifest["graphs"] = dict(manifest["graphs"])
     manifest["graphs"]["decoder"] = {**manifest["graphs"]["decoder"], **graph_io(out / decoder_file)}
-    manifest["kv_cache"] = {"form": "shared", "cache_type": "float16", "attention": "GroupQueryAttention in fp16"}
+    manifest["kv_cache"] = dict(CACHE_RECORD)
     write_manifest(out, manifest)
     load_bundle(out, verify=True)
     return out

@@ -342,7 +342,7 @@ def fidelity_summary(report: dict) -> dict:
 
 def format_fidelity(report: dict) -> str:
     """The fidelity report as a few lines of text."""
-    precision = report.get("precision", "?")
+    precision = (report.get("graphs") or {}).get("decoder") or report.get("precision", "?")
     if not report.get("measurable"):
         return f"Fidelity of the {precision} graphs: not measurable on this machine ({report.get('reason')})."
     g, s, t = report["generated"], report["samples"], report["teacher_forced_max_abs"]

@@ -320,3 +320,45 @@ def test_fp16_overflow_is_reported_and_fails_a_strict_export(tmp_path_factory):
     assert np.isfinite(report["generated"]["rewards"]["reference"]).all()  # fp32 copes; fp16 overflowed
     assert not np.isfinite(report["generated"]["rewards"]["test"]).all()
     assert _manifest(out)["fidelity"]["finite"] is False
+
+
+# -- an in-place decoder with an fp16 cache, written at export (--kv-cache shared-fp16) ----------------
+@pytest.mark.slow
+def test_cli_exports_a_shared_fp16_cache_bundle_with_its_fidelity_report(tmp_path_factory):
+    """`descore export --kv-cache shared-fp16`: the cache I/O of the in-place decoder is fp16 (what onnxruntime
+    CUDA's GroupQueryAttention takes), every weight is the fp32 bundle's, and the fidelity report holds the
+    rewards the fp32 bundle and this one really give (rescored here), close but not equal (fp16 attention)."""
+    from descore_sdk.cli import main
+
+    checkpoint, fp32 = tiny_bundle(tmp_path_factory, FAMILY)
+    out = tmp_path_factory.mktemp("cli_half_cache")
+    argv = ["export", str(checkpoint), str(out), "--max-frames", str(MAX_FRAMES), "--max-pixels", str(MAX_PIXELS),
+            "--kv-cache", "shared-fp16", "--fidelity-videos", "20"]
+    assert main(argv) == 0
+    manifest = _manifest(out)
+    assert manifest["kv_cache"]["cache_type"] == "float16" and manifest["precision"]["requested"] == "fp32"
+    load_bundle(out, verify=True)
+    for io in manifest["graphs"]["decoder"]["inputs"] + manifest["graphs"]["decoder"]["outputs"]:
+        if io["name"].startswith(("past_key_values.", "present.")):
+            assert io["dtype"] == "float16"
+    weights = [{i.name: i.raw_data for i in onnx.load(str(b / "decoder.onnx")).graph.initializer} for b in (fp32, out)]
+    assert weights[0] == weights[1]  # the same weights; only the attention core and the cache I/O change
+    assert _manifest(fp32)["files"]["decoder.onnx"] != manifest["files"]["decoder.onnx"]
+    report = json.loads((out / FIDELITY_NAME).read_text())
+    assert report["graphs"]["decoder"] == "fp32, fp16 KV cache"
+    generated = report["generated"]
+    pairs = synthetic_pairs(2)
+    videos = [v for a, b, _ in pairs for v in (a, b)]
+    prompts = [p for _, _, p in pairs for _ in range(2)]
+    np.testing.assert_allclose(_fast_rewards(fp32, videos, prompts), generated["rewards"]["reference"][:4], atol=1e-5)
+    np.testing.assert_allclose(_fast_rewards(out, videos, prompts), generated["rewards"]["test"][:4], atol=1e-5)
+    assert 0 < generated["max_abs_diff"] < 2e-2 and manifest["fidelity"]["finite"]
+
+
+def test_shared_fp16_cache_is_refused_for_half_graphs(tmp_path):
+    from descore_sdk.export.bundle import export_bundle
+
+    with pytest.raises(InvalidInputError, match="shared-fp16 is for fp32 / int8 / int4"):
+        export_bundle(tmp_path / "no-checkpoint", tmp_path / "out", precision="fp16", kv_cache="shared-fp16")
+    with pytest.raises(InvalidInputError, match="shared, shared-fp16, concat"):
+        export_bundle(tmp_path / "no-checkpoint", tmp_path / "out", kv_cache="paged")
