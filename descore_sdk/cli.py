@@ -421,11 +421,13 @@ def _add_export(sub) -> None:
                         "under ~/.cache/descore/tensorrt)")
     p.add_argument("--fidelity-videos", type=int, default=None,
                    help="generated videos in the fidelity report of a reduced-precision export (default 200)")
-    p.add_argument("--kv-cache", default="shared", choices=["shared", "shared-fp16", "concat"],
+    p.add_argument("--kv-cache", default="shared", choices=["shared", "shared-fp16", "shared-standard", "concat"],
                    help="decoder KV cache: shared (default: one buffer per layer updated in place, onnxruntime's "
                         "GroupQueryAttention), shared-fp16 (the same with an fp16 cache and attention core: the form "
-                        "onnxruntime CUDA keeps on the GPU; gets a fidelity report) or concat (past in, grown copy out: "
-                        "portable to any ONNX runtime; fp16/bf16 graphs always use it)")
+                        "onnxruntime CUDA keeps on the GPU; gets a fidelity report), shared-standard (the in-place "
+                        "contract in standard ONNX opset-24 ops, TensorScatter + Attention: what TensorRT >= 10.15 maps "
+                        "onto its KV-cache layers) or concat (past in, grown copy out: portable to any ONNX runtime; "
+                        "fp16/bf16 graphs use it unless shared-standard is asked)")
     p.set_defaults(func=cmd_export)
 
 

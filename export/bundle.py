@@ -84,8 +84,11 @@ def export_bundle(
     kv_cache: "shared" (default: the decoder updates one preallocated buffer per layer in place through
     onnxruntime's GroupQueryAttention; fp32 / int8 / int4), "shared-fp16" (the same with the attention core
     and the cache in fp16, `export/half_cache.py`: the form onnxruntime CUDA's GroupQueryAttention kernel
-    takes, half the cache memory; measured against fp32 like a reduced precision) or "concat" (past in,
-    grown copy out: the portable form any ONNX runtime runs; always used for fp16 / bf16 graphs).
+    takes, half the cache memory; measured against fp32 like a reduced precision), "shared-standard" (the
+    in-place contract in standard ONNX opset-24 ops, TensorScatter + Attention: the form TensorRT ≥ 10.15
+    maps onto its KV-cache layers, export/standard_attention.py; with fp16 / bf16 the cache is in that
+    type) or "concat" (past in, grown copy out: the portable form any ONNX runtime runs; what fp16 / bf16
+    graphs use otherwise).
     Returns the bundle folder.
     """
     from .onnx_export import DEFAULT_OPSET, export_onnx
@@ -139,18 +142,19 @@ def export_bundle(
     if precision != "fp32" or half_cache:
         _reduce_precision(model, out, manifest, precision, say, opset=opset or DEFAULT_OPSET, graphs=graphs,
                           threads=parity_threads, fidelity_videos=fidelity_videos, fidelity_samples=fidelity_samples,
-                          progress=progress, strict=strict, half_cache=half_cache)
+                          progress=progress, strict=strict, half_cache=half_cache, kv_cache=kv_cache)
     say(f"Bundle ready in {out} ({time.perf_counter() - start:.1f} s). Score with: descore score VIDEO --prompt TEXT --model {out}")
     return out
 
 
 # -- reduced precision ------------------------------------------------------------------------------
 REFERENCE_DIR = ".fp32-reference"  # inside the bundle while the fidelity report runs; removed after
-KV_CACHE_FORMS = ("shared", "shared-fp16", "concat")
+KV_CACHE_FORMS = ("shared", "shared-fp16", "shared-standard", "concat")
 
 
 def _reduce_precision(model, out: Path, manifest: dict, precision: str, say, *, opset: int, graphs, threads,
-                      fidelity_videos, fidelity_samples, progress: bool, strict: bool, half_cache: bool = False) -> None:
+                      fidelity_videos, fidelity_samples, progress: bool, strict: bool, half_cache: bool = False,
+                      kv_cache: str = "shared") -> None:
     """Replace the fp32 graphs in `out` by `precision` ones (and, with `half_cache`, the decoder's attention
     core and cache by fp16 ones, `export/half_cache.py`), then measure and record what that cost.
 
@@ -177,7 +181,7 @@ def _reduce_precision(model, out: Path, manifest: dict, precision: str, say, *, 
             say(f"Exporting {precision} graphs (fp32 islands: norms, softmax, rotary, final norm, reward head) ...")
             (out / graphs.embedding_file).unlink(missing_ok=True)  # a new file, not a write through the hard link
             half = export_onnx(model, out, opset=opset, max_frames=graphs.max_frames, max_pixels=graphs.max_pixels,
-                               float_type=precision)
+                               float_type=precision, kv_cache="shared-standard" if kv_cache == "shared-standard" else "concat")
             written = [name for name in half.files if name.endswith((".onnx", ".onnx.data"))] + [graphs.embedding_file]
             per_graph = {"vision": precision, "decoder": precision}
             details = {"float_type": precision, "io": "float32"}

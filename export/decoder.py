@@ -143,7 +143,9 @@ class DecoderWithCache(nn.Module):
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
             if index < self.num_deepstack:
                 hidden = hidden + deepstack_embeds[index].to(compute)  # zeros away from visual tokens: exact no-op there
-            presents += [key.float(), value.float()]
+            # the concatenating cache's I/O is float32 at every precision; an in-place cache keeps the type
+            # it came in (past and present are one buffer: an fp16 cache for a `shared-standard` half graph)
+            presents += [key.to(past_key.dtype), value.to(past_value.dtype)] if self.kv_cache == "shared" else [key.float(), value.float()]
         # The norm is per position, so normalising only the last one equals slicing the full output.
         # Each of norm / LM head / reward head runs in its own weights' type: export/precision.py keeps
         # the final norm and the reward head in fp32 in a half-precision graph (DESIGN.md).

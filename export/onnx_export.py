@@ -101,13 +101,19 @@ def export_onnx(
     decoder). `optimize` runs the ONNX optimiser (constant folding, dead-node removal) after export.
     `float_type`: "fp32" (default), or "fp16" / "bf16" for graphs whose weights and activations are in
     that type, with the fp32 islands of `export/precision.py` (I/O stays float32); the source model is
-    still float32 and is not modified. `kv_cache`: "concat" (past in, past + new out) or "shared" (one
-    buffer per layer updated in place through onnxruntime's GroupQueryAttention; export/decoder.py).
+    still float32 and is not modified. `kv_cache`: "concat" (past in, past + new out), "shared" (one
+    buffer per layer updated in place through onnxruntime's GroupQueryAttention; export/decoder.py) or
+    "shared-standard" (the same contract in standard ONNX opset-24 ops, TensorScatter + Attention, which
+    TensorRT ≥ 10.15 maps onto its in-place KV-cache layers; export/standard_attention.py). A
+    "shared-standard" graph in fp16 / bf16 has its cache I/O in that type (the cache is updated in place,
+    so past and present must share one type).
     """
     from .precision import HALF_TYPES, half_precision_copy
 
     if float_type != "fp32" and float_type not in HALF_TYPES:
         raise InvalidInputError(f"float_type must be fp32, {' or '.join(HALF_TYPES)}; got {float_type!r}.")
+    if kv_cache not in ("concat", "shared", "shared-standard"):
+        raise InvalidInputError(f"kv_cache must be concat, shared or shared-standard; got {kv_cache!r}.")
     backbone, head = split_model(model, reward_head)
     parts = backbone_parts(backbone)
     _check_float32(backbone, head)
@@ -139,17 +145,24 @@ def export_onnx(
             start = time.perf_counter()
             logger.info("[2/3] exporting the decoder (%d layers, KV cache, reward head) → %s",
                         len(parts.text_model.layers), out / DECODER_FILE)
-            decoder = decoder_for_export(parts, head, kv_cache)
+            standard = kv_cache == "shared-standard"
+            decoder = decoder_for_export(parts, head, "shared" if standard else kv_cache)
             if float_type != "fp32":
                 decoder = half_precision_copy(decoder, float_type)
-            _export(decoder, _decoder_example(decoder, parts), _decoder_dynamic_shapes(decoder), out / DECODER_FILE,
-                    decoder.input_names, decoder.output_names, opset, optimize, external_data,
-                    _SHARED_DECODER_AXES if kv_cache == "shared" else _DECODER_AXES)
+            cache_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[float_type] if standard else torch.float32
+            _export(decoder, _decoder_example(decoder, parts, cache_dtype), _decoder_dynamic_shapes(decoder),
+                    out / DECODER_FILE, decoder.input_names, decoder.output_names, opset, optimize, external_data,
+                    _SHARED_DECODER_AXES if decoder.kv_cache == "shared" else _DECODER_AXES)
             if kv_cache == "shared":  # the onnxruntime-specific flavour: also fuse for onnxruntime (graph_rewrite.py)
                 from .graph_rewrite import rewrite_shared_decoder
 
                 counts = rewrite_shared_decoder(out / DECODER_FILE)
                 logger.info("decoder rewrites for onnxruntime: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
+            elif standard:
+                from .standard_attention import standard_attention_in_file
+
+                counts = standard_attention_in_file(out / DECODER_FILE)
+                logger.info("decoder in standard ONNX ops: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
             timings["decoder"] = time.perf_counter() - start
 
             start = time.perf_counter()
@@ -242,7 +255,7 @@ def _vision_dynamic_shapes(vision: VisionEncoderForExport) -> tuple:
     return tuple(shapes[name] for name in vision.input_names)
 
 
-def _decoder_example(decoder: DecoderWithCache, parts: BackboneParts) -> tuple:
+def _decoder_example(decoder: DecoderWithCache, parts: BackboneParts, cache_dtype=torch.float32) -> tuple:
     b, s, p = _EXAMPLE_BATCH, _EXAMPLE_SEQ, _EXAMPLE_PAST
     hidden = int(parts.text_config.hidden_size)
     gen = torch.Generator().manual_seed(0)
@@ -257,7 +270,7 @@ def _decoder_example(decoder: DecoderWithCache, parts: BackboneParts) -> tuple:
         example += [torch.full((b,), p + s - 1, dtype=torch.int32), torch.tensor(p + s, dtype=torch.int32)]
     width = p + s + 1 if shared else p
     cache = [
-        tuple(torch.randn(b, decoder.num_kv_heads, width, decoder.head_dim, generator=gen) for _ in range(2))
+        tuple(torch.randn(b, decoder.num_kv_heads, width, decoder.head_dim, generator=gen).to(cache_dtype) for _ in range(2))
         for _ in range(decoder.num_layers)
     ]
     return (*example, cache)
