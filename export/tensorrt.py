@@ -48,8 +48,12 @@ BF16_SINCE = (9, 0)  # BuilderFlag.BF16 / DataType.BF16 are not in TensorRT 8.6'
 # Explicit quantization (QuantizeLinear/DequantizeLinear parsed into IQuantizeLayer/IDequantizeLayer) arrived in
 # TensorRT 8.0; before it int8 meant implicit calibration (IInt8Calibrator, deprecated in 10.1, gone in 11).
 QDQ_INT8_SINCE = (8, 0)
-# In-place KV-cache / fused attention layers (TensorRT release notes: IAttention 10.14, IKVCacheUpdateLayer 10.15).
+# In-place KV-cache / fused attention layers (TensorRT release notes: IAttention 10.14, IKVCacheUpdateLayer 10.15;
+# onnx-tensorrt's importers map ONNX Attention-23/24 onto IAttention and TensorScatter-24 onto IKVCacheUpdateLayer
+# from the 10.15 parser, which also reads RotaryEmbedding-23: the `--kv-cache shared-standard` decoder).
 IN_PLACE_LAYERS = (("IAttention", (10, 14)), ("IKVCacheUpdateLayer", (10, 15)))
+IN_PLACE_SINCE = (10, 15)
+STATIC_CAPACITY_DIM = "cache_capacity"  # the in-place decoder's cache axis; fixed to --max-seq for the engines
 
 
 # -- limits and profiles (pure) ------------------------------------------------------------------------
@@ -258,22 +262,67 @@ def build_strategy(tensorrt_version: str, precision: str, bundle_precision: str 
     return BuildStrategy(tensorrt_version, precision, "fp32", False, flags)
 
 
-def kv_cache_strategy(tensorrt_version: str) -> dict:
-    """What the engines do with the KV cache, for the manifest: always device-resident slabs with the graph's
-    concat (past + new → present); which in-place layers this TensorRT has, and why they are not used."""
+def decoder_form(tensorrt_version: str, quantize: bool = False) -> str:
+    """The decoder graph the engines are built from: "shared-standard" (the cache updated in place by
+    IKVCacheUpdateLayer, attention by IAttention) where this TensorRT has both layers (10.15+), else "concat"
+    (past + new concatenated into a grown copy, the graph's own ops). int8 stays "concat": its Q/DQ scales are
+    calibrated through the concatenating decoder (export/precision.calibration_feeds)."""
+    return "shared-standard" if _version(tensorrt_version) >= IN_PLACE_SINCE and not quantize else "concat"
+
+
+def kv_cache_strategy(tensorrt_version: str, form: str = "concat") -> dict:
+    """What the engines do with the KV cache, for the manifest: the form used, which in-place layers this
+    TensorRT has, and why they are not used when they are not."""
     available = [name for name, since in IN_PLACE_LAYERS if _version(tensorrt_version) >= since]
-    why = ("the bundle's decoder graph concatenates the cache (past_key_values → present); using these layers needs "
-           "a decoder exported with a fixed-size cache input and the ONNX Attention op (export/DESIGN.md, TensorRT)"
-           if available else "this TensorRT has neither IAttention (10.14+) nor IKVCacheUpdateLayer (10.15+)")
+    if form == "shared-standard":
+        return {"used": "in place: one device buffer per layer and key/value of static capacity max_seq, bound as past "
+                        "and present; TensorScatter → IKVCacheUpdateLayer, Attention → IAttention",
+                "in_place_layers_available": available}
+    if available == [name for name, _ in IN_PLACE_LAYERS]:
+        why = ("the decoder graph concatenates the cache (a --kv-cache concat bundle, or int8 engines, whose Q/DQ "
+               "calibration runs the concatenating graph); build from the checkpoint or a --kv-cache shared-standard bundle")
+    elif available:
+        why = "this TensorRT has IAttention but not IKVCacheUpdateLayer (10.15+), which the in-place decoder needs"
+    else:
+        why = "this TensorRT has neither IAttention (10.14+) nor IKVCacheUpdateLayer (10.15+)"
     return {"used": "device-resident slabs, concat in the graph", "in_place_layers_available": available,
             "in_place_not_used_because": why}
+
+
+def static_cache_graph(path: str | Path, capacity: int) -> dict[str, list[str]]:
+    """Rewrite the in-place decoder at `path` for TensorRT (IKVCacheUpdateLayer wants the cache a network input
+    of static capacity): its `cache_capacity` axis becomes `capacity` on every past/present tensor, and inputs
+    no node reads (`total_sequence_length`, which the standard graph does not use) are dropped. A new file
+    replaces the directory entry (never a write through a hard link); the weights file is not touched.
+    Returns {"fixed": names given the static axis, "dropped": inputs removed}."""
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    fixed = []
+    for info in list(graph.input) + list(graph.output):
+        for dim in info.type.tensor_type.shape.dim:
+            if dim.dim_param == STATIC_CAPACITY_DIM:
+                dim.dim_value = int(capacity)  # clears dim_param (a oneof)
+                fixed.append(info.name)
+    if not fixed:
+        raise InvalidInputError(f"{path.name} has no {STATIC_CAPACITY_DIM!r} axis: not an in-place decoder of this SDK.")
+    read = {name for node in graph.node for name in node.input}
+    dropped = [info.name for info in graph.input if info.name not in read]
+    for name in dropped:
+        graph.input.remove(next(info for info in graph.input if info.name == name))
+    path.unlink()
+    onnx.save(model, str(path))
+    return {"fixed": fixed, "dropped": dropped}
 
 
 # -- memory (pure) -------------------------------------------------------------------------------------------
 def memory_plan(manifest: dict, limits: EngineLimits, precision: str, cache_slabs: int = 3) -> dict:
     """Rough device memory of the deployed engines, in bytes: weights (the ONNX graphs' weights at the engine
-    precision), the KV cache slabs the runtime keeps (float32 I/O: 4 bytes a value; usually 3 alive: a
-    step's past and present, and a rescore's copy), and their sum. Activations/workspace come on top."""
+    precision), the KV cache slabs the runtime keeps (the cache's element type; concat: usually 3 alive, a
+    step's past and present and a rescore's copy; in place: 2, the live cache and a row-drop copy), and
+    their sum. Activations/workspace come on top."""
     model = manifest["model"]
     files = manifest["files"]
     onnx_bytes = sum(rec["bytes"] for name, rec in files.items() if name.endswith((".onnx", ".onnx.data")))
@@ -281,8 +330,12 @@ def memory_plan(manifest: dict, limits: EngineLimits, precision: str, cache_slab
     # int8: the linear layers' weights (nearly all of them) in one byte; an int8-qdq graph stores them in fp32
     scale = ({"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}.get(precision, 4)
              / {"fp32": 4, "fp16": 2, "bf16": 2, "int8-qdq": 4}.get(graph_precision, 4))
+    inputs = manifest["graphs"]["decoder"]["inputs"]
+    if any(io["name"] == "seqlens_k" for io in inputs):  # in place: the live cache and a row-drop copy
+        cache_slabs = min(cache_slabs, 2)
+    itemsize = {"float16": 2, "bfloat16": 2}.get(next((io["dtype"] for io in inputs if io["name"].startswith("past_key_values.")), ""), 4)
     slab = (2 * int(model["num_layers"]) * limits.max_batch * int(model["num_key_value_heads"]) * limits.max_seq
-            * int(model["head_dim"]) * 4)
+            * int(model["head_dim"]) * itemsize)
     weights = int(onnx_bytes * scale)
     return {"weights": weights, "kv_slab": slab, "kv_slabs": cache_slabs, "total": weights + cache_slabs * slab}
 
@@ -341,14 +394,27 @@ def build_engines(source: str | Path, out_dir: str | Path, *, precision: str = D
         f"{'strongly typed' if strategy.strongly_typed else 'builder flags ' + ','.join(strategy.flags)} {precision} engines")
 
     limit_flags = dict(max_batch=max_batch, max_frames=max_frames, max_pixels=max_pixels, max_seq=max_seq)
+    form = decoder_form(env.tensorrt_version, strategy.quantize)
     if is_bundle:
         bundle = load_bundle(source)
-        if any(io["name"] == "seqlens_k" for io in bundle.manifest["graphs"]["decoder"]["inputs"]):
-            raise InvalidInputError(
-                f"The decoder of {source} updates its KV cache in place through onnxruntime's GroupQueryAttention "
-                "(exported with --kv-cache shared, the default), an onnxruntime contrib op TensorRT's ONNX parser "
-                "does not read. Build the engines from the checkpoint, or from a bundle exported with --kv-cache concat."
-            )
+        decoder = bundle.manifest["graphs"]["decoder"]
+        if any(io["name"] == "seqlens_k" for io in decoder["inputs"]):
+            if "com.microsoft" in (decoder.get("opsets") or {}):
+                raise InvalidInputError(
+                    f"The decoder of {source} updates its KV cache in place through onnxruntime's GroupQueryAttention "
+                    "(exported with --kv-cache shared, the default), an onnxruntime contrib op TensorRT's ONNX parser "
+                    "does not read. Build the engines from the checkpoint, or from a bundle exported with --kv-cache "
+                    "shared-standard (TensorRT ≥ 10.15) or concat."
+                )
+            if form != "shared-standard":
+                raise InvalidInputError(
+                    f"The decoder of {source} updates its KV cache in place in standard ONNX ops (TensorScatter + "
+                    f"Attention), which TensorRT's parser maps onto IKVCacheUpdateLayer/IAttention from 10.15 on; this is "
+                    f"TensorRT {env.tensorrt_version}{' and int8 engines calibrate through the concatenating graph' if strategy.quantize else ''}. "
+                    "Build from the checkpoint, or from a bundle exported with --kv-cache concat."
+                )
+        else:
+            form = "concat"  # the bundle's own form: TensorRT parses the concatenating graph at any version
         limits = engine_limits(bundle.manifest, **limit_flags)  # refused here, before anything is written
         check_fits(memory_plan(bundle.manifest, limits, precision), env.gpu.total_memory, env.gpu.name)
         _copy_bundle(bundle.path, bundle.manifest, out)
@@ -357,7 +423,7 @@ def build_engines(source: str | Path, out_dir: str | Path, *, precision: str = D
 
         options = dict(export_options or {})
         options.setdefault("progress", progress)
-        options["kv_cache"] = "concat"  # TensorRT parses standard ONNX ops only (not onnxruntime's GroupQueryAttention)
+        options["kv_cache"] = form  # standard ONNX ops only (TensorRT's parser does not read onnxruntime's contrib ops)
         export_bundle(source, out, precision=strategy.graph_precision, max_frames=max_frames, max_pixels=max_pixels, **options)
     if strategy.quantize:
         _quantize_decoder(out, say)
@@ -365,6 +431,15 @@ def build_engines(source: str | Path, out_dir: str | Path, *, precision: str = D
     (out / MANIFEST_NAME).unlink()  # rewritten once the engines are complete
 
     limits = engine_limits(manifest, **limit_flags)
+    if form == "shared-standard":
+        from .bundle import graph_io
+
+        decoder_file = manifest["graphs"]["decoder"]["file"]
+        changed = static_cache_graph(out / decoder_file, limits.max_seq)
+        say(f"  {decoder_file}: KV cache capacity fixed to {limits.max_seq} (in place); "
+            f"unused inputs dropped: {', '.join(changed['dropped']) or 'none'}")
+        manifest["files"][decoder_file] = file_record(out, decoder_file)
+        manifest["graphs"]["decoder"] = {**manifest["graphs"]["decoder"], **graph_io(out / decoder_file)}
     plan = memory_plan(manifest, limits, precision)
     check_fits(plan, env.gpu.total_memory, env.gpu.name)
     cache_path = Path(timing_cache) if timing_cache is not None else default_timing_cache(env)
@@ -372,7 +447,7 @@ def build_engines(source: str | Path, out_dir: str | Path, *, precision: str = D
                "compute_capability": env.compute_capability, "gpu_name": env.gpu.name, "precision": precision,
                "strongly_typed": strategy.strongly_typed, "builder_flags": list(strategy.flags),
                "version_compatible": False, "hardware_compatibility": "none", "limits": limits.to_dict(),
-               "memory_bytes": plan, "kv_cache": kv_cache_strategy(env.tensorrt_version)}
+               "memory_bytes": plan, "kv_cache": kv_cache_strategy(env.tensorrt_version, form)}
     start = time.perf_counter()
     for kind, profiles in (("vision", vision_profiles(manifest, limits)), ("decoder", decoder_profiles(manifest, limits))):
         onnx_path = out / manifest["graphs"][kind]["file"]
@@ -477,5 +552,5 @@ def _build_engine(onnx_path: Path, plan_path: Path, profiles: list[ProfileShapes
     temporary.replace(cache_path)
 
 
-__all__ = ["EngineLimits", "BuildStrategy", "kv_cache_strategy", "engine_limits", "decoder_profiles", "vision_profiles", "build_strategy",
+__all__ = ["EngineLimits", "BuildStrategy", "kv_cache_strategy", "decoder_form", "static_cache_graph", "engine_limits", "decoder_profiles", "vision_profiles", "build_strategy",
            "memory_plan", "check_fits", "build_engines", "TRT_PRECISIONS", "DEFAULT_TRT_PRECISION"]

@@ -18,6 +18,10 @@ import threading
 
 import numpy as np
 
+from descore_sdk.errors import ContextLengthError
+
+from .decode import StepOutput
+
 # Capacity grows in steps of this many columns (at least doubling), copying the filled part once.
 _GRANULE = 64
 
@@ -25,16 +29,19 @@ _GRANULE = 64
 class SharedKVCache:
     """Per name (`past_key_values.{i}.key|value`) a (B, kv_heads, capacity, head_dim) buffer."""
 
-    def __init__(self, buffers: dict[str, np.ndarray], lengths: np.ndarray, width: int):
+    def __init__(self, buffers: dict[str, np.ndarray], lengths: np.ndarray, width: int, fixed: bool = False):
         self.buffers = buffers
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.width = int(width)
+        self.fixed = bool(fixed)  # the graph's capacity is static (a TensorRT bundle's): never grown
 
     @classmethod
-    def empty(cls, names_shapes: dict[str, tuple[int, int]], batch: int, dtype=np.float32) -> "SharedKVCache":
-        """No tokens yet; `names_shapes`: {name: (kv_heads, head_dim)}. Buffers are sized on first use."""
-        buffers = {name: np.zeros((batch, heads, 0, dim), dtype=dtype) for name, (heads, dim) in names_shapes.items()}
-        return cls(buffers, np.zeros(batch, dtype=np.int64), 0)
+    def empty(cls, names_shapes: dict[str, tuple[int, int]], batch: int, dtype=np.float32,
+              capacity: int | None = None) -> "SharedKVCache":
+        """No tokens yet; `names_shapes`: {name: (kv_heads, head_dim)}. Buffers are sized on first use, or
+        allocated at `capacity` columns (zeros) once when the graph's cache capacity is static."""
+        buffers = {name: np.zeros((batch, heads, capacity or 0, dim), dtype=dtype) for name, (heads, dim) in names_shapes.items()}
+        return cls(buffers, np.zeros(batch, dtype=np.int64), 0, fixed=capacity is not None)
 
     @property
     def batch(self) -> int:
@@ -51,6 +58,11 @@ class SharedKVCache:
         """Make room for `columns` tokens per row (grows by doubling; the filled part is copied once)."""
         if columns <= self.capacity:
             return
+        if self.fixed:
+            raise ContextLengthError(
+                f"A row of {columns} tokens does not fit the decoder's static KV cache of {self.capacity} columns (a "
+                "bundle built for TensorRT with --max-seq); lower the CoT budget or the frame count, or rebuild."
+            )
         capacity = max(columns, 2 * self.capacity)
         capacity = -(-capacity // _GRANULE) * _GRANULE
         filled = int(self.lengths.max()) if self.batch else 0
@@ -75,11 +87,77 @@ class SharedKVCache:
             new = np.zeros((len(rows),) + old.shape[1:], dtype=old.dtype)
             new[:, :, :keep] = old[rows, :, :keep]
             buffers[name] = new
-        return SharedKVCache(buffers, lengths, stop - int(start))
+        return SharedKVCache(buffers, lengths, stop - int(start), fixed=self.fixed)
 
     def row(self, b: int) -> dict[str, np.ndarray]:
         """Row b's buffers as (1, ...) views: writes through them land in this cache."""
         return {name: buffer[b : b + 1] for name, buffer in self.buffers.items()}
+
+
+class InPlaceSteps:
+    """The decode loop's `step` on an in-place cache (`SharedKVCache` or a device form of it with the same
+    `lengths` / `width` / `reserve` / `row` / `buffers`), shared by every backend whose decoder has the
+    in-place contract (onnxruntime host and device caches, TensorRT's in-place engines). A subclass gives
+    `_run_shared(inputs_embeds, position_ids, deepstack_embeds, buffers, lengths, width)` (one decoder call
+    on `buffers`: a cache's, or one row's), `num_deepstack`, `table`, `counters` and `prefix_store`
+    (a PrefixStore, or None)."""
+
+    def _step_shared(self, inputs_embeds, attention_mask, position_ids, deepstack_embeds, cache):
+        """One loop step on the in-place cache. Rows are left-padded in the loop's coordinates, so row b's
+        new tokens are its last `new[b]` columns. onnxruntime's GroupQueryAttention takes several rows
+        only one token each (decode steps); longer pieces (prefill chunks, the scoring pass) go row by row,
+        where the work is matrix products that one row already fills. The same order on every backend
+        keeps their results comparable bit for bit (the in-place graphs' contract, export/gqa.py)."""
+        batch, width = inputs_embeds.shape[:2]
+        new = np.asarray(attention_mask, dtype=np.int64)[:, -width:].sum(axis=1)
+        cache.reserve(int((cache.lengths + new).max()))
+        if width == 1 and np.all(new == 1):
+            out = self._run_shared(inputs_embeds, position_ids, deepstack_embeds, cache.buffers, cache.lengths, 1)
+        else:
+            out = None
+            for b in np.flatnonzero(new):
+                n = int(new[b])
+                embeds = inputs_embeds[b, width - n :]
+                positions = position_ids[:, b, width - n :]
+                deepstack = None if deepstack_embeds is None else deepstack_embeds[:, b, width - n :]
+                row, done = cache.row(b), 0
+                head = self.prefix_store.head_length(positions) if self.prefix_store is not None and cache.lengths[b] == 0 else 0
+                if 0 < head < n:  # the prompt head: copied from the store and/or in calls of its own (PrefixStore)
+                    features = self._deepstack_or_zeros(None if deepstack is None else deepstack[:, :head], head)
+                    done, stored = self.prefix_store.match(embeds[:head], positions[:, :head], features)
+                    for name, buffer in (row.items() if done else ()):
+                        buffer[0, :, :done] = stored["kv"][name][:, :done]
+                    self.counters["prefix_positions_reused"] += done
+                    for begin, end in self.prefix_store.blocks(done, head):
+                        self._run_shared(embeds[None, begin:end], positions[:, None, begin:end],
+                                         None if deepstack is None else deepstack[:, None, begin:end],
+                                         row, cache.lengths[b : b + 1] + begin, end - begin)
+                    if done < head:
+                        self.prefix_store.remember(embeds[:head], positions[:, :head], features, row)
+                    done = head
+                part = self._run_shared(
+                    embeds[None, done:],
+                    positions[:, None, done:],
+                    None if deepstack is None else deepstack[:, None, done:],
+                    row,
+                    cache.lengths[b : b + 1] + done,
+                    n - done,
+                )
+                if out is None:  # rows with nothing new in this chunk get zeros (the loop never reads them)
+                    out = {k: np.zeros((batch,) + v.shape[1:], dtype=v.dtype) for k, v in part.items()}
+                for k, v in part.items():
+                    out[k][b] = v[0]
+        cache.lengths = cache.lengths + new
+        cache.width = int(attention_mask.shape[1])
+        return StepOutput(out["logits"], out["hidden"], out["reward"]), cache
+
+    def _deepstack_or_zeros(self, deepstack, n: int):
+        """What the graph is fed for these tokens' DeepStack input (zeros when the loop passes none)."""
+        if not self.num_deepstack:
+            return None
+        if deepstack is None:
+            return np.zeros((self.num_deepstack, n, self.table.shape[1]), dtype=np.float32)
+        return deepstack
 
 
 class PrefixStore:

@@ -20,7 +20,7 @@ from descore_sdk.errors import BundleIntegrityError, ModelLoadError
 from descore_sdk.prompt import blocked_generation_ids, load_tokenizer
 
 from .decode import DEFAULT_PREFILL_CHUNK, DecodeRequest, DecodeSettings, RopeSpec, StepOutput, decode
-from .kv_cache import PrefixStore, SharedKVCache
+from .kv_cache import InPlaceSteps, PrefixStore, SharedKVCache
 from .onnxruntime_runner import OnnxRuntimeRunner
 from .sampling import SamplingParams
 from .vision_inputs import VisionGraphSpec, encode_in_chunks
@@ -30,7 +30,7 @@ from .vision_inputs import VisionGraphSpec, encode_in_chunks
 DEFAULT_VISION_CHUNK_PATCHES = 16384
 
 
-class OnnxDecoderModel:
+class OnnxDecoderModel(InPlaceSteps):
     """vision.onnx + decoder.onnx + embed_tokens.npy of one bundle, as the decode loop's `DecoderModel`.
     The KV cache lives in host numpy arrays; `ort_device_cache.DeviceCacheDecoderModel` keeps it on a device."""
 
@@ -54,6 +54,11 @@ class OnnxDecoderModel:
         self._cache_names = [n for n in decoder_inputs if n["name"].startswith("past_key_values.")]
         # A graph exported with --kv-cache shared updates one buffer per layer in place (runtime/kv_cache.py).
         self.shared_cache = any(n["name"] == "seqlens_k" for n in decoder_inputs)
+        # a static cache capacity (an in-place graph prepared for TensorRT, export/tensorrt.py): allocated once
+        capacity = self._cache_names[0]["shape"][2] if self._cache_names else None
+        self.static_capacity = int(capacity) if self.shared_cache and isinstance(capacity, int) else None
+        # (which export/tensorrt.static_cache_graph also drops: the standard-ops graph does not read it)
+        self.takes_total_length = any(n["name"] == "total_sequence_length" for n in decoder_inputs)
         names = [p[0] if isinstance(p, tuple) else p for p in (providers or ["CPUExecutionProvider"])]
         on_cpu = str(device).split(":")[0] == "cpu" and set(names) == {"CPUExecutionProvider"}
         if self.shared_cache and not on_cpu and not self.keeps_cache_on_device:
@@ -92,7 +97,7 @@ class OnnxDecoderModel:
     def new_cache(self, batch: int):
         if self.shared_cache:
             shapes = {meta["name"]: (int(meta["shape"][1]), int(meta["shape"][3])) for meta in self._cache_names}
-            return SharedKVCache.empty(shapes, batch)
+            return SharedKVCache.empty(shapes, batch, capacity=self.static_capacity)
         cache = {}
         for meta in self._cache_names:
             _, kv_heads, _, head_dim = meta["shape"]
@@ -123,62 +128,6 @@ class OnnxDecoderModel:
         new_cache = {name.replace("present.", "past_key_values.", 1): value for name, value in out.items() if name.startswith("present.")}
         return StepOutput(out["logits"], out["hidden"], out["reward"]), new_cache
 
-    def _step_shared(self, inputs_embeds, attention_mask, position_ids, deepstack_embeds, cache: SharedKVCache):
-        """One loop step on the in-place cache. Rows are left-padded in the loop's coordinates, so row b's
-        new tokens are its last `new[b]` columns. onnxruntime's GroupQueryAttention takes several rows
-        only one token each (decode steps); longer pieces (prefill chunks, the scoring pass) go row by row,
-        where the work is matrix products that one row already fills."""
-        batch, width = inputs_embeds.shape[:2]
-        new = np.asarray(attention_mask, dtype=np.int64)[:, -width:].sum(axis=1)
-        cache.reserve(int((cache.lengths + new).max()))
-        if width == 1 and np.all(new == 1):
-            out = self._run_shared(inputs_embeds, position_ids, deepstack_embeds, cache.buffers, cache.lengths, 1)
-        else:
-            out = None
-            for b in np.flatnonzero(new):
-                n = int(new[b])
-                embeds = inputs_embeds[b, width - n :]
-                positions = position_ids[:, b, width - n :]
-                deepstack = None if deepstack_embeds is None else deepstack_embeds[:, b, width - n :]
-                row, done = cache.row(b), 0
-                head = self.prefix_store.head_length(positions) if self.prefix_store is not None and cache.lengths[b] == 0 else 0
-                if 0 < head < n:  # the prompt head: copied from the store and/or in calls of its own (PrefixStore)
-                    features = self._deepstack_or_zeros(None if deepstack is None else deepstack[:, :head], head)
-                    done, stored = self.prefix_store.match(embeds[:head], positions[:, :head], features)
-                    for name, buffer in (row.items() if done else ()):
-                        buffer[0, :, :done] = stored["kv"][name][:, :done]
-                    self.counters["prefix_positions_reused"] += done
-                    for begin, end in self.prefix_store.blocks(done, head):
-                        self._run_shared(embeds[None, begin:end], positions[:, None, begin:end],
-                                         None if deepstack is None else deepstack[:, None, begin:end],
-                                         row, cache.lengths[b : b + 1] + begin, end - begin)
-                    if done < head:
-                        self.prefix_store.remember(embeds[:head], positions[:, :head], features, row)
-                    done = head
-                part = self._run_shared(
-                    embeds[None, done:],
-                    positions[:, None, done:],
-                    None if deepstack is None else deepstack[:, None, done:],
-                    row,
-                    cache.lengths[b : b + 1] + done,
-                    n - done,
-                )
-                if out is None:  # rows with nothing new in this chunk get zeros (the loop never reads them)
-                    out = {k: np.zeros((batch,) + v.shape[1:], dtype=v.dtype) for k, v in part.items()}
-                for k, v in part.items():
-                    out[k][b] = v[0]
-        cache.lengths = cache.lengths + new
-        cache.width = int(attention_mask.shape[1])
-        return StepOutput(out["logits"], out["hidden"], out["reward"]), cache
-
-    def _deepstack_or_zeros(self, deepstack, n: int):
-        """What the graph is fed for these tokens' DeepStack input (zeros when the loop passes none)."""
-        if not self.num_deepstack:
-            return None
-        if deepstack is None:
-            return np.zeros((self.num_deepstack, n, self.table.shape[1]), dtype=np.float32)
-        return deepstack
-
     def _run_shared(self, inputs_embeds, position_ids, deepstack_embeds, buffers: dict, lengths: np.ndarray, width: int):
         rows = inputs_embeds.shape[0]
         total = lengths + width  # tokens per row after this call
@@ -186,9 +135,10 @@ class OnnxDecoderModel:
             "inputs_embeds": np.ascontiguousarray(inputs_embeds, dtype=np.float32),
             "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64),
             "seqlens_k": (total - 1).astype(np.int32),
-            "total_sequence_length": np.asarray(total.max(), dtype=np.int32),
             **buffers,
         }
+        if self.takes_total_length:
+            feed["total_sequence_length"] = np.asarray(total.max(), dtype=np.int32)
         if self.num_deepstack:
             if deepstack_embeds is None:
                 deepstack_embeds = np.zeros((self.num_deepstack, rows, width, inputs_embeds.shape[-1]), dtype=np.float32)

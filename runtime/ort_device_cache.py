@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from descore_sdk.errors import InvalidInputError, ModelLoadError
+from descore_sdk.errors import ContextLengthError, InvalidInputError, ModelLoadError
 
 from .decode import StepOutput
 from .onnx_backend import DEFAULT_VISION_CHUNK_PATCHES, OnnxDecoderModel
@@ -114,6 +114,14 @@ class KVOps:
         _, out = self.runner.run_bound(host, {"x": x}, {"y": None}, device_type=self.device_type, device_id=self.device_id)
         return out["y"]
 
+    def zeros(self, shape: tuple, element_type: str):
+        """A zero-filled tensor of `shape` on the device (uploaded from the host once)."""
+        ort = _onnxruntime()
+        dtype = np.float16 if element_type == "float16" else np.float32
+        if element_type == "bfloat16":
+            raise ModelLoadError("A static-capacity bfloat16 cache has no host zeros to upload; export fp16 or fp32.")
+        return ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=dtype), self.device_type, self.device_id)
+
     def empty(self, shape: tuple, element_type: str):
         """A zero-size (or new) tensor of `shape` on the device."""
         ort = _onnxruntime()
@@ -142,9 +150,16 @@ class DeviceSharedCache:
         self.element_type = element_type
 
     @classmethod
-    def empty(cls, ops: KVOps, names_shapes: dict[str, tuple[int, int]], batch: int, element_type: str) -> "DeviceSharedCache":
-        buffers = {name: ops.empty((batch, heads, 0, dim), element_type) for name, (heads, dim) in names_shapes.items()}
-        return cls(ops, buffers, np.zeros(batch, dtype=np.int64), 0, element_type)
+    def empty(cls, ops: KVOps, names_shapes: dict[str, tuple[int, int]], batch: int, element_type: str,
+              capacity: int | None = None) -> "DeviceSharedCache":
+        """No tokens yet; with `capacity` (a static graph dimension) the buffers are allocated once, zeroed."""
+        if capacity is None:
+            buffers = {name: ops.empty((batch, heads, 0, dim), element_type) for name, (heads, dim) in names_shapes.items()}
+        else:
+            buffers = {name: ops.zeros((batch, heads, capacity, dim), element_type) for name, (heads, dim) in names_shapes.items()}
+        cache = cls(ops, buffers, np.zeros(batch, dtype=np.int64), 0, element_type)
+        cache.fixed = capacity is not None
+        return cache
 
     @property
     def batch(self) -> int:
@@ -154,11 +169,18 @@ class DeviceSharedCache:
     def capacity(self) -> int:
         return int(next(iter(self.buffers.values())).shape()[2]) if self.buffers else 0
 
+    fixed = False  # a static capacity (a graph prepared for TensorRT): never grown
+
     def reserve(self, columns: int) -> None:
         """Room for `columns` tokens per row: a new buffer (doubling, rounded up to 64 columns) holding the old
         one's columns and zeros after them, copied on the device."""
         if columns <= self.capacity:
             return
+        if self.fixed:
+            raise ContextLengthError(
+                f"A row of {columns} tokens does not fit the decoder's static KV cache of {self.capacity} columns (a "
+                "bundle built for TensorRT with --max-seq); lower the CoT budget or the frame count, or rebuild."
+            )
         capacity = max(columns, 2 * self.capacity)
         capacity = -(-capacity // _GRANULE) * _GRANULE
         rows = np.arange(self.batch)
@@ -175,7 +197,9 @@ class DeviceSharedCache:
             raise ValueError("DeviceSharedCache.select would drop real tokens at the start of a row")  # decode-loop bug
         lengths = np.clip(stop - first_real, 0, self.lengths[rows])
         buffers = {name: self.ops.copy(buffer, rows) for name, buffer in self.buffers.items()}
-        return DeviceSharedCache(self.ops, buffers, lengths, stop - int(start), self.element_type)
+        selected = DeviceSharedCache(self.ops, buffers, lengths, stop - int(start), self.element_type)
+        selected.fixed = self.fixed
+        return selected
 
     def row(self, b: int) -> dict[str, DeviceView]:
         """Row b of every buffer as a (1, kv_heads, capacity, head_dim) view by address: an in-place write
@@ -216,7 +240,7 @@ class DeviceCacheDecoderModel(OnnxDecoderModel):
     def new_cache(self, batch: int):
         if self.shared_cache:
             shapes = {meta["name"]: (int(meta["shape"][1]), int(meta["shape"][3])) for meta in self._cache_names}
-            return DeviceSharedCache.empty(self.ops, shapes, batch, self.cache_type)
+            return DeviceSharedCache.empty(self.ops, shapes, batch, self.cache_type, capacity=self.static_capacity)
         values = {meta["name"]: self.ops.empty((batch, int(meta["shape"][1]), 0, int(meta["shape"][3])), self.cache_type)
                   for meta in self._cache_names}
         return DeviceConcatCache(values, batch, 0)
@@ -262,9 +286,10 @@ class DeviceCacheDecoderModel(OnnxDecoderModel):
             "inputs_embeds": np.ascontiguousarray(inputs_embeds, dtype=np.float32),
             "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64),
             "seqlens_k": (total - 1).astype(np.int32),
-            "total_sequence_length": np.asarray(total.max(), dtype=np.int32),
             **self._deepstack(deepstack_embeds, rows, width, inputs_embeds.shape[-1]),
         }
+        if self.takes_total_length:
+            host["total_sequence_length"] = np.asarray(total.max(), dtype=np.int32)
         # past and present of a layer: the same device memory (the kernel's in-place mode)
         inplace = {name.replace("past_key_values.", "present.", 1): value for name, value in buffers.items()}
         out, _ = self.decoder.run_bound(host, dict(buffers), inplace, device_type=self.device_type, device_id=self.device_id)

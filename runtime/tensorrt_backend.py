@@ -12,6 +12,14 @@ slab as `present.*`, so nothing but the step's inputs (embeddings, mask, positio
 goes up and only `logits`/`hidden`/`reward` of the last position come back. Row drops and the
 user-layout rescore slice caches device-to-device (`slice_copies`).
 
+Engines built from an in-place decoder (TensorRT ≥ 10.15, `--kv-cache shared-standard`: TensorScatter +
+Attention, parsed into IKVCacheUpdateLayer + IAttention; export/standard_attention.py) keep ONE slab per
+batch: a (B, kv_heads, max_seq, head_dim) tensor per layer and key/value, bound as both `past_key_values.*`
+and `present.*` (the layer's output aliases its cache input: TensorRT 10.15's KVCacheUpdate operator docs),
+so a step writes only its new columns and every decode step has the same shapes and addresses — one
+captured CUDA graph replays them all. The step logic (decode steps batched, prefill row by row, each row
+bound by address inside the slab) is `kv_cache.InPlaceSteps`, the onnxruntime backend's own.
+
 Before anything is loaded, `check_engine_compat` refuses engines built for another TensorRT version
 or GPU with an `EngineCompatibilityError` that says how to rebuild (tested on the CPU). The GPU paths
 were written against the TensorRT 10.x and cuda-python 12.x documentation and have NOT run here.
@@ -29,9 +37,11 @@ from descore_sdk.errors import EngineCompatibilityError, InvalidInputError, Mode
 from descore_sdk.prompt import blocked_generation_ids, load_tokenizer
 
 from .decode import DEFAULT_PREFILL_CHUNK, RopeSpec, StepOutput
+from .kv_cache import InPlaceSteps
 from .onnx_backend import OnnxBackend
 from .tensorrt_runner import (
     KVSlabPool,
+    Copy2D,
     ProfileShapes,
     TensorRTRunner,
     TrtEnvironment,
@@ -130,7 +140,70 @@ def _device_index(device: str) -> int:
     return int(index or 0)
 
 
-class TensorRTDecoderModel:
+class TrtSharedCache:
+    """`kv_cache.SharedKVCache` in a device slab, for an in-place engine: per `past_key_values.*` name a dense
+    (B, kv_heads, capacity, head_dim) tensor (`CachePlan` layout; capacity = the engines' static max_seq), rows
+    packed from column 0; `lengths` (tokens per row) and `width` (the loop's mask width) as SharedKVCache's."""
+
+    def __init__(self, model: "TensorRTDecoderModel", slab, lengths, width: int):
+        self.model, self.slab = model, slab
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.width = int(width)
+
+    @property
+    def batch(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def capacity(self) -> int:
+        return self.slab.length
+
+    @property
+    def _row_bytes(self) -> int:
+        plan = self.model.plan
+        return plan.kv_heads * self.capacity * plan.head_dim * plan.itemsize
+
+    def reserve(self, columns: int) -> None:
+        if columns > self.capacity:
+            raise InvalidInputError(
+                f"A row of {columns} tokens does not fit the engines' KV cache of {self.capacity} columns (built with "
+                "--max-seq); rebuild the engines with a larger --max-seq, or lower the CoT budget or the frame count."
+            )
+
+    @property
+    def buffers(self) -> dict:
+        """{past name: (device address, shape)} of the whole batch."""
+        return {name: (self.slab.tensor_address(i), self.slab.shape()) for i, name in enumerate(self.model.plan.names)}
+
+    def row(self, b: int) -> dict:
+        """Row b of every tensor as (address, (1, kv_heads, capacity, head_dim)): an in-place write lands in this cache."""
+        shape = (1,) + self.slab.shape()[1:]
+        return {name: (self.slab.tensor_address(i) + b * self._row_bytes, shape) for i, name in enumerate(self.model.plan.names)}
+
+    def select(self, rows, start: int, stop: int | None = None) -> "TrtSharedCache":
+        """The decode loop's `slice_cache` (see `SharedKVCache.select`): the kept rows' filled columns copied
+        device-to-device into a new slab (one 2-D copy per row and tensor: kv_heads runs of columns)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        stop = self.width if stop is None else min(int(stop), self.width)
+        first_real = self.width - self.lengths[rows]
+        if np.any(start > first_real):
+            raise ValueError("TrtSharedCache.select would drop real tokens at the start of a row")  # decode-loop bug
+        lengths = np.clip(stop - first_real, 0, self.lengths[rows])
+        new = self.model.pool.new_cache(len(rows), self.capacity)
+        keep = int(lengths.max()) if len(rows) else 0
+        plan, row_bytes = self.model.plan, self._row_bytes
+        column_bytes = plan.head_dim * plan.itemsize
+        if keep:
+            copies = [Copy2D(src_offset=int(r) * row_bytes, src_pitch=self.capacity * column_bytes, dst_offset=j * row_bytes,
+                             dst_pitch=self.capacity * column_bytes, width=keep * column_bytes, height=plan.kv_heads)
+                      for j, r in enumerate(rows)]
+            for i in range(len(plan.names)):
+                for copy in copies:
+                    self.model.decoder.stream.copy_2d(new.tensor_address(i), self.slab.tensor_address(i), copy)
+        return TrtSharedCache(self.model, new, lengths, stop - int(start))
+
+
+class TensorRTDecoderModel(InPlaceSteps):
     """vision.plan + decoder.plan + embed_tokens.npy of one bundle, as the decode loop's `DecoderModel`."""
 
     def __init__(self, bundle: Bundle, *, device_index: int = 0, cuda_graphs: bool = True):
@@ -153,11 +226,24 @@ class TensorRTDecoderModel:
                                       device_index=device_index)
         self.table = np.load(bundle.embedding_path, mmap_mode="r")
         self.plan = cache_plan(bundle.manifest, self.limits["max_batch"], self.limits["max_seq"])
-        self.counters = {"vision_encodes": 0, "decoder_positions": 0}
+        self.counters = {"vision_encodes": 0, "decoder_positions": 0, "prefix_positions_reused": 0}
+        # An in-place decoder (`seqlens_k`; TensorRT's KV-cache layers) keeps one slab per batch (TrtSharedCache).
+        self.shared_cache = any(io["name"] == "seqlens_k" for io in bundle.graph("decoder")["inputs"])
+        self.prefix_store = None  # the host PrefixStore copies numpy columns; not for device slabs
         self.vision.activate()
         self.decoder.activate()
+        self._engine_inputs = set(self.decoder.input_metadata())  # TensorRT drops inputs nothing reads
         stream = self.decoder.stream
-        self.pool = KVSlabPool(self.plan, stream.malloc, stream.free)
+
+        def allocate(nbytes: int) -> int:
+            # zeroed once: the in-place attention reads the whole capacity (masked), and masked garbage that
+            # happens to be NaN would still poison the weighted sum
+            address = stream.malloc(nbytes)
+            if self.shared_cache:
+                stream.memset(address, nbytes)
+            return address
+
+        self.pool = KVSlabPool(self.plan, allocate, stream.free)
         # Step inputs and outputs get fixed device buffers at the profiles' largest shapes now, so decode
         # steps allocate nothing and keep the same addresses (what a captured CUDA graph replays with).
         for name, nbytes in step_buffer_bytes(bundle.manifest, self.decoder.profiles).items():
@@ -177,9 +263,13 @@ class TensorRTDecoderModel:
         return np.array(self.table[np.asarray(ids, dtype=np.int64)], dtype=np.float32)
 
     def new_cache(self, batch: int):
+        if self.shared_cache:
+            return TrtSharedCache(self, self.pool.new_cache(batch, self.plan.max_seq), np.zeros(batch, np.int64), 0)
         return self.pool.new_cache(batch, 0)
 
     def slice_cache(self, cache, rows: np.ndarray, start: int, stop: int | None = None):
+        if isinstance(cache, TrtSharedCache):
+            return cache.select(rows, start, stop)
         plan = self.plan
         copies, length = slice_copies(cache.batch, cache.length, plan.kv_heads, plan.head_dim, plan.itemsize, rows, start, stop)
         out = self.pool.new_cache(len(np.asarray(rows).reshape(-1)), length)
@@ -189,6 +279,8 @@ class TensorRTDecoderModel:
         return out
 
     def step(self, inputs_embeds, attention_mask, position_ids, deepstack_embeds, cache):
+        if isinstance(cache, TrtSharedCache):
+            return self._step_shared(inputs_embeds, attention_mask, position_ids, deepstack_embeds, cache)
         batch, seq = inputs_embeds.shape[:2]
         feed = {
             "inputs_embeds": np.ascontiguousarray(inputs_embeds, dtype=np.float32),
@@ -219,6 +311,43 @@ class TensorRTDecoderModel:
         stream.synchronize()  # the uploads' host arrays (feed) stay alive until here
         self.counters["decoder_positions"] += int(batch * seq)
         return StepOutput(host["logits"], host["hidden"], host["reward"]), present
+
+    def _run_shared(self, inputs_embeds, position_ids, deepstack_embeds, buffers: dict, lengths, width: int):
+        """One in-place engine call (`InPlaceSteps`): `buffers` {past name: (address, shape)} — the batch's
+        slab or one row inside it — bound as past AND present; only the last position's outputs come back."""
+        rows = inputs_embeds.shape[0]
+        total = np.asarray(lengths, dtype=np.int64) + width
+        feed = {
+            "inputs_embeds": np.ascontiguousarray(inputs_embeds, dtype=np.float32),
+            "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64),
+            "seqlens_k": (total - 1).astype(np.int32),
+            "total_sequence_length": np.asarray(total.max(), dtype=np.int32),
+        }
+        if self.num_deepstack:
+            if deepstack_embeds is None:
+                deepstack_embeds = np.zeros((self.num_deepstack, rows, width, inputs_embeds.shape[-1]), np.float32)
+            feed["deepstack_embeds"] = np.ascontiguousarray(deepstack_embeds, dtype=np.float32)
+        runner, stream = self.decoder, self.decoder.stream
+        shapes, addresses = {}, {}
+        for name, value in feed.items():
+            if name not in self._engine_inputs:
+                continue  # total_sequence_length: the standard graph does not read it, so the engine has no such input
+            addresses[name] = runner.buffer(name, value.nbytes)
+            stream.upload(addresses[name], value)
+            shapes[name] = value.shape
+        for name, (address, shape) in buffers.items():
+            shapes[name] = shape
+            addresses[name] = addresses[name.replace("past_key_values.", "present.", 1)] = address
+        hidden_size, vocab, rewards = (int(self.bundle.model[k]) for k in ("hidden_size", "vocab_size", "num_rewards"))
+        out_shapes = {"logits": (rows, vocab), "hidden": (rows, hidden_size), "reward": (rows, rewards)}
+        for name, shape in out_shapes.items():
+            addresses[name] = runner.buffer(name, int(np.prod(shape)) * 4)
+        # every decode step of a batch: the same shapes and addresses (the slab does not move), one graph
+        runner.execute(shapes, addresses, graph=self.cuda_graphs and width == 1)
+        host = {name: stream.download(addresses[name], shape, np.float32) for name, shape in out_shapes.items()}
+        stream.synchronize()
+        self.counters["decoder_positions"] += rows * width
+        return host
 
 
 class TensorRTBackend(OnnxBackend):

@@ -133,7 +133,7 @@ class CachePlan:
     head_dim: int
     max_batch: int
     max_seq: int
-    itemsize: int = 4  # graph I/O is float32 at every precision (export/DESIGN.md)
+    itemsize: int = 4  # float32 (a concatenating graph's cache I/O at every precision); 2 for an fp16/bf16 in-place cache
     alignment: int = 256  # cudaMalloc's alignment; TensorRT wants 256-byte aligned tensor addresses
 
     @property
@@ -158,11 +158,20 @@ class CachePlan:
             )
 
 
+CACHE_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
 def cache_plan(manifest: dict, max_batch: int, max_seq: int) -> CachePlan:
-    """The slab layout of a bundle's decoder (names and sizes from the manifest)."""
-    names = tuple(io["name"] for io in manifest["graphs"]["decoder"]["inputs"] if io["name"].startswith("past_key_values."))
+    """The slab layout of a bundle's decoder (names, sizes and the cache's element type from the manifest:
+    float32 for the concatenating graphs; an in-place graph's cache may be fp16/bf16)."""
+    caches = [io for io in manifest["graphs"]["decoder"]["inputs"] if io["name"].startswith("past_key_values.")]
+    names = tuple(io["name"] for io in caches)
+    types = {str(io.get("dtype", "float32")) for io in caches}
+    if len(types) > 1 or not types <= set(CACHE_ITEMSIZE):
+        raise ModelLoadError(f"The decoder's KV cache has element types {sorted(types)}; re-export the bundle.")
     model = manifest["model"]
-    return CachePlan(names, int(model["num_key_value_heads"]), int(model["head_dim"]), int(max_batch), int(max_seq))
+    return CachePlan(names, int(model["num_key_value_heads"]), int(model["head_dim"]), int(max_batch), int(max_seq),
+                     itemsize=CACHE_ITEMSIZE[types.pop() if types else "float32"])
 
 
 @dataclass(frozen=True)
@@ -329,6 +338,10 @@ class CudaStream:
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         check_cuda(self.cudart.cudaMemcpyAsync(out.ctypes.data, address, out.nbytes, kind, self.handle), "cudaMemcpyAsync D2H")
         return out
+
+    def memset(self, address: int, nbytes: int) -> None:
+        """Zero `nbytes` at `address` (cudaMemsetAsync; cuda-python 12.x runtime API)."""
+        check_cuda(self.cudart.cudaMemsetAsync(address, 0, int(nbytes), self.handle), "cudaMemsetAsync")
 
     def copy_2d(self, dst: int, src: int, copy: Copy2D) -> None:
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice

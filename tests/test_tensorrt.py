@@ -13,7 +13,7 @@ import types
 import numpy as np
 import pytest
 
-from descore_sdk.bundle import read_manifest, write_manifest
+from descore_sdk.bundle import load_bundle, read_manifest, write_manifest
 from descore_sdk.errors import (
     DeviceUnavailableError,
     EngineCompatibilityError,
@@ -36,6 +36,7 @@ from descore_sdk.runtime.tensorrt_backend import batch_groups, check_engine_comp
 from descore_sdk.runtime.tensorrt_runner import (
     GpuInfo,
     KVSlabPool,
+    ProfileShapes,
     TrtEnvironment,
     cache_plan,
     pick_profile,
@@ -644,7 +645,7 @@ def test_build_engines_refuses_before_writing(scale_bundle, tmp_path, monkeypatc
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     # The default ONNX export's decoder (in-place cache via onnxruntime's GroupQueryAttention) is not TensorRT's.
     _fake_environment(monkeypatch)
-    with pytest.raises(InvalidInputError, match="--kv-cache concat"):
+    with pytest.raises(InvalidInputError, match="GroupQueryAttention.*--kv-cache shared-standard"):
         build_engines(scale_bundle.parent / "bundle", tmp_path / "c", precision="fp32", progress=False)
     assert not (tmp_path / "c").exists()
 
@@ -689,6 +690,9 @@ class _HostDevice:
         count = int(np.prod(shape)) * np.dtype(dtype).itemsize
         return self.memory[address:address + count].copy().view(dtype).reshape(shape)
 
+    def memset(self, address, nbytes):
+        self.memory[address:address + int(nbytes)] = 0
+
     def copy_2d(self, dst, src, copy):
         for r in range(copy.height):
             s, d = src + copy.src_offset + r * copy.src_pitch, dst + copy.dst_offset + r * copy.dst_pitch
@@ -698,7 +702,7 @@ class _HostDevice:
         pass
 
 
-def _emulated_runner_class(steps: list):
+def _emulated_runner_class(steps: list, bound: list | None = None):
     """TensorRTRunner whose engine is the bundle's ONNX graph on onnxruntime (CPU), reading its inputs from and
     writing its outputs to the emulated device at the addresses the backend bound — everything but TensorRT."""
     from descore_sdk.runtime.onnxruntime_runner import OnnxRuntimeRunner
@@ -726,6 +730,8 @@ def _emulated_runner_class(steps: list):
             for name, value in self.onnx.infer(feed).items():
                 self.stream.upload(addresses[name], value)
             steps.append((self.profiles[index].name, tuple(shapes["inputs_embeds"]), graph))
+            if bound is not None:  # where the first layer's cache was bound as past and as present
+                bound.append((tuple(shapes["inputs_embeds"]), addresses["past_key_values.0.key"], addresses["present.0.key"]))
             return index
 
     return EmulatedRunner
@@ -824,6 +830,91 @@ def test_tensorrt_backend_deepstack_decodes_like_onnxruntime(tmp_path_factory, s
     think = [scorer.prepare(v, "a video", mode="think") for v in sample_videos[:2]]
     options = scorer.options.replace(mode="think")
     _same_outputs(trt.score_batch(think, options, scorer.stop_ids, [2, 5]), ort.score_batch(think, options, scorer.stop_ids, [2, 5]))
+
+
+@pytest.fixture(scope="module")
+def in_place_engines(scale_bundle, tmp_path_factory):
+    """build_engines on TensorRT 10.15 (emulated: placeholders for the plans) from the scale bundle's checkpoint:
+    the decoder exported in standard ops with its cache updated in place (export/standard_attention.py)."""
+    from descore_sdk.export import tensorrt as export_trt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(export_trt, "tensorrt_environment", lambda index=0: _env("10.15.1", "8.9"))
+        patch.setattr(export_trt, "_build_engine", lambda onnx, plan, *rest: plan.write_bytes(b"placeholder"))
+        return build_engines(scale_bundle.parent / "checkpoint", tmp_path_factory.mktemp("in_place") / "trt",
+                             precision="fp32", max_seq=1024, max_frames=4, max_pixels=160 * 160, progress=False,
+                             timing_cache=tmp_path_factory.mktemp("timing") / "t.cache")
+
+
+def test_in_place_engines_are_built_from_a_static_standard_decoder(in_place_engines):
+    manifest = read_manifest(in_place_engines)
+    engines = manifest["engines"]
+    assert engines["kv_cache"]["used"].startswith("in place") and "in_place_not_used_because" not in engines["kv_cache"]
+    decoder = manifest["graphs"]["decoder"]
+    names = [io["name"] for io in decoder["inputs"]]
+    assert "seqlens_k" in names and "total_sequence_length" not in names and "attention_mask" not in names
+    caches = [io for io in decoder["inputs"] + decoder["outputs"] if io["name"].startswith(("past_key_values.", "present."))]
+    assert caches and all(io["shape"][2] == 1024 and io["shape"][0] == "batch_size" for io in caches)
+    assert decoder["opsets"] == {"ai.onnx": 24}
+    decode, prefill = (ProfileShapes(p["name"], {k: tuple(map(tuple, v)) for k, v in p["shapes"].items()})
+                       for p in engines["decoder"]["profiles"])
+    assert decode.shapes["seqlens_k"] == ((1,), (2,), (2,)) and decode.shapes["inputs_embeds"][2][1] == 1
+    assert decode.shapes["past_key_values.0.key"][0][2] == decode.shapes["past_key_values.0.key"][2][2] == 1024
+    load_bundle(in_place_engines, verify=True)  # the rewritten decoder's sha256 is the manifest's
+    plan = engines["memory_bytes"]
+    assert plan["kv_slabs"] == 2
+
+
+def test_in_place_engines_decode_like_onnxruntime(in_place_engines, scale_bundle, sample_videos, monkeypatch):
+    """The in-place TensorRT path — one slab per batch bound as past AND present, prefill row by row at row
+    addresses inside it, decode steps batched, rows dropped by device copies — over the engines' graph (run by
+    onnxruntime in the emulated runner) gives the GroupQueryAttention bundle's CoTs and rewards; every decode
+    step of a batch has one key (shapes and addresses), so a CUDA graph replays them; the same bundle scored by
+    onnxruntime itself (a static-capacity host cache) agrees too."""
+    from descore_sdk.runtime.onnx_backend import OnnxBackend
+    from descore_sdk.runtime.tensorrt_backend import TensorRTBackend, TrtSharedCache
+    from descore_sdk.scorer import Scorer
+
+    steps, bound = [], []
+    monkeypatch.setattr(tensorrt_backend, "TensorRTRunner", _emulated_runner_class(steps, bound))
+    monkeypatch.setattr(tensorrt_backend, "tensorrt_environment", lambda index=0: _env("10.15.1", "8.9"))
+    trt, ort = TensorRTBackend(in_place_engines), OnnxBackend(scale_bundle, threads=1)
+    static = OnnxBackend(in_place_engines, threads=1)
+    assert isinstance(trt.model.new_cache(2), TrtSharedCache) and static.model.static_capacity == 1024
+    scorer = Scorer.from_pretrained(scale_bundle, device="cpu", backend_options={"threads": 1})
+    videos = [sample_videos[0], sample_videos[1], sample_videos[0]]
+    long_prompt = "a slow pan over a snowy forest at dawn, with a red fox running from left to right " * 3
+    think = [scorer.prepare(v, p, mode="think") for v, p in zip(videos, [long_prompt, "a cat", "something else"])]
+    options = scorer.options.replace(mode="think")
+    expected = ort.score_batch(think, options, scorer.stop_ids, [1, 7, 4])
+    _same_outputs(trt.score_batch(think, options, scorer.stop_ids, [1, 7, 4]), expected)
+    _same_outputs(static.score_batch(think, options, scorer.stop_ids, [1, 7, 4]), expected)
+    forced = [np.asarray([11, 12, 13, 14, 15]), np.asarray([21])]
+    _same_outputs(trt.score_batch(think[:2], options, scorer.stop_ids, [5, 5], forced_cots=forced),
+                  ort.score_batch(think[:2], options, scorer.stop_ids, [5, 5], forced_cots=forced))
+    adaptive = [scorer.prepare(v, "a video", mode="adaptive") for v in videos[:2]]
+    rule = lambda fast: np.array([False, True])  # noqa: E731
+    a = trt.score_batch(adaptive, options.replace(mode="adaptive"), scorer.stop_ids, [3, 3], think_if=rule)
+    _same_outputs(a, ort.score_batch(adaptive, options.replace(mode="adaptive"), scorer.stop_ids, [3, 3], think_if=rule))
+    assert [r.mode for r in a] == ["fast", "think"]
+    assert all(past == present for _, past, present in bound)  # in place: one buffer bound as both
+    decode = [(shape, past) for shape, past, _ in bound if shape[0] == 2 and shape[1] == 1]
+    assert len(decode) > 4 and len(set(decode)) < len(decode) / 2  # batched decode steps repeat one key
+    assert all(graph for kind, shape, graph in steps if shape[0] == 2 and shape[1] == 1)
+    assert all(shape[0] == 1 for kind, shape, graph in steps if kind == "prefill")  # prefill row by row
+    assert trt.model.pool.allocated <= 3, "in place: the live slab and a row-drop copy, reused"
+
+
+def test_in_place_graphs_need_tensorrt_10_15(in_place_engines, tmp_path, monkeypatch):
+    from descore_sdk.export import tensorrt as export_trt
+    from descore_sdk.export.tensorrt import decoder_form
+
+    assert decoder_form("10.14.1") == "concat" and decoder_form("10.15.0") == "shared-standard"
+    assert decoder_form("10.16.0", quantize=True) == "concat"
+    monkeypatch.setattr(export_trt, "tensorrt_environment", lambda index=0: _env("10.8.0", "8.9"))
+    with pytest.raises(InvalidInputError, match="IKVCacheUpdateLayer/IAttention from 10.15"):
+        build_engines(in_place_engines, tmp_path / "out", precision="fp32", progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_config_within_limits():
