@@ -373,6 +373,45 @@ QDQ_EXTRA_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "AddQ
 DEFAULT_CALIBRATION_TOKENS = 8  # CoT steps per calibration video after its prefill
 
 
+# FP8 (E4M3) Q/DQ for TensorRT's FP8 engines (compute capability ≥ 8.9). onnxruntime's quantizer has a float8
+# path, but it sets scales from the std of a Distribution calibration (a Gaussian fit that clips outliers) and
+# that calibrator fails on decoder feeds of varying sequence length (ORT 1.32: "inhomogeneous shape"). NVIDIA's
+# recipe (TensorRT Model Optimizer's FP8 default) is max calibration, per tensor: scale = amax / 448, the E4M3
+# maximum. `qdq_to_fp8` turns the int8 graph above into exactly that: the same nodes and min/max calibration
+# (int8 scale = amax / 127, symmetric), scales re-expressed for E4M3 and taken per tensor (the largest
+# channel's amax for weights), zero points float8 0, opset ≥ 19 (QuantizeLinear's float8 types).
+FP8_QDQ_PRECISION = "fp8-qdq"
+E4M3_MAX = 448.0
+
+
+def qdq_to_fp8(model) -> int:
+    """Rewrite the int8 Q/DQ ModelProto `model` (from `quantize_decoder_qdq`) into FP8 E4M3 Q/DQ in place;
+    returns the number of scales converted."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    initializers = {init.name: init for init in model.graph.initializer}
+    converted = set()
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        scale_name, zero_name = node.input[1], node.input[2]
+        if scale_name not in converted:
+            zero = numpy_helper.to_array(initializers[zero_name])
+            if zero.dtype != np.int8 or zero.any():
+                raise ValueError(f"{node.name}: not a symmetric int8 Q/DQ pair (zero point {zero.dtype})")
+            amax = numpy_helper.to_array(initializers[scale_name]).astype(np.float64) * 127.0
+            initializers[scale_name].CopyFrom(numpy_helper.from_array(np.asarray(amax.max() / E4M3_MAX, np.float32), scale_name))
+            initializers[zero_name].CopyFrom(helper.make_tensor(zero_name, TensorProto.FLOAT8E4M3FN, [], [0.0]))
+            converted.add(scale_name)
+        for attribute in [a for a in node.attribute if a.name == "axis"]:  # per tensor now
+            node.attribute.remove(attribute)
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version < 19:
+            opset.version = 19
+    return len(converted)
+
+
 def qdq_linear_nodes(model) -> list[str]:
     """The decoder's linear layers: MatMul nodes whose second input is a weight (an initializer). The
     attention products (activation × activation) and the two heads (Gemm: LM head and reward head, fp32
@@ -413,9 +452,9 @@ def calibration_feeds(bundle_dir, samples: list[tuple] | None = None, *, cot_tok
     return feeds
 
 
-def quantize_decoder_qdq(source, target, feeds: list[dict]) -> dict:
-    """Write `target`: the fp32 decoder graph `source` with int8 Q/DQ pairs before its linear layers,
-    scales calibrated (min/max) on `feeds`. Returns what was done, for the manifest."""
+def quantize_decoder_qdq(source, target, feeds: list[dict], *, fp8: bool = False) -> dict:
+    """Write `target`: the fp32 decoder graph `source` with int8 (or, with `fp8`, FP8 E4M3: `qdq_to_fp8`)
+    Q/DQ pairs before its linear layers, scales calibrated (min/max) on `feeds`. Returns what was done."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -443,9 +482,17 @@ def quantize_decoder_qdq(source, target, feeds: list[dict]) -> dict:
                         use_external_data_format=external, extra_options=dict(QDQ_EXTRA_OPTIONS))
     finally:
         logging.getLogger().removeFilter(quiet)
-    return {"format": "QDQ", "activations": "int8 symmetric per tensor", "weights": "int8 symmetric per output channel",
-            "calibration": "min/max", "calibration_calls": len(feeds), "quantized_nodes": len(nodes),
-            "kept_float": "attention products, final norm, LM head, reward head, everything that is not a linear layer"}
+    details = {"format": "QDQ", "activations": "int8 symmetric per tensor", "weights": "int8 symmetric per output channel",
+               "calibration": "min/max", "calibration_calls": len(feeds), "quantized_nodes": len(nodes),
+               "kept_float": "attention products, final norm, LM head, reward head, everything that is not a linear layer"}
+    if fp8:
+        model = onnx.load(str(target))
+        qdq_to_fp8(model)
+        for stale in (target, Path(str(target) + ".data")):
+            stale.unlink(missing_ok=True)
+        onnx.save(model, str(target), save_as_external_data=external, location=target.name + ".data" if external else None)
+        details.update(activations="fp8 e4m3 per tensor (amax / 448)", weights="fp8 e4m3 per tensor (amax / 448)")
+    return details
 
 
 class _DropMessages(logging.Filter):

@@ -48,6 +48,10 @@ BF16_SINCE = (9, 0)  # BuilderFlag.BF16 / DataType.BF16 are not in TensorRT 8.6'
 # Explicit quantization (QuantizeLinear/DequantizeLinear parsed into IQuantizeLayer/IDequantizeLayer) arrived in
 # TensorRT 8.0; before it int8 meant implicit calibration (IInt8Calibrator, deprecated in 10.1, gone in 11).
 QDQ_INT8_SINCE = (8, 0)
+# FP8 (E4M3) explicit quantization: Q/DQ with float8 types in a strongly typed network (TensorRT 10 docs, "Working
+# with Quantized Types"); FP8 tensor cores need compute capability 8.9 (Ada) or 9.0+ (Hopper, Blackwell).
+FP8_SINCE = (10, 0)
+FP8_MIN_COMPUTE_CAPABILITY = (8, 9)
 # In-place KV-cache / fused attention layers (TensorRT release notes: IAttention 10.14, IKVCacheUpdateLayer 10.15;
 # onnx-tensorrt's importers map ONNX Attention-23/24 onto IAttention and TensorScatter-24 onto IKVCacheUpdateLayer
 # from the 10.15 parser, which also reads RotaryEmbedding-23: the `--kv-cache shared-standard` decoder).
@@ -211,16 +215,26 @@ def build_strategy(tensorrt_version: str, precision: str, bundle_precision: str 
     the graph precision this returns). int8: the fp32 decoder gets int8 Q/DQ pairs before its linear layers
     (`quantize`; calibrated on real prefill inputs, export/precision.py), the rest stays fp32; strongly typed
     from TensorRT 9 (explicit quantization needs no precision flag there, and 11 has none), the INT8 builder
-    flag on 8.x, refused before 8.0. fp8 stays refused (see the message)."""
+    flag on 8.x, refused before 8.0. fp8: the same Q/DQ graph with FP8 E4M3 scales (`precision.qdq_to_fp8`),
+    strongly typed, TensorRT ≥ 10 (the GPU's compute capability ≥ 8.9 is checked by `build_engines`)."""
     if precision not in TRT_PRECISIONS:
         raise InvalidInputError(f"Unknown TensorRT precision {precision!r}; use one of {', '.join(TRT_PRECISIONS)}.")
     version = _version(tensorrt_version)
     if precision == "fp8":
-        raise InvalidInputError(
-            "--precision fp8 engines need FP8 (E4M3) Q/DQ graphs calibrated for FP8, e.g. from NVIDIA TensorRT Model "
-            "Optimizer, and a GPU of compute capability ≥ 8.9; descore export writes int8 Q/DQ graphs only, whose "
-            "fidelity it can check on the CPU. Build --precision int8, fp16 or bf16."
-        )
+        from .precision import FP8_QDQ_PRECISION
+
+        if version < FP8_SINCE:
+            raise InvalidInputError(
+                f"fp8 engines are built from FP8 (E4M3) Q/DQ graphs in a strongly typed network, written here for "
+                f"TensorRT ≥ 10; this is TensorRT {tensorrt_version}. Build --precision int8 or fp16."
+            )
+        if bundle_precision not in (None, "fp32", FP8_QDQ_PRECISION):
+            raise InvalidInputError(
+                f"fp8 engines are built from fp32 graphs with FP8 Q/DQ pairs inserted; this bundle's decoder is "
+                f"{bundle_precision}. Build from an fp32 --kv-cache concat bundle or from the checkpoint."
+            )
+        return BuildStrategy(tensorrt_version, "fp8", bundle_precision or "fp32", True, (),
+                             quantize=bundle_precision != FP8_QDQ_PRECISION)
     if precision == "int8":
         from .precision import QDQ_PRECISION
 
@@ -328,8 +342,8 @@ def memory_plan(manifest: dict, limits: EngineLimits, precision: str, cache_slab
     onnx_bytes = sum(rec["bytes"] for name, rec in files.items() if name.endswith((".onnx", ".onnx.data")))
     graph_precision = manifest["graphs"]["decoder"].get("precision", "fp32")
     # int8: the linear layers' weights (nearly all of them) in one byte; an int8-qdq graph stores them in fp32
-    scale = ({"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}.get(precision, 4)
-             / {"fp32": 4, "fp16": 2, "bf16": 2, "int8-qdq": 4}.get(graph_precision, 4))
+    scale = ({"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "fp8": 1}.get(precision, 4)
+             / {"fp32": 4, "fp16": 2, "bf16": 2, "int8-qdq": 4, "fp8-qdq": 4}.get(graph_precision, 4))
     inputs = manifest["graphs"]["decoder"]["inputs"]
     if any(io["name"] == "seqlens_k" for io in inputs):  # in place: the live cache and a row-drop copy
         cache_slabs = min(cache_slabs, 2)
@@ -384,6 +398,11 @@ def build_engines(source: str | Path, out_dir: str | Path, *, precision: str = D
         raise InvalidInputError("Write the TensorRT bundle into a new folder, not into its source.")
 
     env = tensorrt_environment(device_index)  # MissingDependencyError / DeviceUnavailableError, before any work
+    if precision == "fp8" and _version(env.compute_capability) < FP8_MIN_COMPUTE_CAPABILITY:
+        raise InvalidInputError(
+            f"fp8 engines need FP8 tensor cores (compute capability ≥ 8.9: Ada, Hopper, Blackwell); {env.gpu.name} is "
+            f"{env.compute_capability}. Build --precision int8 or fp16."
+        )
     strategy = build_strategy(env.tensorrt_version, precision, read_manifest(source)["graphs"]["decoder"].get(
         "precision", "fp32") if is_bundle else None)
     if strategy.quantize:  # the Q/DQ export reads and writes the graph with the onnx package (export extra)
@@ -426,7 +445,7 @@ def build_engines(source: str | Path, out_dir: str | Path, *, precision: str = D
         options["kv_cache"] = form  # standard ONNX ops only (TensorRT's parser does not read onnxruntime's contrib ops)
         export_bundle(source, out, precision=strategy.graph_precision, max_frames=max_frames, max_pixels=max_pixels, **options)
     if strategy.quantize:
-        _quantize_decoder(out, say)
+        _quantize_decoder(out, say, fp8=precision == "fp8")
     manifest = read_manifest(out)
     (out / MANIFEST_NAME).unlink()  # rewritten once the engines are complete
 
@@ -466,18 +485,19 @@ def build_engines(source: str | Path, out_dir: str | Path, *, precision: str = D
     return out
 
 
-def _quantize_decoder(out: Path, say) -> None:
+def _quantize_decoder(out: Path, say, fp8: bool = False) -> None:
     """int8: replace the fp32 decoder of the bundle `out` by its Q/DQ form, calibrated on the decoder inputs of
     real prefills (the packaged sample videos) through the bundle itself; the manifest follows. The new file
     replaces the directory entry, never writing through a hard link into the source bundle."""
-    from .precision import QDQ_PRECISION, calibration_feeds, quantize_decoder_qdq
+    from .precision import FP8_QDQ_PRECISION, QDQ_PRECISION, calibration_feeds, quantize_decoder_qdq
 
     manifest = read_manifest(out)
     decoder_file = manifest["graphs"]["decoder"]["file"]
     say(f"  calibrating int8 Q/DQ scales of {decoder_file} on real prefills (the packaged sample videos) ...")
     feeds = calibration_feeds(out)
-    details = quantize_decoder_qdq(out / decoder_file, out / decoder_file, feeds)
-    say(f"  {details['quantized_nodes']} linear layers get int8 Q/DQ ({details['calibration_calls']} calibration calls)")
+    details = quantize_decoder_qdq(out / decoder_file, out / decoder_file, feeds, fp8=fp8)
+    say(f"  {details['quantized_nodes']} linear layers get {'fp8' if fp8 else 'int8'} Q/DQ "
+        f"({details['calibration_calls']} calibration calls)")
     for name in list(manifest["files"]):
         if name == decoder_file or name == decoder_file + ".data":
             del manifest["files"][name]
@@ -485,7 +505,7 @@ def _quantize_decoder(out: Path, say) -> None:
         if (out / name).is_file():
             manifest["files"][name] = file_record(out, name)
     manifest["files"] = dict(sorted(manifest["files"].items()))
-    manifest["graphs"]["decoder"]["precision"] = QDQ_PRECISION
+    manifest["graphs"]["decoder"]["precision"] = FP8_QDQ_PRECISION if fp8 else QDQ_PRECISION
     manifest["quantization"] = details
     write_manifest(out, manifest)
 

@@ -360,5 +360,5 @@ def test_shared_fp16_cache_is_refused_for_half_graphs(tmp_path):
 
     with pytest.raises(InvalidInputError, match="shared-fp16 is for fp32 / int8 / int4"):
         export_bundle(tmp_path / "no-checkpoint", tmp_path / "out", precision="fp16", kv_cache="shared-fp16")
-    with pytest.raises(InvalidInputError, match="shared, shared-fp16, concat"):
+    with pytest.raises(InvalidInputError, match="shared, shared-fp16, shared-standard, concat"):
         export_bundle(tmp_path / "no-checkpoint", tmp_path / "out", kv_cache="paged")

@@ -252,7 +252,8 @@ def test_build_strategy_by_version():
     ("10.3.0", "fp16", "fp32", "--precision fp16"),
     ("8.6.2", "bf16", None, "TensorRT ≥ 9"),
     ("8.6.2", "fp16", "fp16", "fp32 bundle"),
-    ("10.8.0", "fp8", None, "FP8"),
+    ("9.3.0", "fp8", None, "TensorRT ≥ 10"),
+    ("10.8.0", "fp8", "int8-qdq", "FP8 Q/DQ"),
     ("7.2.3", "int8", None, "8.0"),
     ("10.8.0", "int8", "fp16", "fp32 graphs with Q/DQ"),
     ("10.8.0", "int8", "int4", "fp32 graphs with Q/DQ"),
@@ -272,6 +273,9 @@ def test_int8_strategy_by_version():
     assert (s.strongly_typed, s.flags, s.quantize, s.graph_precision) == (False, ("INT8",), True, "fp32")
     s = build_strategy("10.8.0", "int8", "int8-qdq")  # rebuilding from an int8 TensorRT bundle: already quantized
     assert not s.quantize and s.graph_precision == "int8-qdq"
+    s = build_strategy("10.8.0", "fp8", "fp32")  # FP8 E4M3 Q/DQ, strongly typed only
+    assert (s.strongly_typed, s.flags, s.quantize, s.graph_precision) == (True, (), True, "fp32")
+    assert not build_strategy("10.8.0", "fp8", "fp8-qdq").quantize
 
 
 # -- engine compatibility -----------------------------------------------------------------------------------------
@@ -633,6 +637,88 @@ def test_int8_qdq_decoder_tracks_fp32_on_onnxruntime(int8_bundle, scale_bundle, 
     assert 1e-3 < diff.mean() <= 0.08 and diff.max() <= 0.6
     assert np.abs(a.rewards - b.rewards).max() <= 0.15
     assert (a.step_logits.argmax(-1) == b.step_logits.argmax(-1)).mean() >= 0.8
+
+
+@pytest.fixture(scope="module")
+def fp8_bundle(scale_bundle, tmp_path_factory):
+    """`build_engines(--precision fp8)` on the concat scale bundle for an sm 8.9 GPU, TensorRT's own build replaced
+    by placeholder bytes (the Q/DQ export, calibration and manifest are the real ones)."""
+    from descore_sdk.export import tensorrt as export_trt
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(export_trt, "tensorrt_environment", lambda index=0: TrtEnvironment("10.8.0", GpuInfo(0, "Test GPU", "8.9", 24 << 30)))
+    patch.setattr(export_trt, "_build_engine", lambda onnx_path, plan_path, *rest: plan_path.write_bytes(b"placeholder"))
+    folder = tmp_path_factory.mktemp("fp8")
+    try:
+        out = build_engines(scale_bundle, folder / "trt", precision="fp8", max_seq=1024, progress=False,
+                            timing_cache=folder / "timing.cache")
+    finally:
+        patch.undo()
+    return out
+
+
+def test_fp8_build_writes_an_e4m3_qdq_decoder(fp8_bundle, int8_bundle, scale_bundle):
+    """Every linear layer's activation and weight behind an FP8 E4M3 Q/DQ pair: zero points float8 0, one scale
+    per tensor; a weight's scale is max|W| / 448 (the E4M3 maximum) from the fp32 weights, an activation's the
+    calibrated amax / 448 (the int8 build's scale × 127 / 448: the same min/max calibration); opset ≥ 19."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, numpy_helper
+
+    bundle = load_bundle(fp8_bundle, verify=True)
+    assert bundle.manifest["graphs"]["decoder"]["precision"] == "fp8-qdq" and bundle.manifest["engines"]["precision"] == "fp8"
+    assert bundle.manifest["engines"]["kv_cache"]["used"].startswith("device-resident")  # Q/DQ: the concat graph
+    model = onnx.load(str(fp8_bundle / "decoder.onnx"))
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 19
+    fp32 = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(scale_bundle / "decoder.onnx")).graph.initializer}
+    int8 = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(int8_bundle / "decoder.onnx")).graph.initializer}
+    inits = {i.name: i for i in model.graph.initializer}
+    producer = {out: node for node in model.graph.node for out in node.output}
+    linear = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in producer
+              and producer[n.input[1]].op_type == "DequantizeLinear"]
+    assert len(linear) == 14
+    for node in linear:
+        for index in (0, 1):
+            q = producer[producer[node.input[index]].input[0]]
+            assert q.op_type == "QuantizeLinear" and not any(a.name == "axis" for a in q.attribute)
+            zero = inits[q.input[2]]
+            assert zero.data_type == TensorProto.FLOAT8E4M3FN and not numpy_helper.to_array(zero).astype(np.float32).any()
+            scale = numpy_helper.to_array(inits[q.input[1]])
+            assert scale.shape == ()
+            if index == 1:
+                np.testing.assert_allclose(scale, np.abs(fp32[q.input[0]]).max() / 448, rtol=1e-6)
+            else:
+                np.testing.assert_allclose(scale, int8[q.input[1]] * 127 / 448, rtol=1e-6)
+
+
+def test_fp8_qdq_decoder_tracks_fp32_on_onnxruntime(fp8_bundle, scale_bundle, sample_videos):
+    """onnxruntime's CPU provider runs the E4M3 Q/DQ graph; teacher-forced against fp32 on a prompt the calibration
+    never saw. Stated tolerance: mean |Δ logits| ≤ 0.15 and max ≤ 1.0 (logits' std ~1; E4M3 keeps 3 mantissa bits,
+    per-tensor weights: measured mean 0.092, max 0.60, rewards 0.11, greedy 0.74), rewards within 0.3, greedy choice
+    equal at ≥ 70 % of steps; and not equal (really quantized)."""
+    from descore_sdk.runtime.onnx_backend import OnnxBackend
+    from descore_sdk.scorer import Scorer
+
+    fp8, fp32 = OnnxBackend(fp8_bundle, threads=1), OnnxBackend(scale_bundle, threads=1)
+    scorer = Scorer.from_pretrained(scale_bundle, device="cpu", backend_options={"threads": 1})
+    inputs = scorer.prepare(sample_videos[0], "a man rides a horse along a beach at sunset", mode="think")
+    cot = scorer.prompts.encode("The motion is fluid, the lighting is consistent and the subject matches the text.")
+    options = scorer.options.replace(mode="think")
+    a = fp8.score_batch([inputs], options, scorer.stop_ids, [len(cot)], forced_cots=[cot], record_logits=True)[0]
+    b = fp32.score_batch([inputs], options, scorer.stop_ids, [len(cot)], forced_cots=[cot], record_logits=True)[0]
+    diff = np.abs(a.step_logits - b.step_logits)
+    agree = (a.step_logits.argmax(-1) == b.step_logits.argmax(-1)).mean()
+    print(f"\nfp8 Q/DQ vs fp32: logits mean {diff.mean():.4f} max {diff.max():.4f} (std {b.step_logits.std():.3f}), "
+          f"rewards {np.abs(a.rewards - b.rewards).max():.4f}, greedy agree {agree:.2f}")
+    assert 1e-3 < diff.mean() <= 0.15 and diff.max() <= 1.0
+    assert np.abs(a.rewards - b.rewards).max() <= 0.3
+    assert agree >= 0.7
+
+
+def test_fp8_needs_an_fp8_gpu(scale_bundle, tmp_path, monkeypatch):
+    _fake_environment(monkeypatch, cc="8.7")  # Orin: no FP8 tensor cores
+    with pytest.raises(InvalidInputError, match="compute capability ≥ 8.9"):
+        build_engines(scale_bundle, tmp_path / "a", precision="fp8", progress=False)
+    assert not (tmp_path / "a").exists()
 
 
 def test_build_engines_refuses_before_writing(scale_bundle, tmp_path, monkeypatch):
