@@ -412,7 +412,8 @@ def _add_export(sub) -> None:
     p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16", "fp8", "int8", "int4"],
                    help="graph precision: fp32 (default for onnx); fp16/bf16 weights and activations (fp32 norms, softmax, "
                         "rotary, reward head); int8/int4 weight-only decoder (MatMulNBits). A reduced bundle gets a "
-                        "fidelity report against fp32 (fidelity.json). tensorrt: fp16 (default), bf16, fp32")
+                        "fidelity report against fp32 (fidelity.json). tensorrt: fp16 (default), bf16, fp32, int8 "
+                        "(Q/DQ), fp8 (E4M3 Q/DQ; compute capability >= 8.9)")
     p.add_argument("--max-batch", type=int, default=None, help="tensorrt: most videos per decoder call (default 2)")
     p.add_argument("--max-seq", type=int, default=None,
                    help="tensorrt: most tokens per video (prompt + video + CoT; default from the frame limits and CoT budget)")
