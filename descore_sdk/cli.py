@@ -198,6 +198,7 @@ def cmd_export(args) -> int:
         precision=args.precision or "fp32",
         fidelity_videos=args.fidelity_videos,
         kv_cache=args.kv_cache,
+        fp32_reference=not args.no_fp32_reference,
     )
     return 0
 
@@ -214,7 +215,8 @@ def _export_tensorrt(args) -> int:
                   max_batch=args.max_batch, max_frames=args.max_frames, max_pixels=args.max_pixels, max_seq=args.max_seq,
                   timing_cache=args.timing_cache,
                   export_options={"opset": args.opset, "parity": not args.no_parity, "parity_video": args.parity_video,
-                                  "fidelity_videos": args.fidelity_videos})
+                                  "fidelity_videos": args.fidelity_videos,
+                                  "fp32_reference": not args.no_fp32_reference})
     return 0
 
 
@@ -408,6 +410,9 @@ def _add_export(sub) -> None:
     p.add_argument("--max-pixels", type=int, default=None, help="most pixels per frame (default: the checkpoint's, 448*448)")
     p.add_argument("--parity-video", default=None, help="real video for the parity check (default: the packaged sample)")
     p.add_argument("--no-parity", action="store_true", help="skip the ONNX-vs-torch parity check")
+    p.add_argument("--no-fp32-reference", action="store_true",
+                   help="fp16/bf16: export the half graphs straight from the checkpoint's weights, never holding an fp32 "
+                        "copy of the model (half the memory; no parity check, no fidelity report)")
     p.add_argument("--overwrite", action="store_true", help="replace the bundle already in OUT_DIR (a folder of other files is refused)")
     p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16", "fp8", "int8", "int4"],
                    help="graph precision: fp32 (default for onnx); fp16/bf16 weights and activations (fp32 norms, softmax, "

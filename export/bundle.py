@@ -67,6 +67,7 @@ def export_bundle(
     fidelity_videos: int | None = None,
     fidelity_samples: list[tuple] | None = None,
     kv_cache: str = "shared",
+    fp32_reference: bool = True,
 ) -> Path:
     """Export a DeScore checkpoint folder (or an in-memory float32 DeScoreModel) as a bundle in `out_dir`.
 
@@ -81,6 +82,10 @@ def export_bundle(
     default 200, and `fidelity_samples` [(video, prompt)], default the packaged samples) is printed,
     saved as fidelity.json and summarised in the manifest. With `strict`, non-finite rewards (an fp16
     overflow) raise BundleIntegrityError.
+    fp32_reference: False (fp16 / bf16 only) exports the half graphs straight from the checkpoint loaded in
+    the type its safetensors store — a bf16/fp16 checkpoint is never held as an fp32 copy (half the memory of
+    the default path, for machines without room for an 8B model in fp32) — at the price of the checks that
+    need the fp32 reference: no parity check and no fidelity report (the manifest says so).
     kv_cache: "shared" (default: the decoder updates one preallocated buffer per layer in place through
     onnxruntime's GroupQueryAttention; fp32 / int8 / int4), "shared-fp16" (the same with the attention core
     and the cache in fp16, `export/half_cache.py`: the form onnxruntime CUDA's GroupQueryAttention kernel
@@ -104,6 +109,8 @@ def export_bundle(
         raise InvalidInputError(f"{precision} graphs use the concatenating cache (already {precision} inside the "
                                 "graph); --kv-cache shared-fp16 is for fp32 / int8 / int4 decoders.")
 
+    if not fp32_reference and precision not in ("fp16", "bf16"):
+        raise InvalidInputError(f"Only fp16/bf16 exports can skip the fp32 reference (--no-fp32-reference); this is {precision}.")
     say = _printer(progress)
     out = Path(out_dir)
     if isinstance(checkpoint_dir_or_model, (str, Path)) and Path(checkpoint_dir_or_model).resolve() == out.resolve():
@@ -114,16 +121,25 @@ def export_bundle(
     shutil.rmtree(out / REFERENCE_DIR, ignore_errors=True)  # left by an interrupted reduced-precision export
 
     start = time.perf_counter()
-    model, source = _load_model(checkpoint_dir_or_model, say)
+    model, source = _load_model(checkpoint_dir_or_model, say, None if fp32_reference else precision)
     say(f"Exporting the {model.family} model from {source} to {out} (ONNX opset {opset or DEFAULT_OPSET}) ...")
+    if not fp32_reference:
+        if kv_cache == "shared":
+            kv_cache = "concat"  # what half graphs use unless shared-standard is asked (as on the default path)
+        say(f"  {precision} graphs straight from the {precision} weights: no fp32 copy, so no parity check and no "
+            "fidelity report")
+        parity = False
     graphs = export_onnx(model, out, opset=opset or DEFAULT_OPSET, max_frames=max_frames, max_pixels=max_pixels,
-                         kv_cache="shared" if half_cache else kv_cache)
+                         kv_cache="shared" if half_cache else kv_cache,
+                         float_type="fp32" if fp32_reference else precision)
     say(f"  graphs written: {', '.join(graphs.files)} ({sum(graphs.timings_s.values()):.1f} s)")
 
     tokenizer_files = _write_tokenizer(model, out)
     config = _bundle_config(model.descore_config, graphs.max_frames, graphs.max_pixels)
     config.save(out)
     manifest = build_manifest(out, graphs, model, config, tokenizer_files)
+    if not fp32_reference:
+        manifest["fidelity"] = {"measured": False, "reason": "exported without the fp32 reference (--no-fp32-reference)"}
     write_manifest(out, manifest)
     say(f"  manifest written: {len(manifest['files'])} files with sha256")
 
@@ -139,7 +155,7 @@ def export_bundle(
                 f"The exported graphs differ from the torch model by up to {report['max_abs_diff']:.2e} "
                 f"(tolerance {report['tolerance']:.0e}); see {out / PARITY_NAME}. Do not deploy this bundle."
             )
-    if precision != "fp32" or half_cache:
+    if fp32_reference and (precision != "fp32" or half_cache):
         _reduce_precision(model, out, manifest, precision, say, opset=opset or DEFAULT_OPSET, graphs=graphs,
                           threads=parity_threads, fidelity_videos=fidelity_videos, fidelity_samples=fidelity_samples,
                           progress=progress, strict=strict, half_cache=half_cache, kv_cache=kv_cache)
@@ -268,8 +284,9 @@ def _printer(progress: bool):
     return say
 
 
-def _load_model(checkpoint_dir_or_model, say):
-    """(float32 DeScoreModel in eval mode, where it came from)."""
+def _load_model(checkpoint_dir_or_model, say, half: str | None = None):
+    """(DeScoreModel in eval mode — float32, or in `half` ("fp16"/"bf16") for the export without an fp32
+    reference —, where it came from)."""
     import torch
 
     from descore_sdk.training.model import DeScoreModel
@@ -277,11 +294,29 @@ def _load_model(checkpoint_dir_or_model, say):
     if isinstance(checkpoint_dir_or_model, DeScoreModel):
         return checkpoint_dir_or_model.eval(), "memory"
     if isinstance(checkpoint_dir_or_model, (str, Path)):
-        say(f"Loading the checkpoint {checkpoint_dir_or_model} (float32) ...")
-        return DeScoreModel.from_pretrained(checkpoint_dir_or_model, dtype=torch.float32), str(checkpoint_dir_or_model)
+        # without the fp32 reference: the weights in the type they are stored in (bf16 → fp16 then rounds once,
+        # as on the default path, and the fp32 islands and the embedding table are exact upcasts)
+        dtype = torch.float32 if half is None else _stored_float_dtype(checkpoint_dir_or_model) or torch.float32
+        say(f"Loading the checkpoint {checkpoint_dir_or_model} ({str(dtype).replace('torch.', '')}) ...")
+        return DeScoreModel.from_pretrained(checkpoint_dir_or_model, dtype=dtype), str(checkpoint_dir_or_model)
     raise InvalidInputError(
         f"export_bundle takes a checkpoint folder or a DeScoreModel, not {type(checkpoint_dir_or_model).__name__}."
     )
+
+
+def _stored_float_dtype(folder):
+    """The floating type a checkpoint's safetensors store its weights in (read from the headers), or None."""
+    import torch
+    from safetensors import safe_open
+
+    types = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(path), "np") as handle:  # headers only: nothing is read into memory
+            for key in handle.keys():
+                dtype = types.get(handle.get_slice(key).get_dtype())
+                if dtype is not None:
+                    return dtype
+    return None
 
 
 def _write_tokenizer(model, out: Path) -> list[str]:

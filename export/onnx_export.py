@@ -116,7 +116,7 @@ def export_onnx(
         raise InvalidInputError(f"kv_cache must be concat, shared or shared-standard; got {kv_cache!r}.")
     backbone, head = split_model(model, reward_head)
     parts = backbone_parts(backbone)
-    _check_float32(backbone, head)
+    _check_float32(backbone, head, None if float_type == "fp32" else float_type)
     sampling = getattr(getattr(model, "descore_config", None), "sampling", None) or SamplingConfig()
     max_frames = int(max_frames or sampling.max_frames)
     max_pixels = int(max_pixels or sampling.max_pixels)
@@ -373,9 +373,12 @@ def _rename_dynamic_axes(model, axes: dict[str, dict[int, str]]) -> None:
             value.shape = ir.Shape(dims)
 
 
-def _check_float32(backbone, head) -> None:
+def _check_float32(backbone, head, float_type: str | None = None) -> None:
+    """The model must be float32 — or, for half graphs (`float_type`), may be in a half type already (the
+    export without an fp32 reference, which never holds an fp32 copy of a half checkpoint)."""
     dtypes = {p.dtype for p in backbone.parameters()} | {p.dtype for p in head.parameters()}
-    if dtypes != {torch.float32}:
+    allowed = {torch.float32} | ({torch.float16, torch.bfloat16} if float_type in ("fp16", "bf16") else set())
+    if not dtypes <= allowed:
         raise InvalidInputError(
             f"The model has {sorted(str(d) for d in dtypes)} weights; export from float32 (model.float()) so the "
             "graphs are the fp32 reference. Lower precision is a separate, checked optimisation step."

@@ -43,19 +43,22 @@ def half_precision_copy(module, float_type: str):
     RMSNorm inside the layers upcasts to fp32 by itself (transformers' Qwen RMSNorm), the wrappers cast
     attention scores to fp32 before the softmax, and the vision LayerNorm becomes an ONNX
     LayerNormalization, which accumulates in fp32 (`stash_type=1`). The copy is built tensor by tensor,
-    so exporting an fp16 graph of a model never holds a second fp32 copy of it.
+    so exporting an fp16 graph of a model never holds a second fp32 copy of it. A source whose weights are
+    already in the target type (`export_bundle(..., fp32_reference=False)`) is shared, islands aside.
     """
+    import torch
+
     dtype = _torch_dtype(float_type)
     islands = [getattr(module, name) for name in ("norm", "reward_head", "patch_embed") if hasattr(module, name)]
     keep_fp32 = {id(p) for island in islands for p in island.parameters()}
     memo = {}
     for param in module.parameters():
-        if id(param) in keep_fp32:
-            memo[id(param)] = param
-        else:
-            memo[id(param)] = type(param)(param.detach().to(dtype), requires_grad=False)
+        target = torch.float32 if id(param) in keep_fp32 else dtype
+        # a source already in the target type (a half checkpoint exported without the fp32 reference) is
+        # shared, not copied; only the islands of such a source are upcast (small tensors)
+        memo[id(param)] = param if param.dtype == target else type(param)(param.detach().to(target), requires_grad=False)
     for buffer in module.buffers():
-        memo[id(buffer)] = buffer
+        memo[id(buffer)] = buffer if not buffer.is_floating_point() or buffer.dtype == torch.float32 else buffer.float()
     return copy.deepcopy(module, memo).eval()
 
 

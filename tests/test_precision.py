@@ -362,3 +362,48 @@ def test_shared_fp16_cache_is_refused_for_half_graphs(tmp_path):
         export_bundle(tmp_path / "no-checkpoint", tmp_path / "out", precision="fp16", kv_cache="shared-fp16")
     with pytest.raises(InvalidInputError, match="shared, shared-fp16, shared-standard, concat"):
         export_bundle(tmp_path / "no-checkpoint", tmp_path / "out", kv_cache="paged")
+
+
+# -- half graphs straight from a half checkpoint (--no-fp32-reference) -----------------------------------
+@pytest.mark.slow
+def test_half_export_without_the_fp32_reference_matches_the_default_path(tmp_path_factory, monkeypatch):
+    """A checkpoint saved in bf16 (as real Qwen-VL checkpoints are), exported --precision fp16 with and without
+    the fp32 reference: without it the checkpoint is loaded in bf16 only (never as an fp32 copy) and no parity
+    or fidelity is claimed; the graphs give the default path's rewards (bf16 → fp16 weights are exact either
+    way; the fp32 islands are the same upcast values). Other precisions cannot skip the reference."""
+    import torch
+
+    from descore_sdk.cli import main
+    from descore_sdk.export.bundle import export_bundle
+    from descore_sdk.export.precision import synthetic_pairs
+    from descore_sdk.training import model as model_module
+    from descore_sdk.training.tiny import build_tiny_model
+    from weights import spread_weights
+
+    model = build_tiny_model(FAMILY, seed=0, dimension_names=("overall",))
+    spread_weights(model, seed=1)
+    checkpoint = tmp_path_factory.mktemp("bf16_checkpoint") / "model"
+    model.to(torch.bfloat16).save_pretrained(checkpoint)
+    default = tmp_path_factory.mktemp("fp16_default") / "bundle"
+    export_bundle(checkpoint, default, max_frames=MAX_FRAMES, max_pixels=MAX_PIXELS, progress=False, parity_threads=1,
+                  precision="fp16", fidelity_videos=20)
+
+    loaded = []
+    real = model_module.DeScoreModel.from_pretrained.__func__
+    monkeypatch.setattr(model_module.DeScoreModel, "from_pretrained",
+                        classmethod(lambda cls, path, **kw: loaded.append(kw.get("dtype")) or real(cls, path, **kw)))
+    direct = tmp_path_factory.mktemp("fp16_direct") / "bundle"
+    assert main(["export", str(checkpoint), str(direct), "--max-frames", str(MAX_FRAMES), "--max-pixels", str(MAX_PIXELS),
+                 "--precision", "fp16", "--no-fp32-reference"]) == 0
+    assert loaded == [torch.bfloat16]  # as stored: never float32
+    manifest = _manifest(direct)
+    assert manifest["graphs"]["decoder"]["precision"] == "fp16" and manifest["graphs"]["vision"]["precision"] == "fp16"
+    assert manifest["fidelity"] == {"measured": False, "reason": "exported without the fp32 reference (--no-fp32-reference)"}
+    assert "parity" not in manifest and not (direct / FIDELITY_NAME).exists()
+    load_bundle(direct, verify=True)
+    pairs = synthetic_pairs(3)
+    videos = [v for a, b, _ in pairs for v in (a, b)]
+    prompts = [p for _, _, p in pairs for _ in range(2)]
+    np.testing.assert_allclose(_fast_rewards(direct, videos, prompts), _fast_rewards(default, videos, prompts), rtol=0, atol=1e-6)
+    with pytest.raises(InvalidInputError, match="Only fp16/bf16"):
+        export_bundle(checkpoint, tmp_path_factory.mktemp("int8_direct"), precision="int8", fp32_reference=False)
