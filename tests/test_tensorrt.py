@@ -440,6 +440,25 @@ def test_engines_score_like_onnxruntime(scale_bundle, sample_videos, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.slow
 @pytest.mark.skipif(NO_GPU is not None, reason=f"needs TensorRT and an NVIDIA GPU: {NO_GPU}")
+def test_in_place_engines_from_the_checkpoint_score_like_onnxruntime(scale_bundle, sample_videos, tmp_path):
+    """From the checkpoint, TensorRT ≥ 10.15 builds the in-place decoder (IKVCacheUpdateLayer + IAttention);
+    its CoTs and rewards are onnxruntime's on the CPU (older TensorRT builds the concat form: same check)."""
+    from descore_sdk.scorer import Scorer
+
+    out = build_engines(scale_bundle.parent / "checkpoint", tmp_path / "trt", precision="fp32", max_seq=1024,
+                        max_frames=4, max_pixels=160 * 160, progress=False)
+    print("\nKV cache:", read_manifest(out)["engines"]["kv_cache"]["used"])
+    trt = Scorer.from_pretrained(out, backend="tensorrt", mode="think", max_new_tokens=8)
+    ort = Scorer.from_pretrained(scale_bundle, device="cpu", mode="think", max_new_tokens=8)
+    for video in sample_videos[:2]:
+        a, b = trt.score(video, "a video"), ort.score(video, "a video")
+        assert a.rationale == b.rationale
+        np.testing.assert_allclose(list(a.rewards.values()), list(b.rewards.values()), atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(NO_GPU is not None, reason=f"needs TensorRT and an NVIDIA GPU: {NO_GPU}")
 def test_int8_engines_score_like_their_qdq_graph(scale_bundle, sample_videos, tmp_path):
     """Build int8 engines (Q/DQ decoder) and compare think-mode rewards with the same bundle's Q/DQ graph run by
     onnxruntime on the CPU (both int8 in the linear layers; 0.05 allows TensorRT's fused int8 GEMMs and fp32
