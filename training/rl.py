@@ -85,7 +85,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from descore_sdk.errors import ContextLengthError, DescoreError, InvalidInputError
+from descore_sdk.errors import ContextLengthError, InvalidInputError
 from descore_sdk.inputs import VideoFeatures, model_inputs
 from descore_sdk.options import ScoreOptions
 from descore_sdk.prompt import PromptBuilder
@@ -859,15 +859,9 @@ def add_rl_subcommand(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m descore_sdk.training.rl") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        return cmd_rl(args)
-    except DescoreError as exc:
-        print(f"descore: error: {exc}", file=sys.stderr)
-        return 1
+    from .arguments import stage_main
+
+    return stage_main(argv, prog=prog, description=__doc__.split("\n")[0], add_arguments=_add_arguments, run=cmd_rl)
 
 
 if __name__ == "__main__":
