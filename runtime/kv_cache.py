@@ -26,6 +26,18 @@ from .decode import StepOutput
 _GRANULE = 64
 
 
+def kept_columns(lengths: np.ndarray, width: int, rows: np.ndarray, start: int, stop: int | None):
+    """An in-place cache's `select` in the loop's coordinates: (tokens each kept row keeps, the new mask width)
+    for rows `rows` and mask columns [start, stop). Rows are packed from column 0, so cutting columns may drop
+    padding before a row or tokens at its end, never real tokens at its start (the decode loop never asks
+    for that; a packed row could not give it without moving every column)."""
+    stop = width if stop is None else min(int(stop), width)
+    first_real = width - lengths[rows]
+    if np.any(start > first_real):
+        raise ValueError("an in-place KV cache cannot drop real tokens at the start of a row")  # decode-loop bug
+    return np.clip(stop - first_real, 0, lengths[rows]), stop - int(start)
+
+
 class SharedKVCache:
     """Per name (`past_key_values.{i}.key|value`) a (B, kv_heads, capacity, head_dim) buffer."""
 
@@ -75,19 +87,15 @@ class SharedKVCache:
         """The decode loop's `slice_cache`: rows `rows`, mask columns [start, stop). Cutting columns may
         drop padding before a row or tokens at its end, never real tokens at its start (the loop never
         asks for that; a packed row could not give it without moving every column)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        stop = self.width if stop is None else min(int(stop), self.width)
-        first_real = self.width - self.lengths[rows]
-        if np.any(start > first_real):
-            raise ValueError("SharedKVCache.select would drop real tokens at the start of a row")  # decode-loop bug
-        lengths = np.clip(stop - first_real, 0, self.lengths[rows])
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        lengths, width = kept_columns(self.lengths, self.width, rows, start, stop)
         keep = int(lengths.max()) if len(rows) else 0
         buffers = {}
         for name, old in self.buffers.items():
             new = np.zeros((len(rows),) + old.shape[1:], dtype=old.dtype)
             new[:, :, :keep] = old[rows, :, :keep]
             buffers[name] = new
-        return SharedKVCache(buffers, lengths, stop - int(start), fixed=self.fixed)
+        return SharedKVCache(buffers, lengths, width, fixed=self.fixed)
 
     def row(self, b: int) -> dict[str, np.ndarray]:
         """Row b's buffers as (1, ...) views: writes through them land in this cache."""

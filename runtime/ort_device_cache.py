@@ -37,6 +37,7 @@ import numpy as np
 from descore_sdk.errors import ContextLengthError, InvalidInputError, ModelLoadError
 
 from .decode import StepOutput
+from .kv_cache import kept_columns
 from .onnx_backend import DEFAULT_VISION_CHUNK_PATCHES, OnnxDecoderModel
 from .onnxruntime_runner import ONNX_ELEMENT_TYPES, DeviceView, OnnxRuntimeRunner, _onnxruntime
 
@@ -191,13 +192,9 @@ class DeviceSharedCache:
         device: columns past a row's length are never read (the kernel reads seqlens_k + 1 per row) and are
         overwritten as the row grows."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        stop = self.width if stop is None else min(int(stop), self.width)
-        first_real = self.width - self.lengths[rows]
-        if np.any(start > first_real):
-            raise ValueError("DeviceSharedCache.select would drop real tokens at the start of a row")  # decode-loop bug
-        lengths = np.clip(stop - first_real, 0, self.lengths[rows])
+        lengths, width = kept_columns(self.lengths, self.width, rows, start, stop)
         buffers = {name: self.ops.copy(buffer, rows) for name, buffer in self.buffers.items()}
-        selected = DeviceSharedCache(self.ops, buffers, lengths, stop - int(start), self.element_type)
+        selected = DeviceSharedCache(self.ops, buffers, lengths, width, self.element_type)
         selected.fixed = self.fixed
         return selected
 

@@ -37,7 +37,7 @@ from descore_sdk.errors import EngineCompatibilityError, InvalidInputError, Mode
 from descore_sdk.prompt import blocked_generation_ids, load_tokenizer
 
 from .decode import DEFAULT_PREFILL_CHUNK, RopeSpec, StepOutput
-from .kv_cache import InPlaceSteps
+from .kv_cache import InPlaceSteps, kept_columns
 from .onnx_backend import OnnxBackend
 from .tensorrt_runner import (
     KVSlabPool,
@@ -184,11 +184,7 @@ class TrtSharedCache:
         """The decode loop's `slice_cache` (see `SharedKVCache.select`): the kept rows' filled columns copied
         device-to-device into a new slab (one 2-D copy per row and tensor: kv_heads runs of columns)."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        stop = self.width if stop is None else min(int(stop), self.width)
-        first_real = self.width - self.lengths[rows]
-        if np.any(start > first_real):
-            raise ValueError("TrtSharedCache.select would drop real tokens at the start of a row")  # decode-loop bug
-        lengths = np.clip(stop - first_real, 0, self.lengths[rows])
+        lengths, width = kept_columns(self.lengths, self.width, rows, start, stop)
         new = self.model.pool.new_cache(len(rows), self.capacity)
         keep = int(lengths.max()) if len(rows) else 0
         plan, row_bytes = self.model.plan, self._row_bytes
@@ -200,7 +196,7 @@ class TrtSharedCache:
             for i in range(len(plan.names)):
                 for copy in copies:
                     self.model.decoder.stream.copy_2d(new.tensor_address(i), self.slab.tensor_address(i), copy)
-        return TrtSharedCache(self.model, new, lengths, stop - int(start))
+        return TrtSharedCache(self.model, new, lengths, width)
 
 
 class TensorRTDecoderModel(InPlaceSteps):

@@ -19,6 +19,7 @@ from descore_sdk import Scorer  # noqa: E402
 from descore_sdk.export.graph_rewrite import attention_takes_position_ids  # noqa: E402
 from descore_sdk.runtime.kv_cache import SharedKVCache  # noqa: E402
 from bundles import DIMENSIONS, MAX_FRAMES, MAX_PIXELS, tiny_bundle  # noqa: E402
+from graphs import gqa_model  # noqa: E402
 
 torch.set_num_threads(1)
 HEADS, KV_HEADS, HEAD_DIM, SCALE = 4, 2, 8, 0.3
@@ -41,22 +42,7 @@ def _attention_reference(q, keys, values, before):
 
 
 def _gqa_session():
-    import onnx
-    from onnx import TensorProto, helper
-
-    names = ["query", "key", "value", "past_key", "past_value", "seqlens_k", "total_sequence_length"]
-    node = helper.make_node("GroupQueryAttention", names, ["output", "present_key", "present_value"],
-                            domain="com.microsoft", num_heads=HEADS, kv_num_heads=KV_HEADS, scale=SCALE)
-    f, i32 = TensorProto.FLOAT, TensorProto.INT32
-    inputs = [helper.make_tensor_value_info("query", f, ["B", "S", HEADS * HEAD_DIM])]
-    inputs += [helper.make_tensor_value_info(n, f, ["B", "S", KV_HEADS * HEAD_DIM]) for n in ("key", "value")]
-    inputs += [helper.make_tensor_value_info(n, f, ["B", KV_HEADS, "C", HEAD_DIM]) for n in ("past_key", "past_value")]
-    inputs += [helper.make_tensor_value_info("seqlens_k", i32, ["B"]), helper.make_tensor_value_info("total_sequence_length", i32, [])]
-    outputs = [helper.make_tensor_value_info("output", f, ["B", "S", HEADS * HEAD_DIM])]
-    outputs += [helper.make_tensor_value_info(n, f, ["B", KV_HEADS, "C", HEAD_DIM]) for n in ("present_key", "present_value")]
-    model = helper.make_model(helper.make_graph([node], "gqa", inputs, outputs),
-                              opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
-    onnx.checker.check_model(model)
+    model = gqa_model(HEADS, KV_HEADS, HEAD_DIM, SCALE)
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 

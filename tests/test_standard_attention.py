@@ -20,6 +20,7 @@ onnx = pytest.importorskip("onnx")
 
 from descore_sdk.export.standard_attention import standard_attention  # noqa: E402
 from bundles import MAX_FRAMES, MAX_PIXELS, tiny_bundle, torch_model  # noqa: E402
+from graphs import gqa_model  # noqa: E402
 
 torch.set_num_threads(1)
 HEADS, KV_HEADS, HEAD_DIM, SCALE = 4, 2, 8, 0.3
@@ -45,20 +46,7 @@ def _reference(q, k, v, past_k, past_v, cached):
 
 
 def _attention_graph():
-    from onnx import TensorProto, helper
-
-    names = ["query", "key", "value", "past_key", "past_value", "seqlens_k", "total_sequence_length"]
-    node = helper.make_node("GroupQueryAttention", names, ["output", "present_key", "present_value"], name="attn",
-                            domain="com.microsoft", num_heads=HEADS, kv_num_heads=KV_HEADS, scale=SCALE)
-    f, i32 = TensorProto.FLOAT, TensorProto.INT32
-    inputs = [helper.make_tensor_value_info("query", f, ["B", "S", HEADS * HEAD_DIM])]
-    inputs += [helper.make_tensor_value_info(n, f, ["B", "S", KV_HEADS * HEAD_DIM]) for n in ("key", "value")]
-    inputs += [helper.make_tensor_value_info(n, f, ["B", KV_HEADS, "C", HEAD_DIM]) for n in ("past_key", "past_value")]
-    inputs += [helper.make_tensor_value_info("seqlens_k", i32, ["B"]), helper.make_tensor_value_info("total_sequence_length", i32, [])]
-    outputs = [helper.make_tensor_value_info("output", f, ["B", "S", HEADS * HEAD_DIM])]
-    outputs += [helper.make_tensor_value_info(n, f, ["B", KV_HEADS, "C", HEAD_DIM]) for n in ("present_key", "present_value")]
-    return helper.make_model(helper.make_graph([node], "gqa", inputs, outputs),
-                             opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
+    return gqa_model(HEADS, KV_HEADS, HEAD_DIM, SCALE)
 
 
 @pytest.mark.parametrize("cached,length,capacity", [([3], 5, 12), ([4, 1, 6], 1, 8), ([0, 0], 3, 3), ([5], 1, 6)])

@@ -576,22 +576,22 @@ def test_build_engines_records_engines_in_the_manifest(scale_bundle, tmp_path, m
         TensorRTBackend(out)
 
 
-@pytest.fixture(scope="module")
-def int8_bundle(scale_bundle, tmp_path_factory):
-    """`build_engines(--precision int8)` on the concat scale bundle, TensorRT's own build replaced by placeholder
-    bytes (the Q/DQ export, calibration and manifest are the real ones)."""
+def _quantized_engines(scale_bundle, tmp_path_factory, precision: str):
+    """`build_engines(--precision int8|fp8)` on the concat scale bundle for an sm 8.9 GPU, TensorRT's own build
+    replaced by placeholder bytes (the Q/DQ export, calibration and manifest are the real ones)."""
     from descore_sdk.export import tensorrt as export_trt
 
-    patch = pytest.MonkeyPatch()
-    patch.setattr(export_trt, "tensorrt_environment", lambda index=0: TrtEnvironment("10.8.0", GpuInfo(0, "Test GPU", "8.9", 24 << 30)))
-    patch.setattr(export_trt, "_build_engine", lambda onnx_path, plan_path, *rest: plan_path.write_bytes(b"placeholder"))
-    folder = tmp_path_factory.mktemp("int8")
-    try:
-        out = build_engines(scale_bundle, folder / "trt", precision="int8", max_seq=1024, progress=False,
-                            timing_cache=folder / "timing.cache")
-    finally:
-        patch.undo()
-    return out
+    folder = tmp_path_factory.mktemp(precision)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(export_trt, "tensorrt_environment", lambda index=0: TrtEnvironment("10.8.0", GpuInfo(0, "Test GPU", "8.9", 24 << 30)))
+        patch.setattr(export_trt, "_build_engine", lambda onnx_path, plan_path, *rest: plan_path.write_bytes(b"placeholder"))
+        return build_engines(scale_bundle, folder / "trt", precision=precision, max_seq=1024, progress=False,
+                             timing_cache=folder / "timing.cache")
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(scale_bundle, tmp_path_factory):
+    return _quantized_engines(scale_bundle, tmp_path_factory, "int8")
 
 
 def test_int8_build_writes_a_qdq_decoder(int8_bundle, scale_bundle):
@@ -660,20 +660,7 @@ def test_int8_qdq_decoder_tracks_fp32_on_onnxruntime(int8_bundle, scale_bundle, 
 
 @pytest.fixture(scope="module")
 def fp8_bundle(scale_bundle, tmp_path_factory):
-    """`build_engines(--precision fp8)` on the concat scale bundle for an sm 8.9 GPU, TensorRT's own build replaced
-    by placeholder bytes (the Q/DQ export, calibration and manifest are the real ones)."""
-    from descore_sdk.export import tensorrt as export_trt
-
-    patch = pytest.MonkeyPatch()
-    patch.setattr(export_trt, "tensorrt_environment", lambda index=0: TrtEnvironment("10.8.0", GpuInfo(0, "Test GPU", "8.9", 24 << 30)))
-    patch.setattr(export_trt, "_build_engine", lambda onnx_path, plan_path, *rest: plan_path.write_bytes(b"placeholder"))
-    folder = tmp_path_factory.mktemp("fp8")
-    try:
-        out = build_engines(scale_bundle, folder / "trt", precision="fp8", max_seq=1024, progress=False,
-                            timing_cache=folder / "timing.cache")
-    finally:
-        patch.undo()
-    return out
+    return _quantized_engines(scale_bundle, tmp_path_factory, "fp8")
 
 
 def test_fp8_build_writes_an_e4m3_qdq_decoder(fp8_bundle, int8_bundle, scale_bundle):
