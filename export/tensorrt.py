@@ -57,6 +57,9 @@ FP8_MIN_COMPUTE_CAPABILITY = (8, 9)
 # from the 10.15 parser, which also reads RotaryEmbedding-23: the `--kv-cache shared-standard` decoder).
 IN_PLACE_LAYERS = (("IAttention", (10, 14)), ("IKVCacheUpdateLayer", (10, 15)))
 IN_PLACE_SINCE = (10, 15)
+# onnx-tensorrt's operator support list: TensorRT 8.6 parses ONNX opsets 9-17, 9.x/10.x up to 20+; the bundles
+# are opset 18, so engines for TensorRT 8.x (JetPack 5.1 / 6.0) are parsed from opset-17 copies of the graphs.
+OPSET_18_SINCE = (9, 0)
 STATIC_CAPACITY_DIM = "cache_capacity"  # the in-place decoder's cache axis; fixed to --max-seq for the engines
 
 
@@ -303,6 +306,29 @@ def kv_cache_strategy(tensorrt_version: str, form: str = "concat") -> dict:
             "in_place_not_used_because": why}
 
 
+def opset17_graph(path: str | Path) -> int:
+    """Rewrite the graph at `path` to ONNX opset 17 for TensorRT 8.x's parser (onnx's version converter: ReduceMean
+    and the other opset-18 reductions take `axes` as an attribute again; the converter leaves their opset-18-only
+    `noop_with_empty_axes` = 0 behind, which opset 17 does not know and which is its default anyway). A new file
+    replaces the directory entry; weights stay where they are. Returns the opset the graph had."""
+    import onnx
+    from onnx import version_converter
+
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    before = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if before <= 17:
+        return before
+    converted = version_converter.convert_version(model, 17)
+    for node in converted.graph.node:
+        if node.op_type.startswith("Reduce"):
+            for attribute in [a for a in node.attribute if a.name == "noop_with_empty_axes" and a.i == 0]:
+                node.attribute.remove(attribute)
+    path.unlink()
+    onnx.save(converted, str(path))
+    return before
+
+
 def static_cache_graph(path: str | Path, capacity: int) -> dict[str, list[str]]:
     """Rewrite the in-place decoder at `path` for TensorRT (IKVCacheUpdateLayer wants the cache a network input
     of static capacity): its `cache_capacity` axis becomes `capacity` on every past/present tensor, and inputs
@@ -459,6 +485,15 @@ def build_engines(source: str | Path, out_dir: str | Path, *, precision: str = D
             f"unused inputs dropped: {', '.join(changed['dropped']) or 'none'}")
         manifest["files"][decoder_file] = file_record(out, decoder_file)
         manifest["graphs"]["decoder"] = {**manifest["graphs"]["decoder"], **graph_io(out / decoder_file)}
+    if _version(env.tensorrt_version) < OPSET_18_SINCE:
+        from .bundle import graph_io
+
+        for kind in ("vision", "decoder"):
+            file = manifest["graphs"][kind]["file"]
+            if opset17_graph(out / file) > 17:
+                manifest["files"][file] = file_record(out, file)
+                manifest["graphs"][kind] = {**manifest["graphs"][kind], **graph_io(out / file)}
+        say("  graphs converted to ONNX opset 17 (TensorRT 8.x's parser reads opsets 9-17)")
     plan = memory_plan(manifest, limits, precision)
     check_fits(plan, env.gpu.total_memory, env.gpu.name)
     cache_path = Path(timing_cache) if timing_cache is not None else default_timing_cache(env)
@@ -572,5 +607,5 @@ def _build_engine(onnx_path: Path, plan_path: Path, profiles: list[ProfileShapes
     temporary.replace(cache_path)
 
 
-__all__ = ["EngineLimits", "BuildStrategy", "kv_cache_strategy", "decoder_form", "static_cache_graph", "engine_limits", "decoder_profiles", "vision_profiles", "build_strategy",
+__all__ = ["EngineLimits", "BuildStrategy", "kv_cache_strategy", "decoder_form", "static_cache_graph", "opset17_graph", "engine_limits", "decoder_profiles", "vision_profiles", "build_strategy",
            "memory_plan", "check_fits", "build_engines", "TRT_PRECISIONS", "DEFAULT_TRT_PRECISION"]

@@ -1009,6 +1009,28 @@ def test_in_place_graphs_need_tensorrt_10_15(in_place_engines, tmp_path, monkeyp
     assert not (tmp_path / "out").exists()
 
 
+def test_engines_for_tensorrt_8_are_parsed_from_opset_17_graphs(scale_bundle, sample_videos, tmp_path, monkeypatch):
+    """TensorRT 8.6 (JetPack 6.0) parses ONNX opsets up to 17: the engine bundle's graphs are converted, and
+    onnxruntime gives the same CoTs and rewards from them as from the opset-18 source graphs."""
+    from descore_sdk.export import tensorrt as export_trt
+    from descore_sdk.runtime.onnx_backend import OnnxBackend
+    from descore_sdk.scorer import Scorer
+
+    monkeypatch.setattr(export_trt, "tensorrt_environment", lambda index=0: _env("8.6.2", "8.7"))
+    monkeypatch.setattr(export_trt, "_build_engine", lambda onnx, plan, *rest: plan.write_bytes(b"placeholder"))
+    out = build_engines(scale_bundle, tmp_path / "trt", precision="fp16", max_seq=1024, progress=False,
+                        timing_cache=tmp_path / "t.cache")
+    manifest = load_bundle(out, verify=True).manifest
+    assert all(manifest["graphs"][kind]["opsets"] == {"ai.onnx": 17} for kind in ("vision", "decoder"))
+    assert read_manifest(scale_bundle)["graphs"]["decoder"]["opsets"] == {"ai.onnx": 18}
+    assert manifest["engines"]["builder_flags"] == ["FP16"] and not manifest["engines"]["strongly_typed"]
+    scorer = Scorer.from_pretrained(scale_bundle, device="cpu", backend_options={"threads": 1})
+    think = [scorer.prepare(v, p, mode="think") for v, p in zip(sample_videos[:2], ["a cat", "a red car at night"])]
+    options = scorer.options.replace(mode="think")
+    _same_outputs(OnnxBackend(out, threads=1).score_batch(think, options, scorer.stop_ids, [3, 6]),
+                  OnnxBackend(scale_bundle, threads=1).score_batch(think, options, scorer.stop_ids, [3, 6]))
+
+
 def test_config_within_limits():
     from descore_sdk.config import DescoreConfig, SamplingConfig
     from descore_sdk.runtime.tensorrt_backend import config_within_limits
