@@ -127,7 +127,7 @@ def cuda_kv_cache_refusal(manifest: dict) -> str | None:
     from .runtime.ort_device_cache import cuda_cache_refusal
 
     decoder = (manifest.get("graphs") or {}).get("decoder") or {}
-    return cuda_cache_refusal(list(decoder.get("inputs", ())))
+    return cuda_cache_refusal(list(decoder.get("inputs", ())), decoder.get("opsets"))
 
 
 def choose_backend(path: Path, backend: str = "auto", device: str = "auto") -> BackendChoice:

@@ -77,11 +77,14 @@ def cache_element_type(decoder_inputs: list[dict]) -> str | None:
     return types.pop() if len(types) == 1 else None
 
 
-def cuda_cache_refusal(decoder_inputs: list[dict]) -> str | None:
-    """None when a decoder with these inputs (manifest["graphs"]["decoder"]["inputs"]) can keep its KV cache
-    on a CUDA device; else why not, in one sentence."""
+def cuda_cache_refusal(decoder_inputs: list[dict], opsets: dict | None = None) -> str | None:
+    """None when a decoder with these inputs (manifest["graphs"]["decoder"]["inputs"]; `opsets`: its
+    manifest["graphs"]["decoder"]["opsets"] when known) can keep its KV cache on a CUDA device; else why
+    not, in one sentence."""
     if not any(io.get("name") == "seqlens_k" for io in decoder_inputs):
         return None  # concatenating cache: standard ONNX ops, any provider
+    if opsets is not None and "com.microsoft" not in opsets:
+        return None  # in place in standard ops (--kv-cache shared-standard): no GroupQueryAttention kernel to ask
     types = sorted({str(io.get("dtype")) for io in decoder_inputs if str(io.get("name", "")).startswith("past_key_values.")})
     if types and set(types) <= set(GQA_CUDA_CACHE_TYPES):
         return None
@@ -219,7 +222,7 @@ class DeviceCacheDecoderModel(OnnxDecoderModel):
         self.device_type, self.device_id = cache_device(device, providers)
         decoder_inputs = bundle.graph("decoder")["inputs"]
         if self.device_type != "cpu":
-            reason = cuda_cache_refusal(decoder_inputs)
+            reason = cuda_cache_refusal(decoder_inputs, bundle.graph("decoder").get("opsets"))
             if reason is not None:
                 raise ModelLoadError(f"The bundle at {bundle.path} cannot keep its KV cache on {self.device_type}: "
                                      f"{reason}. Or score it with device='cpu'.")

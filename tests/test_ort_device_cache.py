@@ -115,6 +115,8 @@ def test_cache_device_and_refusal():
     assert cuda_cache_refusal(concat) is None and cuda_cache_refusal(half) is None
     reason = cuda_cache_refusal(shared)
     assert "float32" in reason and "float16/bfloat16" in reason and "--kv-cache concat" in reason
+    assert cuda_cache_refusal(shared, {"ai.onnx": 18, "com.microsoft": 1}) == reason
+    assert cuda_cache_refusal(shared, {"ai.onnx": 24}) is None  # shared-standard: TensorScatter + Attention
 
 
 def test_an_fp32_shared_bundle_is_refused_on_cuda_before_loading(scale_bundle):
