@@ -156,3 +156,31 @@ def test_evaluate_skips_nan_in_the_mean_and_checks_dimensions():
         evaluate({"VQ": [1.0]}, {"MQ": [0.0]}, {"VQ": ["A"]})
     with pytest.raises(InvalidInputError):
         evaluate({"VQ": [1.0]}, {"VQ": [0.0]}, {"VQ": ["A"]}, calib=({}, {}, {}))
+
+
+def test_decided_correct_by_hand():
+    from descore_sdk.training.metrics import decided_correct
+
+    # Δ = [1, -1, 0, 2]; labels A, A, B, same: the tie is left out, Δ == 0 is wrong
+    assert decided_correct([1, 0, 2, 5], [0, 1, 2, 3], ["A", "A", "B", "same"]) == [1, 0, 0]
+
+
+def test_paired_accuracy_change_by_hand():
+    from descore_sdk.training.metrics import accuracy_change, paired_accuracy_change
+
+    before = {"VQ": [1, 0, 0, 1], "MQ": [1, 1]}
+    after = {"VQ": [1, 1, 0, 1], "MQ": [0, 1]}
+    out = paired_accuracy_change(before, after)
+    # VQ differences [0, 1, 0, 0]: sample variance 0.25, / 4 items; MQ [-1, 0]: 0.5, / 2; macro mean of 2 dims
+    assert out["se"] == pytest.approx(np.sqrt((0.25 / 4 + 0.5 / 2) / 4))
+    assert (out["before"], out["after"]) == (pytest.approx(0.75), pytest.approx(0.625))
+    assert out["delta"] == pytest.approx(-0.125) and out["change"] == "none" and out["paired"]
+    # The same 80 items right before and after, 5 more right after: paired, a clear gain; the two-binomial
+    # error of `accuracy_change` (which ignores that the items are shared) calls it noise.
+    before = {"VQ": [1] * 80 + [0] * 20}
+    after = {"VQ": [1] * 85 + [0] * 15}
+    paired = paired_accuracy_change(before, after)
+    assert paired["delta"] == pytest.approx(0.05) and paired["se"] == pytest.approx(np.sqrt(np.var([1] * 5 + [0] * 95, ddof=1) / 100))
+    assert paired["change"] == "up" and accuracy_change(0.80, 0.85, 100)["change"] == "none"
+    with pytest.raises(InvalidInputError, match="same pairs"):
+        paired_accuracy_change({"VQ": [1, 0]}, {"VQ": [1]})

@@ -262,6 +262,10 @@ def test_benchmark_quick_run_reports_every_model_and_reuses_stages(tmp_path, cap
     mixed, train = read_pairs(out / "data" / "train_mixed.jsonl"), read_pairs(out / "data" / "train.jsonl")
     assert [(p.video_a, p.video_b, p.labels) for p in mixed] == [(p.video_a, p.video_b, p.labels) for p in train]
     assert any(p.meta.get("path_in_prompt") is False for p in mixed)
+    # RL against its cold start on the same pairs: the paired change, from the per-pair correctness kept
+    for key in ("test_id/think", "test_id/fast"):
+        assert report["rl"][key]["paired"] and report["rl"][key]["before"] == pytest.approx(
+            report["summary"][f"cold_start/onnxruntime/{key.split('/')[1]}/test_id"]["mean"])
     for values in report["diagnostics"].values():
         assert values and all(0.0 <= v <= 1.0 for v in values.values())
     # A second run reuses every stage (only the evaluation runs again).

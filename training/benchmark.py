@@ -192,7 +192,7 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
             for split_name in ("test_id", "test_heldout"):
                 report = evaluate_with_scorer(scorer, pairs[split_name], mode=mode, calib_pairs=calib, results=results)
                 evaluations.append({"model": model_name, "backend": backend, "mode": mode, "split": split_name,
-                                    "mean": report["mean"], "dims": report["dims"]})
+                                    "mean": report["mean"], "dims": report["dims"], "correct": report["correct"]})
     # Does each backbone read its text from the video? (0.5 per factor = it does not; see pretrain.py)
     from .model import DeScoreModel
     from .pretrain import caption_discrimination, path_question_accuracy
@@ -236,9 +236,11 @@ def write_path_free_mix(train: Path, out: Path, fraction: float, seed: int) -> P
 
 def rl_effect(rl_dir: Path, evaluations: list[dict]) -> dict:
     """Did RL improve on its cold start? The RL run's own summary (`rl_summary.json`: the rule reward's
-    block trend) and, per split and mode, `metrics.accuracy_change` from the cold-start bundle to the
-    RL bundle (onnxruntime), n = the (pair, dimension) entries without a human tie over VQ/MQ/TA."""
-    from .metrics import accuracy_change
+    block trend) and, per split and mode, the change from the cold-start bundle to the RL bundle
+    (onnxruntime) on the same pairs: `metrics.paired_accuracy_change` over VQ/MQ/TA from the per-pair
+    correctness (the paired standard error), or, for evaluations without it, `metrics.accuracy_change`
+    with n = the (pair, dimension) entries without a human tie (two binomial errors: conservative)."""
+    from .metrics import accuracy_change, paired_accuracy_change
     from .rl import SUMMARY_FILE
 
     summary_path = rl_dir / SUMMARY_FILE
@@ -250,6 +252,10 @@ def rl_effect(rl_dir: Path, evaluations: list[dict]) -> dict:
             if before is None or after is None:
                 continue
             dims = [d for d in ("VQ", "MQ", "TA") if d in before["dims"]]
+            if before.get("correct") and after.get("correct"):
+                out[f"{split}/{mode}"] = paired_accuracy_change({d: before["correct"][d] for d in dims},
+                                                                {d: after["correct"][d] for d in dims})
+                continue
             n = sum(before["dims"][d]["n_pairs"] - before["dims"][d]["n_human_ties"] for d in dims)
             out[f"{split}/{mode}"] = accuracy_change(before["mean"]["accuracy_without_ties"], after["mean"]["accuracy_without_ties"], n)
     return out
@@ -283,7 +289,8 @@ def format_summary(report: dict) -> str:
     for key, change in rl.items():
         if key != "run" and change:
             lines.append(f"RL vs cold start, {key}: {change['before']:.3f} → {change['after']:.3f} "
-                         f"({change['delta']:+.3f}, 2 SE {2 * change['se']:.3f}: {change['change']})")
+                         f"({change['delta']:+.3f}, 2 SE {2 * change['se']:.3f}{' paired' if change.get('paired') else ''}: "
+                         f"{change['change']})")
     lines.append("stage seconds: " + ", ".join(f"{k} {v}" for k, v in report["seconds"].items()))
     return "\n".join(lines)
 

@@ -69,7 +69,8 @@ def pair_rewards(pairs, results, dimension_names) -> tuple[dict, dict, dict, dic
 
 def evaluate_with_scorer(scorer, pairs, *, mode: str, calib_pairs=None, progress: bool = False, results=None) -> dict:
     """`training.metrics.evaluate` of `scorer`'s rewards on `pairs` (ε calibrated on `calib_pairs`
-    when given), plus "scored_with" (which reward each dimension was read from).
+    when given), plus "scored_with" (which reward each dimension was read from) and "correct" (per
+    dimension, 1/0 for each pair without a human tie, in order: `metrics.decided_correct`).
 
     results: `score_pairs` output already computed (in `mode`) for every video of `pairs` and
     `calib_pairs`, so that several reports over shared videos score each video once.
@@ -89,8 +90,12 @@ def evaluate_with_scorer(scorer, pairs, *, mode: str, calib_pairs=None, progress
         if missing:
             raise InvalidInputError(f"The calibration file labels no pair for dimension(s) {missing}; it must label the same dimensions as DATA.")
         calib = ({d: ca[d] for d in labels}, {d: cb[d] for d in labels}, {d: cl[d] for d in labels})
+    from .metrics import decided_correct
+
     report = evaluate(pred_a, pred_b, labels, calib)
     report["scored_with"] = scored_with
+    # per non-tied pair, 1/0: what a paired before/after comparison on the same pairs needs
+    report["correct"] = {dim: decided_correct(pred_a[dim], pred_b[dim], labels[dim]) for dim in labels}
     return report
 
 

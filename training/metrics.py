@@ -231,6 +231,37 @@ def accuracy_change(before: float, after: float, n: int) -> dict:
     return {"before": float(before), "after": float(after), "delta": float(delta), "se": se, "change": change}
 
 
+def decided_correct(pred_a, pred_b, labels) -> list[int]:
+    """Per pair whose label is not a tie, in order: 1 if the model orders it as the label does, else 0
+    (Δ == 0 counts as wrong) — the items `pairwise_accuracy` averages."""
+    delta, codes = _deltas_and_labels(pred_a, pred_b, labels)
+    decided = codes != 0
+    return [int(v) for v in (np.sign(delta[decided]) == codes[decided])]
+
+
+def paired_accuracy_change(before: Mapping[str, Sequence[int]], after: Mapping[str, Sequence[int]]) -> dict:
+    """after − before of the macro-mean accuracy over dimensions, from per-item correctness of two models
+    on the SAME items ({dimension: `decided_correct` list}). The standard error is the paired one: per
+    dimension the variance of the item differences (−1 / 0 / +1) over n, combined over the macro mean —
+    items both models get right or both get wrong add no noise, as they should. `change`: "up" / "down"
+    beyond 2 SE, else "none"."""
+    dims = [d for d in before if d in after and len(before[d])]
+    if not dims:
+        return {"before": float("nan"), "after": float("nan"), "delta": float("nan"), "se": float("nan"), "change": "unknown"}
+    for d in dims:
+        if len(before[d]) != len(after[d]):
+            raise InvalidInputError(f"Dimension {d}: {len(before[d])} items before, {len(after[d])} after; compare the same pairs.")
+    b = [np.asarray(before[d], dtype=np.float64) for d in dims]
+    a = [np.asarray(after[d], dtype=np.float64) for d in dims]
+    diffs = [x - y for x, y in zip(a, b)]
+    variance = sum(float(np.var(d, ddof=1)) / len(d) if len(d) > 1 else 0.0 for d in diffs) / len(dims) ** 2
+    se = float(np.sqrt(variance))
+    before_mean, after_mean = float(np.mean([x.mean() for x in b])), float(np.mean([x.mean() for x in a]))
+    delta = after_mean - before_mean
+    change = "up" if delta > 2 * se else "down" if delta < -2 * se else "none"
+    return {"before": before_mean, "after": after_mean, "delta": delta, "se": se, "change": change, "paired": True}
+
+
 def rl_run_summary(history: Sequence[Mapping], evals: Sequence[Mapping] = (), blocks: int = 5) -> dict:
     """Did an RL run improve on its starting checkpoint?
 
