@@ -244,7 +244,7 @@ def test_pretrain_refuses_data_without_ground_truth(tmp_path, sample_data_dir, c
 
 def test_benchmark_quick_run_reports_every_model_and_reuses_stages(tmp_path, capsys):
     out = tmp_path / "bench"
-    assert benchmark_main([str(out), "--quick", "--json"]) == 0
+    assert benchmark_main([str(out), "--quick", "--json", "--path-free-fraction", "0.5"]) == 0
     report = json.loads(capsys.readouterr().out)
     keys = set(report["summary"])
     for split in ("test_id", "test_heldout"):
@@ -252,7 +252,7 @@ def test_benchmark_quick_run_reports_every_model_and_reuses_stages(tmp_path, cap
                     f"cold_start/torch/fast/{split}", f"rl/onnxruntime/think/{split}", f"jrm/torch/fast/{split}",
                     f"plain_bt/torch/fast/{split}"):
             assert key in keys
-    assert report["settings"] == {**BenchmarkSettings.quick().__dict__}
+    assert report["settings"] == {**BenchmarkSettings.quick().__dict__, "path_free_fraction": 0.5}
     # The exported bundle scores the fast layout like the torch checkpoint: equal accuracies.
     for split in ("test_id", "test_heldout"):
         ort, pt = report["summary"][f"cold_start/onnxruntime/fast/{split}"], report["summary"][f"cold_start/torch/fast/{split}"]
@@ -269,7 +269,7 @@ def test_benchmark_quick_run_reports_every_model_and_reuses_stages(tmp_path, cap
     for values in report["diagnostics"].values():
         assert values and all(0.0 <= v <= 1.0 for v in values.values())
     # A second run reuses every stage (only the evaluation runs again).
-    assert benchmark_main([str(out), "--quick", "--json"]) == 0
+    assert benchmark_main([str(out), "--quick", "--json", "--path-free-fraction", "0.5"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert set(again["seconds"]) == {"evaluation"}
     assert again["summary"] == report["summary"]
