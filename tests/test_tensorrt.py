@@ -633,22 +633,28 @@ def test_int8_build_writes_a_qdq_decoder(int8_bundle, scale_bundle):
                for n in model.graph.node if n.op_type == "Gemm" for i in n.input)
 
 
+def _teacher_forced_against_fp32(bundle, scale_bundle, sample_videos):
+    """(quantized, fp32) results of one think-mode pass with a teacher-forced CoT on a prompt the calibration
+    never saw, both bundles on onnxruntime's CPU provider (step logits recorded)."""
+    from descore_sdk.runtime.onnx_backend import OnnxBackend
+    from descore_sdk.scorer import Scorer
+
+    quantized, fp32 = OnnxBackend(bundle, threads=1), OnnxBackend(scale_bundle, threads=1)
+    scorer = Scorer.from_pretrained(scale_bundle, device="cpu", backend_options={"threads": 1})
+    inputs = scorer.prepare(sample_videos[0], "a man rides a horse along a beach at sunset", mode="think")
+    cot = scorer.prompts.encode("The motion is fluid, the lighting is consistent and the subject matches the text.")
+    options = scorer.options.replace(mode="think")
+    return tuple(backend.score_batch([inputs], options, scorer.stop_ids, [len(cot)], forced_cots=[cot], record_logits=True)[0]
+                 for backend in (quantized, fp32))
+
+
 def test_int8_qdq_decoder_tracks_fp32_on_onnxruntime(int8_bundle, scale_bundle, sample_videos):
     """The Q/DQ graph run by onnxruntime's CPU provider against the fp32 graph, teacher-forced on a prompt the
     calibration never saw. Stated tolerance: mean |Δ logits| ≤ 0.08 and max ≤ 0.6 (the logits' std is ~1:
     int8 per-tensor activations in 2 layers, measured 0.03–0.04 / 0.2–0.28), rewards within 0.15, the greedy
     choice the same at ≥ 80% of steps (measured 17 of 19: a random-weight model's top logits are often near
     ties); and not equal (the graph is really quantized). Deterministic: same graphs, same inputs."""
-    from descore_sdk.runtime.onnx_backend import OnnxBackend
-    from descore_sdk.scorer import Scorer
-
-    int8, fp32 = OnnxBackend(int8_bundle, threads=1), OnnxBackend(scale_bundle, threads=1)
-    scorer = Scorer.from_pretrained(scale_bundle, device="cpu", backend_options={"threads": 1})
-    inputs = scorer.prepare(sample_videos[0], "a man rides a horse along a beach at sunset", mode="think")
-    cot = scorer.prompts.encode("The motion is fluid, the lighting is consistent and the subject matches the text.")
-    options = scorer.options.replace(mode="think")
-    a = int8.score_batch([inputs], options, scorer.stop_ids, [len(cot)], forced_cots=[cot], record_logits=True)[0]
-    b = fp32.score_batch([inputs], options, scorer.stop_ids, [len(cot)], forced_cots=[cot], record_logits=True)[0]
+    a, b = _teacher_forced_against_fp32(int8_bundle, scale_bundle, sample_videos)
     diff = np.abs(a.step_logits - b.step_logits)
     print(f"\nint8 Q/DQ vs fp32: logits mean {diff.mean():.4f} max {diff.max():.4f} (std {b.step_logits.std():.3f}), "
           f"rewards {np.abs(a.rewards - b.rewards).max():.4f}")
@@ -701,16 +707,7 @@ def test_fp8_qdq_decoder_tracks_fp32_on_onnxruntime(fp8_bundle, scale_bundle, sa
     never saw. Stated tolerance: mean |Δ logits| ≤ 0.15 and max ≤ 1.0 (logits' std ~1; E4M3 keeps 3 mantissa bits,
     per-tensor weights: measured mean 0.092, max 0.60, rewards 0.11, greedy 0.74), rewards within 0.3, greedy choice
     equal at ≥ 70 % of steps; and not equal (really quantized)."""
-    from descore_sdk.runtime.onnx_backend import OnnxBackend
-    from descore_sdk.scorer import Scorer
-
-    fp8, fp32 = OnnxBackend(fp8_bundle, threads=1), OnnxBackend(scale_bundle, threads=1)
-    scorer = Scorer.from_pretrained(scale_bundle, device="cpu", backend_options={"threads": 1})
-    inputs = scorer.prepare(sample_videos[0], "a man rides a horse along a beach at sunset", mode="think")
-    cot = scorer.prompts.encode("The motion is fluid, the lighting is consistent and the subject matches the text.")
-    options = scorer.options.replace(mode="think")
-    a = fp8.score_batch([inputs], options, scorer.stop_ids, [len(cot)], forced_cots=[cot], record_logits=True)[0]
-    b = fp32.score_batch([inputs], options, scorer.stop_ids, [len(cot)], forced_cots=[cot], record_logits=True)[0]
+    a, b = _teacher_forced_against_fp32(fp8_bundle, scale_bundle, sample_videos)
     diff = np.abs(a.step_logits - b.step_logits)
     agree = (a.step_logits.argmax(-1) == b.step_logits.argmax(-1)).mean()
     print(f"\nfp8 Q/DQ vs fp32: logits mean {diff.mean():.4f} max {diff.max():.4f} (std {b.step_logits.std():.3f}), "
