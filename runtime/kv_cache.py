@@ -26,6 +26,14 @@ from .decode import StepOutput
 _GRANULE = 64
 
 
+def refuse_growth(columns: int, capacity: int) -> None:
+    """ContextLengthError: a row of `columns` tokens does not fit a static-capacity cache (never grown)."""
+    raise ContextLengthError(
+        f"A row of {columns} tokens does not fit the decoder's static KV cache of {capacity} columns (a bundle "
+        "built for TensorRT with --max-seq); lower the CoT budget or the frame count, or rebuild with a larger --max-seq."
+    )
+
+
 def kept_columns(lengths: np.ndarray, width: int, rows: np.ndarray, start: int, stop: int | None):
     """An in-place cache's `select` in the loop's coordinates: (tokens each kept row keeps, the new mask width)
     for rows `rows` and mask columns [start, stop). Rows are packed from column 0, so cutting columns may drop
@@ -71,10 +79,7 @@ class SharedKVCache:
         if columns <= self.capacity:
             return
         if self.fixed:
-            raise ContextLengthError(
-                f"A row of {columns} tokens does not fit the decoder's static KV cache of {self.capacity} columns (a "
-                "bundle built for TensorRT with --max-seq); lower the CoT budget or the frame count, or rebuild."
-            )
+            refuse_growth(columns, self.capacity)
         capacity = max(columns, 2 * self.capacity)
         capacity = -(-capacity // _GRANULE) * _GRANULE
         filled = int(self.lengths.max()) if self.batch else 0
@@ -107,8 +112,8 @@ class InPlaceSteps:
     `lengths` / `width` / `reserve` / `row` / `buffers`), shared by every backend whose decoder has the
     in-place contract (onnxruntime host and device caches, TensorRT's in-place engines). A subclass gives
     `_run_shared(inputs_embeds, position_ids, deepstack_embeds, buffers, lengths, width)` (one decoder call
-    on `buffers`: a cache's, or one row's), `num_deepstack`, `table`, `counters` and `prefix_store`
-    (a PrefixStore, or None)."""
+    on `buffers`: a cache's, or one row's; its inputs from `_in_place_inputs`), `num_deepstack`,
+    `takes_total_length`, `table`, `counters` and `prefix_store` (a PrefixStore, or None)."""
 
     def _step_shared(self, inputs_embeds, attention_mask, position_ids, deepstack_embeds, cache):
         """One loop step on the in-place cache. Rows are left-padded in the loop's coordinates, so row b's
@@ -158,6 +163,25 @@ class InPlaceSteps:
         cache.lengths = cache.lengths + new
         cache.width = int(attention_mask.shape[1])
         return StepOutput(out["logits"], out["hidden"], out["reward"]), cache
+
+    def _in_place_inputs(self, inputs_embeds, position_ids, deepstack_embeds, lengths, width: int) -> dict:
+        """The host inputs of one in-place decoder call for rows holding `lengths` tokens before it and `width`
+        new ones each: embeddings, positions, `seqlens_k` (tokens after the call − 1), `total_sequence_length`
+        where the graph takes it (`takes_total_length`), DeepStack features (zeros for text-only columns)."""
+        rows = inputs_embeds.shape[0]
+        total = np.asarray(lengths, dtype=np.int64) + width
+        feed = {
+            "inputs_embeds": np.ascontiguousarray(inputs_embeds, dtype=np.float32),
+            "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64),
+            "seqlens_k": (total - 1).astype(np.int32),
+        }
+        if self.takes_total_length:
+            feed["total_sequence_length"] = np.asarray(total.max(), dtype=np.int32)
+        if self.num_deepstack:
+            if deepstack_embeds is None:
+                deepstack_embeds = np.zeros((self.num_deepstack, rows, width, inputs_embeds.shape[-1]), dtype=np.float32)
+            feed["deepstack_embeds"] = np.ascontiguousarray(deepstack_embeds, dtype=np.float32)
+        return feed
 
     def _deepstack_or_zeros(self, deepstack, n: int):
         """What the graph is fed for these tokens' DeepStack input (zeros when the loop passes none)."""

@@ -129,23 +129,10 @@ class OnnxDecoderModel(InPlaceSteps):
         return StepOutput(out["logits"], out["hidden"], out["reward"]), new_cache
 
     def _run_shared(self, inputs_embeds, position_ids, deepstack_embeds, buffers: dict, lengths: np.ndarray, width: int):
-        rows = inputs_embeds.shape[0]
-        total = lengths + width  # tokens per row after this call
-        feed = {
-            "inputs_embeds": np.ascontiguousarray(inputs_embeds, dtype=np.float32),
-            "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64),
-            "seqlens_k": (total - 1).astype(np.int32),
-            **buffers,
-        }
-        if self.takes_total_length:
-            feed["total_sequence_length"] = np.asarray(total.max(), dtype=np.int32)
-        if self.num_deepstack:
-            if deepstack_embeds is None:
-                deepstack_embeds = np.zeros((self.num_deepstack, rows, width, inputs_embeds.shape[-1]), dtype=np.float32)
-            feed["deepstack_embeds"] = np.ascontiguousarray(deepstack_embeds, dtype=np.float32)
+        feed = {**self._in_place_inputs(inputs_embeds, position_ids, deepstack_embeds, lengths, width), **buffers}
         inplace = {name.replace("past_key_values.", "present.", 1): name for name in buffers}
         out = self.decoder.infer_inplace(feed, inplace)
-        self.counters["decoder_positions"] += rows * width
+        self.counters["decoder_positions"] += inputs_embeds.shape[0] * width
         return out
 
 

@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from descore_sdk.errors import ContextLengthError, InvalidInputError, ModelLoadError
+from descore_sdk.errors import InvalidInputError, ModelLoadError
 
 from .decode import StepOutput
-from .kv_cache import kept_columns
+from .kv_cache import kept_columns, refuse_growth
 from .onnx_backend import DEFAULT_VISION_CHUNK_PATCHES, OnnxDecoderModel
 from .onnxruntime_runner import ONNX_ELEMENT_TYPES, DeviceView, OnnxRuntimeRunner, _onnxruntime
 
@@ -181,10 +181,7 @@ class DeviceSharedCache:
         if columns <= self.capacity:
             return
         if self.fixed:
-            raise ContextLengthError(
-                f"A row of {columns} tokens does not fit the decoder's static KV cache of {self.capacity} columns (a "
-                "bundle built for TensorRT with --max-seq); lower the CoT budget or the frame count, or rebuild."
-            )
+            refuse_growth(columns, self.capacity)
         capacity = max(columns, 2 * self.capacity)
         capacity = -(-capacity // _GRANULE) * _GRANULE
         rows = np.arange(self.batch)
@@ -281,15 +278,7 @@ class DeviceCacheDecoderModel(OnnxDecoderModel):
         """`OnnxDecoderModel._run_shared` on device buffers (its `_step_shared` drives both: decode steps batched,
         longer pieces row by row, each row bound inside the batch buffer by `DeviceSharedCache.row`)."""
         rows = inputs_embeds.shape[0]
-        total = np.asarray(lengths, dtype=np.int64) + width
-        host = {
-            "inputs_embeds": np.ascontiguousarray(inputs_embeds, dtype=np.float32),
-            "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64),
-            "seqlens_k": (total - 1).astype(np.int32),
-            **self._deepstack(deepstack_embeds, rows, width, inputs_embeds.shape[-1]),
-        }
-        if self.takes_total_length:
-            host["total_sequence_length"] = np.asarray(total.max(), dtype=np.int32)
+        host = self._in_place_inputs(inputs_embeds, position_ids, deepstack_embeds, lengths, width)
         # past and present of a layer: the same device memory (the kernel's in-place mode)
         inplace = {name.replace("past_key_values.", "present.", 1): value for name, value in buffers.items()}
         out, _ = self.decoder.run_bound(host, dict(buffers), inplace, device_type=self.device_type, device_id=self.device_id)

@@ -37,7 +37,7 @@ from descore_sdk.errors import EngineCompatibilityError, InvalidInputError, Mode
 from descore_sdk.prompt import blocked_generation_ids, load_tokenizer
 
 from .decode import DEFAULT_PREFILL_CHUNK, RopeSpec, StepOutput
-from .kv_cache import InPlaceSteps, kept_columns
+from .kv_cache import InPlaceSteps, kept_columns, refuse_growth
 from .onnx_backend import OnnxBackend
 from .tensorrt_runner import (
     KVSlabPool,
@@ -165,10 +165,7 @@ class TrtSharedCache:
 
     def reserve(self, columns: int) -> None:
         if columns > self.capacity:
-            raise InvalidInputError(
-                f"A row of {columns} tokens does not fit the engines' KV cache of {self.capacity} columns (built with "
-                "--max-seq); rebuild the engines with a larger --max-seq, or lower the CoT budget or the frame count."
-            )
+            refuse_growth(columns, self.capacity)
 
     @property
     def buffers(self) -> dict:
@@ -228,7 +225,8 @@ class TensorRTDecoderModel(InPlaceSteps):
         self.prefix_store = None  # the host PrefixStore copies numpy columns; not for device slabs
         self.vision.activate()
         self.decoder.activate()
-        self._engine_inputs = set(self.decoder.input_metadata())  # TensorRT drops inputs nothing reads
+        # export/tensorrt.static_cache_graph drops total_sequence_length (nothing reads it); older engines may have it
+        self.takes_total_length = "total_sequence_length" in self.decoder.input_metadata()
         stream = self.decoder.stream
 
         def allocate(nbytes: int) -> int:
@@ -312,22 +310,10 @@ class TensorRTDecoderModel(InPlaceSteps):
         """One in-place engine call (`InPlaceSteps`): `buffers` {past name: (address, shape)} — the batch's
         slab or one row inside it — bound as past AND present; only the last position's outputs come back."""
         rows = inputs_embeds.shape[0]
-        total = np.asarray(lengths, dtype=np.int64) + width
-        feed = {
-            "inputs_embeds": np.ascontiguousarray(inputs_embeds, dtype=np.float32),
-            "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64),
-            "seqlens_k": (total - 1).astype(np.int32),
-            "total_sequence_length": np.asarray(total.max(), dtype=np.int32),
-        }
-        if self.num_deepstack:
-            if deepstack_embeds is None:
-                deepstack_embeds = np.zeros((self.num_deepstack, rows, width, inputs_embeds.shape[-1]), np.float32)
-            feed["deepstack_embeds"] = np.ascontiguousarray(deepstack_embeds, dtype=np.float32)
+        feed = self._in_place_inputs(inputs_embeds, position_ids, deepstack_embeds, lengths, width)
         runner, stream = self.decoder, self.decoder.stream
         shapes, addresses = {}, {}
         for name, value in feed.items():
-            if name not in self._engine_inputs:
-                continue  # total_sequence_length: the standard graph does not read it, so the engine has no such input
             addresses[name] = runner.buffer(name, value.nbytes)
             stream.upload(addresses[name], value)
             shapes[name] = value.shape

@@ -421,20 +421,25 @@ def test_resolve_providers_options(monkeypatch, tmp_path):
 
 
 # -- on a GPU with TensorRT only -------------------------------------------------------------------------------------
-@pytest.mark.gpu
-@pytest.mark.slow
-@pytest.mark.skipif(NO_GPU is not None, reason=f"needs TensorRT and an NVIDIA GPU: {NO_GPU}")
-def test_engines_score_like_onnxruntime(scale_bundle, sample_videos, tmp_path):
-    """Build fp32 engines of the tiny bundle and compare fast- and think-mode rewards with onnxruntime on the CPU."""
+def _engines_score_like_onnxruntime(engines, scale_bundle, sample_videos):
+    """Think mode on two sample videos: the engines' CoT is onnxruntime's on the CPU, rewards within 1e-3."""
     from descore_sdk.scorer import Scorer
 
-    out = build_engines(scale_bundle, tmp_path / "trt", precision="fp32", max_seq=1024, progress=False)
-    trt = Scorer.from_pretrained(out, backend="tensorrt", mode="think", max_new_tokens=8)
+    trt = Scorer.from_pretrained(engines, backend="tensorrt", mode="think", max_new_tokens=8)
     ort = Scorer.from_pretrained(scale_bundle, device="cpu", mode="think", max_new_tokens=8)
     for video in sample_videos[:2]:
         a, b = trt.score(video, "a video"), ort.score(video, "a video")
         assert a.rationale == b.rationale
         np.testing.assert_allclose(list(a.rewards.values()), list(b.rewards.values()), atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(NO_GPU is not None, reason=f"needs TensorRT and an NVIDIA GPU: {NO_GPU}")
+def test_engines_score_like_onnxruntime(scale_bundle, sample_videos, tmp_path):
+    """Build fp32 engines of the tiny bundle and compare fast- and think-mode rewards with onnxruntime on the CPU."""
+    out = build_engines(scale_bundle, tmp_path / "trt", precision="fp32", max_seq=1024, progress=False)
+    _engines_score_like_onnxruntime(out, scale_bundle, sample_videos)
 
 
 @pytest.mark.gpu
@@ -443,17 +448,10 @@ def test_engines_score_like_onnxruntime(scale_bundle, sample_videos, tmp_path):
 def test_in_place_engines_from_the_checkpoint_score_like_onnxruntime(scale_bundle, sample_videos, tmp_path):
     """From the checkpoint, TensorRT ≥ 10.15 builds the in-place decoder (IKVCacheUpdateLayer + IAttention);
     its CoTs and rewards are onnxruntime's on the CPU (older TensorRT builds the concat form: same check)."""
-    from descore_sdk.scorer import Scorer
-
     out = build_engines(scale_bundle.parent / "checkpoint", tmp_path / "trt", precision="fp32", max_seq=1024,
                         max_frames=4, max_pixels=160 * 160, progress=False)
     print("\nKV cache:", read_manifest(out)["engines"]["kv_cache"]["used"])
-    trt = Scorer.from_pretrained(out, backend="tensorrt", mode="think", max_new_tokens=8)
-    ort = Scorer.from_pretrained(scale_bundle, device="cpu", mode="think", max_new_tokens=8)
-    for video in sample_videos[:2]:
-        a, b = trt.score(video, "a video"), ort.score(video, "a video")
-        assert a.rationale == b.rationale
-        np.testing.assert_allclose(list(a.rewards.values()), list(b.rewards.values()), atol=1e-3)
+    _engines_score_like_onnxruntime(out, scale_bundle, sample_videos)
 
 
 @pytest.mark.gpu
