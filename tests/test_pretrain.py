@@ -20,7 +20,7 @@ from safetensors.numpy import load_file  # noqa: E402
 from descore_sdk.errors import DataError, InvalidInputError  # noqa: E402
 from descore_sdk.training.benchmark import BenchmarkSettings, main as benchmark_main  # noqa: E402
 from descore_sdk.training.data import PreferencePair, read_pairs  # noqa: E402
-from descore_sdk.training.pretrain import CAPTION_PROMPT, caption_examples, question_examples, main as pretrain_main  # noqa: E402
+from descore_sdk.training.pretrain import CAPTION_PROMPT, PATH_QUESTION, caption_examples, question_examples, main as pretrain_main  # noqa: E402
 from descore_sdk.training.synth import caption, generate_benchmark, grounding_answer, path_answer  # noqa: E402
 from descore_sdk.training.tiny import build_tiny_model  # noqa: E402
 
@@ -258,6 +258,10 @@ def test_benchmark_quick_run_reports_every_model_and_reuses_stages(tmp_path, cap
         ort, pt = report["summary"][f"cold_start/onnxruntime/fast/{split}"], report["summary"][f"cold_start/torch/fast/{split}"]
         assert ort == pt
     assert {"data", "pretrain", "mix", "cold_start", "plain_bt", "jrm", "rl", "export_cold_start", "export_rl"} <= set(report["seconds"])
+    # Pre-training asks no path questions by default (BENCHMARK.md, session 11), so there is no path diagnostic.
+    recipe = json.loads((out / "pretrain" / "run_config.json").read_text())["recipe"]
+    assert recipe["questions"] and recipe["path_questions"] is None
+    assert "pretrain_path_questions_test_id" not in report["diagnostics"]
     # The supervised recipes train on the mix: train.jsonl's pairs, some with the path left out of the prompt.
     mixed, train = read_pairs(out / "data" / "train_mixed.jsonl"), read_pairs(out / "data" / "train.jsonl")
     assert [(p.video_a, p.video_b, p.labels) for p in mixed] == [(p.video_a, p.video_b, p.labels) for p in train]
@@ -273,6 +277,16 @@ def test_benchmark_quick_run_reports_every_model_and_reuses_stages(tmp_path, cap
     again = json.loads(capsys.readouterr().out)
     assert set(again["seconds"]) == {"evaluation"}
     assert again["summary"] == report["summary"]
+
+
+def test_benchmark_path_questions_flag_reaches_pre_training(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert benchmark_main([str(out), "--quick", "--json", "--path-questions", "--cold-steps", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["settings"]["path_questions"] is True
+    recipe = json.loads((out / "pretrain" / "run_config.json").read_text())["recipe"]
+    assert recipe["path_questions"] == PATH_QUESTION
+    assert set(report["diagnostics"]["pretrain_path_questions_test_id"]) == {"asked_shown", "asked_other"}
 
 
 def test_path_free_mix_rewrites_a_seeded_share_of_the_prompts(bench, tmp_path):
