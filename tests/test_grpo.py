@@ -58,6 +58,11 @@ def test_severities_of_handcrafted_sections():
     # VQ 1 + 2; MQ ceil(3/2) = 2 + 1; TA colour and shape differ (2) + motion (1)
     assert report.severities == {"VQ": 3, "MQ": 3, "TA": 3}
     assert report.well_formed
+    # A consistent checklist before the conclusion keeps it readable; one differing word is severity 1.
+    checked = read_cot(BLURRY.replace("Alignment: the video matches the prompt.", "Alignment: colour asked red, seen blue, "
+                                      "mismatch; shape asked circle, seen circle, match; path not asked, seen up; so the prompt "
+                                      "asks for a red circle but the object is a blue circle."), num_tokens=1)
+    assert checked.severities["TA"] == 1 and checked.well_formed
 
 
 def test_perfect_pair_gets_the_full_reward():
@@ -95,8 +100,29 @@ def test_overall_only_labels_use_the_total_severity():
             BLURRY.replace("prompt.", "prompt; the prompt asks for movement up but the object moves down."),
             "'Alignment' states no",
         ),
+        # RL's session-12 hack: the mismatch phrase between identical words, read as severity 0 before.
+        (
+            BLURRY.replace("the video matches the prompt.", "the prompt asks for a red circle but the object is a red circle."),
+            "'Alignment' states no",
+        ),
+        (
+            BLURRY.replace("the video matches the prompt.", "the prompt asks for movement up but the object moves up."),
+            "'Alignment' states no",
+        ),
+        # A checklist verdict against its own two words, either way.
+        (
+            BLURRY.replace("Alignment: ", "Alignment: colour asked red, seen red, mismatch; shape asked circle, seen circle, "
+                           "match; path asked up, seen up, match; so "),
+            "'Alignment' states no",
+        ),
+        (
+            BLURRY.replace("Alignment: the video matches the prompt.", "Alignment: colour asked red, seen blue, match; so the "
+                           "prompt asks for a red circle but the object is a blue circle."),
+            "'Alignment' states no",
+        ),
     ],
-    ids=["missing", "duplicate", "order", "no-verdict", "contradiction"],
+    ids=["missing", "duplicate", "order", "no-verdict", "contradiction", "same-words", "same-path", "checklist-mismatch",
+         "checklist-match"],
 )
 def test_format_errors(text, problem):
     report = read_cot(text, num_tokens=50)

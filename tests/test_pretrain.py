@@ -270,8 +270,13 @@ def test_benchmark_quick_run_reports_every_model_and_reuses_stages(tmp_path, cap
     for key in ("test_id/think", "test_id/fast"):
         assert report["rl"][key]["paired"] and report["rl"][key]["before"] == pytest.approx(
             report["summary"][f"cold_start/onnxruntime/{key.split('/')[1]}/test_id"]["mean"])
-    for values in report["diagnostics"].values():
-        assert values and all(0.0 <= v <= 1.0 for v in values.values())
+    for name, values in report["diagnostics"].items():
+        rates = {k: v for k, v in values.items() if not k.endswith("_mismatched")}
+        assert rates and all(v is None or 0.0 <= v <= 1.0 for v in rates.values()), name
+    # Every think-mode evaluation's checklists are read back (test_heldout has wrong-motion clips to count).
+    for model in ("cold_start", "rl"):
+        for split in ("test_id", "test_heldout"):
+            assert set(report["diagnostics"][f"{model}_think_checklist_{split}"]) >= {"colour_asked", "path_seen_mismatched"}
     # A second run reuses every stage (only the evaluation runs again).
     assert benchmark_main([str(out), "--quick", "--json", "--path-free-fraction", "0.5"]) == 0
     again = json.loads(capsys.readouterr().out)

@@ -15,9 +15,11 @@ from descore_sdk.training.data import read_pairs
 from descore_sdk.training.synth import (
     COLORS,
     Scene,
+    checklist_fidelity,
     encode_mp4,
     generate_benchmark,
     realise_spec,
+    read_checklist,
     render_frames,
     without_path,
 )
@@ -134,7 +136,12 @@ def test_labels_follow_the_factors(bench):
             # Rationales describe what is actually drawn, and say so when it disagrees with the prompt.
             for side, text in (("a", pair.rationale_a), ("b", pair.rationale_b)):
                 meta = pair.meta[f"meta_{side}"]
-                assert f"{meta['color']} {meta['shape']} moving {meta['motion']}" in text
+                scene = pair.meta["scene"]
+                assert text.startswith(f"The prompt asks for a {scene['color']} {scene['shape']} moving {scene['motion']} "
+                                       f"on a {scene['background']} background. ")
+                assert f"colour asked {scene['color']}, seen {meta['color']}, " in text
+                assert f"shape asked {scene['shape']}, seen {meta['shape']}, " in text
+                assert f"path asked {scene['motion']}, seen {meta['motion']}" in text
                 mismatch = (meta["color"], meta["shape"], meta["motion"]) != tuple(
                     pair.meta["scene"][k] for k in ("color", "shape", "motion"))
                 assert ("matches the prompt" in text) != mismatch
@@ -302,8 +309,8 @@ def test_wrong_motion_moves_another_way(twins, seed):
 
 
 def test_without_path_keeps_the_seen_path_and_drops_the_asked_one(bench):
-    """Hand-checked: the prompt loses exactly " moving <path>", the rationales keep "moving <path>"
-    in their first sentence and replace the path's checklist item by "path not asked, seen <path>"
+    """Hand-checked: the prompt loses exactly " moving <path>", and so does the rationales' restated
+    request in their first sentence; they replace the path's checklist item by "path not asked, seen <path>"
     (the path the clip shows, from its record); labels, videos and the rest of the text are unchanged."""
     _, paths = bench
     pairs = read_pairs(paths["train"])
@@ -317,7 +324,58 @@ def test_without_path_keeps_the_seen_path_and_drops_the_asked_one(bench):
             shown = pair.meta[f"meta_{side}"]["motion"]
             assert shown == scene["motion"]  # train clips move the way their scene says (no wrong motion)
             item = f"path asked {scene['motion']}, seen {shown}, match"
-            assert item in before and after == before.replace(item, f"path not asked, seen {shown}")
-            assert f"I see a {pair.meta[f'meta_{side}']['color']} {pair.meta[f'meta_{side}']['shape']} moving {shown} across" in after
+            assert item in before and after == before.replace(item, f"path not asked, seen {shown}").replace(
+                f" moving {scene['motion']} on a ", " on a ", 1)
+            # The restated request loses the path too; the clip's own colour and shape are in the checklist.
+            assert before.startswith(f"The prompt asks for a {scene['color']} {scene['shape']} moving {scene['motion']} on a ")
+            assert after.startswith(f"The prompt asks for a {scene['color']} {scene['shape']} on a {scene['background']} background. ")
+            assert f"colour asked {scene['color']}, seen {pair.meta[f'meta_{side}']['color']}" in after
     with pytest.raises(InvalidInputError, match="synthetic"):
         without_path(dataclasses.replace(pairs[0], meta={}))
+
+
+def test_checklist_fidelity_scores_copying_and_reading_by_hand(bench):
+    """Three rationales per clip, written here from the pairs' records: the truth (every rate 1), one
+    that copies the prompt into "seen" (seen right only where the clip matches its prompt, 0 on the
+    mismatched clips) and one that copies the clip into "asked" (the old template's failure: asked right
+    only where the clip matches). Rates are checked against counts made here."""
+    _, paths = bench
+    pairs = read_pairs(paths["train"]) + read_pairs(paths["test_heldout"])
+    clips = {}
+    for pair in pairs:
+        for video, side in ((pair.video_a, "a"), (pair.video_b, "b")):
+            clips.setdefault((str(video), pair.prompt), (pair.meta["scene"], pair.meta[f"meta_{side}"]))
+    keys = {"colour": "color", "shape": "shape", "path": "motion"}
+
+    def checklist(values_asked, values_seen):
+        items = "; ".join(f"{e} asked {values_asked[k]}, seen {values_seen[k]}, {'match' if values_asked[k] == values_seen[k] else 'mismatch'}"
+                          for e, k in keys.items())
+        return f"The prompt asks for it. Visual quality: fine. Alignment: {items}; so whatever."
+
+    truth = {item: checklist(scene, clip) for item, (scene, clip) in clips.items()}
+    copy_prompt = {item: checklist(scene, scene) for item, (scene, clip) in clips.items()}
+    copy_clip = {item: checklist(clip, clip) for item, (scene, clip) in clips.items()}
+    n = len(clips)
+    mismatched = {e: sum(clip[k] != scene[k] for scene, clip in clips.values()) for e, k in keys.items()}
+    assert mismatched["colour"] > 0 and mismatched["shape"] + mismatched["colour"] > 0 and mismatched["path"] > 0
+
+    good = checklist_fidelity(pairs, truth)
+    for e in keys:
+        assert (good[f"{e}_asked"], good[f"{e}_seen"], good[f"{e}_mismatched"]) == (1.0, 1.0, mismatched[e])
+        assert good[f"{e}_seen_mismatched"] == (1.0 if mismatched[e] else good[f"{e}_seen_mismatched"])
+    copying = checklist_fidelity(pairs, copy_prompt)
+    clipping = checklist_fidelity(pairs, copy_clip)
+    for e in keys:
+        assert copying[f"{e}_asked"] == 1.0 and copying[f"{e}_seen"] == pytest.approx((n - mismatched[e]) / n)
+        assert clipping[f"{e}_seen"] == 1.0 and clipping[f"{e}_asked"] == pytest.approx((n - mismatched[e]) / n)
+        if mismatched[e]:
+            assert copying[f"{e}_seen_mismatched"] == 0.0 and clipping[f"{e}_seen_mismatched"] == 1.0
+    # A rationale that states no checklist counts as wrong everywhere; a path-free prompt has no "asked" path.
+    assert checklist_fidelity(pairs, dict.fromkeys(clips, "no checklist"))["colour_seen"] == 0.0
+    free = [without_path(p) for p in read_pairs(paths["train"])]
+    stated = {(str(v), p.prompt): r for p in free for v, r in ((p.video_a, p.rationale_a), (p.video_b, p.rationale_b))}
+    scores = checklist_fidelity(free, stated)
+    assert np.isnan(scores["path_asked"]) and scores["path_seen"] == 1.0 and scores["colour_asked"] == 1.0
+    assert read_checklist(free[0].rationale_a)["path"] == {"asked": None, "seen": free[0].meta["meta_a"]["motion"], "verdict": None}
+    with pytest.raises(InvalidInputError, match="synthetic"):
+        checklist_fidelity([dataclasses.replace(pairs[0], meta={})], truth)

@@ -37,7 +37,9 @@ scored in fast mode with the torch backend, to show the export keeps its accurac
 Diagnostics: `pretrain.caption_discrimination` of the pre-trained backbone (captions) and of the
 cold-start model (its rationales) on test_id and on the first 200 test_heldout pairs: per factor, how
 often a clip's own text is likelier than its twin's (0.5: the video makes no difference); and
-with `--path-questions`, `pretrain.path_question_accuracy` of the pre-trained backbone on 40 test_id clips. The RL
+with `--path-questions`, `pretrain.path_question_accuracy` of the pre-trained backbone on 40 test_id clips;
+`synth.checklist_fidelity` of every think-mode evaluation (does the generated checklist state the
+prompt's colour / shape / path as asked, and the clip's as seen, also where they differ?). The RL
 stage's own verdict (`rl_summary.json`: the trend of the sampled CoTs' rule reward) and the change
 from the cold start to the RL model per split and mode are in the report under "rl".
 
@@ -193,6 +195,9 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
         ("plain_bt", out / "plain_bt" / "model", "torch", ("fast",)),
     ]
     started = time.perf_counter()
+    from .synth import checklist_fidelity
+
+    checklists = {}
     for model_name, path, backend, modes in plan:
         scorer = Scorer.from_pretrained(path, backend=backend, **options)
         for mode in modes:
@@ -202,6 +207,9 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
                 report = evaluate_with_scorer(scorer, pairs[split_name], mode=mode, calib_pairs=calib, results=results)
                 evaluations.append({"model": model_name, "backend": backend, "mode": mode, "split": split_name,
                                     "mean": report["mean"], "dims": report["dims"], "correct": report["correct"]})
+                if mode == "think":  # did the generated checklists copy the prompt and read the clip right?
+                    checklists[f"{model_name}_think_checklist_{split_name}"] = checklist_fidelity(
+                        pairs[split_name], {item: result.rationale or "" for item, result in results.items()})
     # Does each backbone read its text from the video? (0.5 per factor = it does not; see pretrain.py)
     from .model import DeScoreModel
     from .pretrain import caption_discrimination, path_question_accuracy
@@ -216,6 +224,7 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
             DeScoreModel.from_pretrained(backbone), pairs["test_heldout"][:200]),
         "cold_start_rationale_discrimination_test_heldout": caption_discrimination(
             DeScoreModel.from_pretrained(out / "cold_start" / "model"), pairs["test_heldout"][:200], rationale="rationale"),
+        **checklists,
     }
     if settings.path_questions:  # does the pre-trained backbone answer "Is it moving P?" from the video (40 test_id clips)?
         diagnostics["pretrain_path_questions_test_id"] = path_question_accuracy(DeScoreModel.from_pretrained(backbone), pairs["test_id"])

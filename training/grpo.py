@@ -10,7 +10,7 @@ CoT format (what `read_cot` accepts)
 The CoT is the templated rationale of `training/synth.py`: one section per sub-dimension, introduced
 by its heading and a colon, each heading exactly once and in this order::
 
-    I see a red circle moving left to right across a gray background.
+    The prompt asks for a red circle moving left to right on a gray background.
     Visual quality: <findings>. Motion: <findings>. Alignment: <findings>.
 
     VQ → "Visual quality:"    MQ → "Motion:"    TA → "Alignment:"      (`SECTION_HEADINGS`)
@@ -31,7 +31,12 @@ the problems it names. The phrases are the ones `synth.describe` writes (`SEVERI
 
 These severities add up to exactly the per-dimension "badness" synth labels pairs by, so a pair of
 ground-truth rationales scores full accuracy (tested on generated benchmarks). A section is
-*unreadable* when it has neither the clean phrase nor any cue, or both (a contradiction).
+*unreadable* when it has neither the clean phrase nor any cue, or both (a contradiction), or when it
+contradicts its own words: a mismatch phrase between identical words ("the prompt asks for a red
+circle but the object is a red circle"), or a checklist item whose verdict disagrees with the two
+words it compares ("colour asked red, seen red, mismatch"). Without that rule RL learned to write the
+mismatch phrase on every clip, identical words and all, which scored as clean and took away what the
+head reads (training/BENCHMARK.md, session 12).
 
 A CoT is *well formed* when it ended on its own (a stop token within the generation budget), every
 heading appears exactly once and in order, and every section is readable.
@@ -99,6 +104,15 @@ def _mismatched_words(match: re.Match) -> int:
     return sum(a.lower() != s.lower() for a, s in zip(asked, seen))
 
 
+def _other_path(match: re.Match) -> int:
+    return int(match.group(1).strip().lower() != match.group(2).strip().lower())
+
+
+# One item of the alignment checklist: "colour asked red, seen blue, mismatch" ("path not asked, seen
+# left to right" when the prompt leaves the path out). `synth.read_checklist` reads it with this too.
+CHECKLIST_ITEM = re.compile(r"\b(colour|shape|path) (?:asked (.+?)|not asked), seen (.+?)(?:, (match|mismatch))?(?=;|\.|$)")
+
+
 # (pattern, severity of a match) per section; see the module docstring for where they come from.
 SEVERITY_CUES: dict[str, list[tuple[re.Pattern, Callable[[re.Match], int]]]] = {
     "VQ": [
@@ -116,7 +130,7 @@ SEVERITY_CUES: dict[str, list[tuple[re.Pattern, Callable[[re.Match], int]]]] = {
     ],
     "TA": [
         (re.compile(r"asks for an? (\w+) (\w+) but the object is an? (\w+) (\w+)", re.I), _mismatched_words),
-        (re.compile(r"asks for movement .+? but the object moves", re.I), _fixed(1)),
+        (re.compile(r"asks for movement (.+?) but the object moves (.+?)(?=[;.]|$)", re.I), _other_path),
     ],
 }
 
@@ -185,10 +199,18 @@ def _section_severity(dimension: str, body: str) -> int | None:
     severity, found = 0, False
     for pattern, weight in SEVERITY_CUES[dimension]:
         for match in pattern.finditer(body):
-            severity += weight(match)
+            stated = weight(match)
+            if stated == 0:  # a mismatch between identical words ("asks for a red circle but the object is a red circle")
+                return None
+            severity += stated
             found = True
     if clean == found:  # neither a finding nor the clean phrase, or both at once
         return None
+    if dimension == "TA":  # a checklist verdict against its own two words ("asked red, seen red, mismatch")
+        for item in CHECKLIST_ITEM.finditer(body):
+            asked, seen, verdict = item.group(2), item.group(3), item.group(4)
+            if asked is not None and verdict is not None and (verdict == "match") != (asked.lower() == seen.lower()):
+                return None
     return severity
 
 

@@ -57,8 +57,10 @@ when equal. ``overall`` prefers the lower total badness (sum over dimensions); s
 of a pair always has a superset of the first one's factors, it never contradicts a dimension label.
 Which video is A and which is B is random.
 
-Each video also gets a templated rationale describing what is seen (object, colour, path, sharpness,
-noise, tint, smoothness) and whether that matches the prompt: the chain-of-thought target.
+Each video also gets a templated rationale (`describe`): the prompt's request restated, what is seen
+(sharpness, noise, tint, smoothness; colour, shape and path in the alignment checklist) and whether that
+matches the prompt: the chain-of-thought target. `read_checklist` / `checklist_fidelity` read a
+generated checklist back and say whether it copied the prompt and read the clip right.
 
 Splits (DeScore JSONL, see ``training/data.py``; extra keys ``scene``, ``meta_a``, ``meta_b`` record the
 ground truth: actual shape/colour/motion/background, factors with severities, tint):
@@ -89,6 +91,7 @@ import numpy as np
 from descore_sdk.errors import InvalidInputError
 
 from .data import PreferencePair, write_pairs_jsonl
+from .grpo import CHECKLIST_ITEM
 
 SHAPES = ("circle", "square", "triangle")
 COLORS = {
@@ -312,10 +315,20 @@ def encode_mp4(frames: np.ndarray, path: Path, fps: float) -> None:
 
 
 def describe(spec: VideoSpec) -> str:
-    """Templated description of what the video shows and how it compares with its prompt."""
+    """Templated rationale: the prompt's request restated, what the video shows section by section, and
+    how it compares with the prompt.
+
+    The request comes first, copied from the prompt ("The prompt asks for a red circle moving left to
+    right on a gray background."); what the clip shows is stated only in the checklist's "seen" slots,
+    read from the video. An earlier template opened with "I see a <seen colour> <seen shape> ...";
+    with the seen words written first, a 2-layer model's checklist copied the nearest colour word into
+    "asked" too: the cold start wrote "colour asked purple, seen purple, match" on every wrong-colour
+    train clip it was asked about (training/BENCHMARK.md, session 12).
+    """
     scene, factors = spec.scene, spec.factors
     bg = scene.background
-    parts = [f"I see a {spec.color} {spec.shape} moving {spec.motion} across a {bg} background."]
+    request = f"{scene.color} {scene.shape}" + (f" moving {scene.motion}" if scene.path_in_prompt else "")
+    parts = [f"The prompt asks for a {request} on a {bg} background."]
 
     visual = []
     if "blur" in factors:
@@ -354,9 +367,8 @@ def describe(spec: VideoSpec) -> str:
 
 def without_path(pair: PreferencePair) -> PreferencePair:
     """The same synthetic pair with a prompt that does not name the path ("a red circle on a gray
-    background") and rationales rebuilt for it: they still say which way the object moves ("I see a
-    red circle moving left to right ...", "path not asked, seen left to right"), which can then only
-    be read from the video. Labels and videos are unchanged: the clips still match the (vaguer)
+    background") and rationales rebuilt for it: they still say which way the object moves ("path not
+    asked, seen left to right"), which can then only be read from the video. Labels and videos are unchanged: the clips still match the (vaguer)
     prompt; nothing of the held-out factor is made (a train pair's clips move the scene's way).
 
     Why: in every training pair the path the rationale states is the prompt's, so a cold-started CoT
@@ -376,6 +388,64 @@ def without_path(pair: PreferencePair) -> PreferencePair:
 
     return dataclasses.replace(pair, prompt=scene.prompt, rationale_a=rationale(meta["meta_a"]), rationale_b=rationale(meta["meta_b"]),
                                meta={**meta, "path_in_prompt": False})
+
+
+CHECKLIST_ELEMENTS = {"colour": "color", "shape": "shape", "path": "motion"}  # checklist word → scene / clip record key
+
+
+def read_checklist(text: str) -> dict[str, dict]:
+    """The alignment checklist `describe` writes, read back from a (generated) rationale:
+    {element: {"asked": word or None ("not asked"), "seen": word, "verdict": "match" / "mismatch" /
+    None}} for each of colour / shape / path that the text states after "Alignment:"; an element the
+    text does not state is absent."""
+    start = text.find("Alignment:")
+    if start < 0:
+        return {}
+    body = text[start + len("Alignment:"):]
+    body = body.split("; so ", 1)[0]
+    out: dict[str, dict] = {}
+    for match in CHECKLIST_ITEM.finditer(body):
+        element = match.group(1)
+        if element not in out:
+            out[element] = {"asked": match.group(2), "seen": match.group(3), "verdict": match.group(4)}
+    return out
+
+
+def checklist_fidelity(pairs, rationales) -> dict[str, float]:
+    """Does a model's generated checklist copy the prompt right and read the clip right? Over the
+    distinct (clip, prompt) of synthetic `pairs` (with `generate_benchmark`'s scene / meta_a / meta_b
+    records), given `rationales`: {(video path, prompt): generated rationale} (think mode's CoTs).
+
+    Per element (colour, shape, path):
+      <element>_asked            the "asked" slot states the prompt's value (asked elements only)
+      <element>_seen             the "seen" slot states what the clip shows
+      <element>_seen_mismatched  the same, on the clips whose value differs from the prompt's (NaN if
+                                 none): copying the prompt scores 0 here, reading the video 1
+      <element>_mismatched       how many such clips there were
+    An element the rationale does not state counts as wrong. `read_checklist` reads the slots."""
+    seen: dict[tuple[str, str], tuple[dict, dict, bool]] = {}
+    for pair in pairs:
+        meta = pair.meta or {}
+        if "scene" not in meta:
+            raise InvalidInputError("checklist_fidelity needs synthetic pairs with scene / meta_a / meta_b records (`generate_benchmark`).")
+        for video, clip in ((pair.video_a, meta["meta_a"]), (pair.video_b, meta["meta_b"])):
+            seen.setdefault((str(video), pair.prompt), (meta["scene"], clip, meta.get("path_in_prompt", True)))
+    out: dict[str, float] = {}
+    for element, key in CHECKLIST_ELEMENTS.items():
+        asked, shown, mismatched = [], [], []
+        for item, (scene, clip, path_asked) in seen.items():
+            stated = read_checklist(rationales[item]).get(element, {})
+            if path_asked or element != "path":
+                asked.append(stated.get("asked") == scene[key])
+            right = stated.get("seen") == clip[key]
+            shown.append(right)
+            if clip[key] != scene[key]:
+                mismatched.append(right)
+        out[f"{element}_asked"] = float(np.mean(asked)) if asked else float("nan")
+        out[f"{element}_seen"] = float(np.mean(shown)) if shown else float("nan")
+        out[f"{element}_seen_mismatched"] = float(np.mean(mismatched)) if mismatched else float("nan")
+        out[f"{element}_mismatched"] = len(mismatched)
+    return out
 
 
 def caption(meta: dict) -> str:
