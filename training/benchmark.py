@@ -22,7 +22,7 @@ interrupted benchmark continues where it stopped):
 6. plain_bt   the same backbone and data, BT on the fast layout only (CoT drop 1, no LM loss).
 7. jrm        JRM from the same backbone and data: BT + rationale LM loss, scored without CoT.
 8. rl         dual-objective RL (GRPO n=8 + BT on the head) from the cold-start checkpoint on train.jsonl:
-              100 steps of 8 pairs each at a policy lr of 1e-4 (KL coefficient 1e-2, as the authors'
+              100 steps of 8 pairs each at a policy lr of 3e-4 (KL coefficient 1e-2, as the authors'
               config), rollouts at temperature 2 with min-p 0.1; see BENCHMARK.md, "The RL stage", for
               what smaller settings (1 pair, lr 1e-5, temperature 1) did not do.
 9. export     cold_start and rl exported as ONNX bundles.
@@ -81,7 +81,7 @@ class BenchmarkSettings:
     bt_steps: int = 4000
     jrm_steps: int = 4000
     rl_steps: int = 100
-    rl_lr: float = 1e-4  # the tiny model's policy lr (RLConfig's 1e-6 default is for real VLMs); KL ~4e-3 after 25 steps
+    rl_lr: float = 3e-4  # the tiny model's policy lr (RLConfig's 1e-6 default is for real VLMs); KL ~1e-2 (BENCHMARK.md, session 12)
     rl_pairs_per_step: int = 8
     rl_head_lr: float = 1e-4
     rl_temperature: float = 2.0  # rollouts: with rl_min_p 0.1 explores without breaking the template (BENCHMARK.md, S3)
