@@ -368,8 +368,9 @@ def describe(spec: VideoSpec) -> str:
 def without_path(pair: PreferencePair) -> PreferencePair:
     """The same synthetic pair with a prompt that does not name the path ("a red circle on a gray
     background") and rationales rebuilt for it: they still say which way the object moves ("path not
-    asked, seen left to right"), which can then only be read from the video. Labels and videos are unchanged: the clips still match the (vaguer)
-    prompt; nothing of the held-out factor is made (a train pair's clips move the scene's way).
+    asked, seen left to right"), which can then only be read from the video. Labels and videos are
+    unchanged: the clips still match the (vaguer) prompt; nothing of the held-out factor is made (a
+    train pair's clips move the scene's way).
 
     Why: in every training pair the path the rationale states is the prompt's, so a cold-started CoT
     copies it from the prompt (training/BENCHMARK.md, "Held-out wrong motion"); with some prompts
