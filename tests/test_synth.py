@@ -379,3 +379,5 @@ def test_checklist_fidelity_scores_copying_and_reading_by_hand(bench):
     assert read_checklist(free[0].rationale_a)["path"] == {"asked": None, "seen": free[0].meta["meta_a"]["motion"], "verdict": None}
     with pytest.raises(InvalidInputError, match="synthetic"):
         checklist_fidelity([dataclasses.replace(pairs[0], meta={})], truth)
+    with pytest.raises(InvalidInputError, match="No rationale for 1 of"):
+        checklist_fidelity(pairs, {k: v for k, v in truth.items() if k != next(iter(truth))})

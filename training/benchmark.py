@@ -203,13 +203,13 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
         for mode in modes:
             # Each video once per (model, mode): the calibration pairs serve both splits' reports.
             results = score_pairs(scorer, pairs["test_id"] + pairs["test_heldout"] + calib, mode=mode)
+            rationales = {item: result.rationale or "" for item, result in results.items()}
             for split_name in ("test_id", "test_heldout"):
                 report = evaluate_with_scorer(scorer, pairs[split_name], mode=mode, calib_pairs=calib, results=results)
                 evaluations.append({"model": model_name, "backend": backend, "mode": mode, "split": split_name,
                                     "mean": report["mean"], "dims": report["dims"], "correct": report["correct"]})
                 if mode == "think":  # did the generated checklists copy the prompt and read the clip right?
-                    checklists[f"{model_name}_think_checklist_{split_name}"] = checklist_fidelity(
-                        pairs[split_name], {item: result.rationale or "" for item, result in results.items()})
+                    checklists[f"{model_name}_think_checklist_{split_name}"] = checklist_fidelity(pairs[split_name], rationales)
     # Does each backbone read its text from the video? (0.5 per factor = it does not; see pretrain.py)
     from .model import DeScoreModel
     from .pretrain import caption_discrimination, path_question_accuracy

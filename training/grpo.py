@@ -200,7 +200,7 @@ def _section_severity(dimension: str, body: str) -> int | None:
     for pattern, weight in SEVERITY_CUES[dimension]:
         for match in pattern.finditer(body):
             stated = weight(match)
-            if stated == 0:  # a mismatch between identical words ("asks for a red circle but the object is a red circle")
+            if stated == 0:  # a finding that names no problem ("asks for a red circle but the object is a red circle")
                 return None
             severity += stated
             found = True

@@ -431,6 +431,10 @@ def checklist_fidelity(pairs, rationales) -> dict[str, float]:
             raise InvalidInputError("checklist_fidelity needs synthetic pairs with scene / meta_a / meta_b records (`generate_benchmark`).")
         for video, clip in ((pair.video_a, meta["meta_a"]), (pair.video_b, meta["meta_b"])):
             seen.setdefault((str(video), pair.prompt), (meta["scene"], clip, meta.get("path_in_prompt", True)))
+    missing = [item for item in seen if item not in rationales]
+    if missing:
+        raise InvalidInputError(f"No rationale for {len(missing)} of the pairs' clips (first: {missing[0]}); score every "
+                                "(video, prompt) of the pairs in think mode first (`evaluation.score_pairs`).")
     out: dict[str, float] = {}
     for element, key in CHECKLIST_ELEMENTS.items():
         asked, shown, mismatched = [], [], []
