@@ -410,6 +410,127 @@ def test_advantages_reach_the_right_rows(credit, pairs, monkeypatch):
     np.testing.assert_allclose(seen, expected, atol=1e-5)
 
 
+# Section credit. Each CoT is built from separately encoded pieces, so which tokens belong to which
+# section is known by construction, not by the code under test. Labels VQ: A, MQ: same, TA: B.
+# Severities (VQ, MQ, TA), by the phrases: A_0 (0, 0, 0), A_1 (1, 0, 1), B_0 (2, 0, 0), B_1 (0, 0, 0).
+# Sample 0 = (A_0, B_0): VQ A right, MQ same right, TA same wrong → 2/3. Sample 1 = (A_1, B_1): VQ B
+# wrong, MQ right, TA B right → 2/3. The paper's reward is flat (no advantage); judged per dimension:
+# VQ 1 vs 0 → (+1, −1), MQ 1 vs 1 → (0, 0), TA 0 vs 1 → (−1, +1). Every CoT is well formed and its
+# length is inside the target, so the format and length terms are the same for all samples.
+SECTION_LABELS = {"VQ": "A", "MQ": "same", "TA": "B"}
+_CLEAN_TA = " Alignment: colour asked red, seen red, match; so the video matches the prompt."
+_WRONG_TA = (" Alignment: colour asked red, seen blue, mismatch; so the prompt asks for a red circle but the object"
+             " is a blue circle.")
+SECTION_COTS = {  # (preamble, VQ, MQ, TA) pieces of A_0, A_1, B_0, B_1
+    "A_0": ("The prompt asks for a red circle.", " Visual quality: sharp, clean and with natural colours.",
+            " Motion: smooth and steady.", _CLEAN_TA),
+    "A_1": ("The prompt asks for a red circle.", " Visual quality: the image is slightly soft.", " Motion: smooth and steady.", _WRONG_TA),
+    "B_0": ("The prompt asks for a red circle.", " Visual quality: the image is very blurry.", " Motion: smooth and steady.", _CLEAN_TA),
+    "B_1": ("The prompt asks for a red circle.", " Visual quality: sharp, clean and with natural colours.",
+            " Motion: smooth and steady.", _CLEAN_TA),
+}
+SECTION_ADVANTAGES = {"A_0": (0.0, 1.0, 0.0, -1.0), "A_1": (0.0, -1.0, 0.0, 1.0),  # preamble, VQ, MQ, TA
+                      "B_0": (0.0, 1.0, 0.0, -1.0), "B_1": (0.0, -1.0, 0.0, 1.0)}
+
+
+def _piece_ids(prompts, pieces):
+    return [prompts.encode(piece).tolist() for piece in pieces]
+
+
+def test_token_sections_follow_the_headings(pairs):
+    from descore_sdk.training.rl import token_sections
+
+    model = build_tiny_model("qwen3_vl", seed=7, dimension_names=DIMS)
+    prompts = PromptBuilder(model.tokenizer, model.descore_config)
+    for pieces in SECTION_COTS.values():
+        ids = _piece_ids(prompts, pieces)
+        expected = [section for section, piece in zip((None, "VQ", "MQ", "TA"), ids) for _ in piece]
+        assert token_sections(prompts.decode, sum(ids, [])) == expected
+    # No heading: everything is outside any section; a missing middle heading extends the section before.
+    assert token_sections(prompts.decode, prompts.encode("a red circle").tolist()) == [None] * len(prompts.encode("a red circle"))
+    pieces = _piece_ids(prompts, SECTION_COTS["A_0"])
+    assert token_sections(prompts.decode, pieces[0] + pieces[1] + pieces[3]) == [None] * len(pieces[0]) + ["VQ"] * len(pieces[1]) + ["TA"] * len(pieces[3])
+
+
+def test_section_rewards_hand_values():
+    from descore_sdk.training.grpo import LengthTarget, RewardWeights, read_cot
+    from descore_sdk.training.rl import section_rewards
+
+    reports = {name: read_cot("".join(pieces), num_tokens=40) for name, pieces in SECTION_COTS.items()}
+    got = section_rewards([reports["A_0"], reports["A_1"]], [reports["B_0"], reports["B_1"]], SECTION_LABELS,
+                          weights=RewardWeights(), length_target=LengthTarget())
+    assert set(got) == {None, "VQ", "MQ", "TA"}
+    np.testing.assert_allclose(got[None], [0.7 * 2 / 3 + 0.3] * 2)
+    np.testing.assert_allclose(got["VQ"], [1.0, 0.3])
+    np.testing.assert_allclose(got["MQ"], [1.0, 1.0])
+    np.testing.assert_allclose(got["TA"], [0.3, 1.0])
+    # Only labelled sub-dimensions get their own reward; a pair judged on "overall" alone has just the shared one.
+    assert set(section_rewards([reports["A_0"]], [reports["B_0"]], {"overall": "A"}, weights=RewardWeights(),
+                               length_target=LengthTarget())) == {None}
+
+
+def test_section_credit_reaches_each_sections_tokens(pairs, monkeypatch):
+    """The per-token advantages the policy loss gets with credit="section" (hand values above): each
+    section's tokens its own dimension's advantage, the opening sentence and the stop token the
+    shared (here flat: 0) one. With the paper's pair credit the same samples give no gradient at all."""
+    import descore_sdk.training.rl as rl_module
+    from descore_sdk.training.grpo import read_cot, rule_reward
+
+    model = build_tiny_model("qwen3_vl", seed=7, dimension_names=DIMS)
+    prompts = PromptBuilder(model.tokenizer, model.descore_config)
+    pair = dataclasses.replace(pairs[0], labels=SECTION_LABELS)
+    features = video_features(pair.video_a, model.descore_config)
+    prompt_ids = model_inputs(prompts, features, pair.prompt, "think").input_ids
+    stop = model.tokenizer.token_to_id("<|im_end|>")
+    built = {name: _piece_ids(prompts, pieces) for name, pieces in SECTION_COTS.items()}
+    rollouts = {name: Rollout(features, prompt_ids, sum(ids, []), stop) for name, ids in built.items()}
+
+    def rollout(_pair):
+        ra, rb = [rollouts["A_0"], rollouts["A_1"]], [rollouts["B_0"], rollouts["B_1"]]
+        parsed = [read_cot(prompts.decode(r.cot_ids), num_tokens=len(r.cot_ids)) for pair_ in zip(ra, rb) for r in pair_]
+        return ra, rb, [rule_reward(a, b, SECTION_LABELS) for a, b in zip(parsed[0::2], parsed[1::2])], parsed
+
+    for credit in ("section", "pair"):
+        trainer = DualObjectiveRL(model, RLConfig(num_samples=2, max_new_tokens=3, pairs_per_step=1, micro_batch=1, credit=credit,
+                                                  length_min_tokens=1, lr=0.0, head_lr=0.0))
+        trainer.rollout = rollout
+        seen = []
+        real_loss = rl_module.grpo_policy_loss
+        monkeypatch.setattr(rl_module, "grpo_policy_loss",
+                            lambda *a, **k: seen.append((a[3].clone(), a[4].clone())) or real_loss(*a, **k))
+        trainer.step([pair])
+        monkeypatch.setattr(rl_module, "grpo_policy_loss", real_loss)
+        got = {}
+        for (advantages, mask), names in zip(seen, (("A_0", "B_0"), ("A_1", "B_1"))):  # micro-batch i: [A_i, B_i]
+            for row, name in enumerate(names):
+                values = (advantages[row] if advantages.dim() == 2 else advantages[row].expand(mask.shape[1]))[mask[row].bool()]
+                got[name] = values.tolist()
+        for name, ids in built.items():
+            if credit == "section":
+                want = [a for a, piece in zip(SECTION_ADVANTAGES[name], ids) for _ in piece] + [0.0]  # + the stop token
+            else:
+                want = [0.0] * (sum(map(len, ids)) + 1)
+            np.testing.assert_allclose(got[name], want, atol=1e-5, err_msg=f"{credit} {name}")
+
+
+def test_policy_loss_takes_per_token_advantages():
+    """A per-token advantage equal on every token gives the per-sequence loss; a token's advantage only
+    weighs its own log-prob (the gradient, by hand: −A_t · mask / tokens per sequence / sequences)."""
+    from descore_sdk.training.grpo import grpo_policy_loss
+
+    logp = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.7, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    per_sequence = grpo_policy_loss(logp, logp.detach(), logp.detach(), torch.tensor([0.5, -1.0]), mask, kl_coef=0.0)
+    per_token = grpo_policy_loss(logp, logp.detach(), logp.detach(), torch.tensor([[0.5] * 3, [-1.0] * 3]), mask, kl_coef=0.0)
+    assert per_sequence.loss.item() == pytest.approx(per_token.loss.item())
+    advantages = torch.tensor([[1.0, 0.0, -2.0], [3.0, -1.0, 7.0]])
+    (grad,) = torch.autograd.grad(grpo_policy_loss(logp, logp.detach(), logp.detach(), advantages, mask, kl_coef=0.0).loss, logp)
+    expected = torch.tensor([[-1.0 / 3, 0.0, 2.0 / 3], [-3.0 / 2, 1.0 / 2, 0.0]]) / 2
+    torch.testing.assert_close(grad, expected)
+    with pytest.raises(InvalidInputError, match="one per token"):
+        grpo_policy_loss(logp, logp.detach(), logp.detach(), torch.zeros(2, 2), mask)
+
+
 @pytest.mark.parametrize("tied", [True, False])
 def test_reward_without_tied_dimensions(tied, pairs, monkeypatch):
     """Labels VQ: A, MQ and TA: same. Sample 0: A_0 clean but "shakes slightly" (MQ 1), B_0 very

@@ -214,6 +214,17 @@ def _section_severity(dimension: str, body: str) -> int | None:
     return severity
 
 
+def _heading_hits(text: str, dimension: str) -> list[re.Match]:
+    return list(re.finditer(rf"\b{re.escape(SECTION_HEADINGS[dimension])}:", text))
+
+
+def section_starts(text: str, dimensions: Sequence[str] = SUB_DIMENSIONS) -> dict[str, int]:
+    """Where each dimension's section begins in a CoT: the character offset of its heading's first
+    occurrence, as `read_cot` reads it (dimensions whose heading is missing are left out). A section
+    runs to the next section's start, the last one to the end of the text."""
+    return {dim: hits[0].start() for dim in dimensions if (hits := _heading_hits(text, dim))}
+
+
 def read_cot(text: str, *, num_tokens: int, finished: bool = True, dimensions: Sequence[str] = SUB_DIMENSIONS) -> CoTReport:
     """Parse one CoT's per-dimension verdicts (see the module docstring for the format).
 
@@ -226,7 +237,7 @@ def read_cot(text: str, *, num_tokens: int, finished: bool = True, dimensions: S
     problems = [] if finished else ["cut off by the generation budget"]
     starts: dict[str, re.Match] = {}
     for dim in dimensions:
-        hits = list(re.finditer(rf"\b{re.escape(SECTION_HEADINGS[dim])}:", text))
+        hits = _heading_hits(text, dim)
         if len(hits) != 1:
             problems.append(f"heading {SECTION_HEADINGS[dim]!r} appears {len(hits)} times")
         if hits:
@@ -350,7 +361,8 @@ def grpo_policy_loss(logp, logp_old, logp_ref, advantages, mask, *, clip_eps: fl
     logp:       (N, T) log π(o_t) of the sampled tokens under the policy being trained (with a graph).
     logp_old:   (N, T) the same under the policy that sampled them (no graph).
     logp_ref:   (N, T) the same under the frozen reference policy (no graph).
-    advantages: (N,) one advantage per sequence (every token of a sequence shares it).
+    advantages: (N,) one advantage per sequence (every token of a sequence shares it), or (N, T) one per
+                token (section credit: each token gets the advantage of the CoT section it is in).
     mask:       (N, T) 1 for real tokens, 0 for padding.
     """
     import torch
@@ -360,12 +372,16 @@ def grpo_policy_loss(logp, logp_old, logp_ref, advantages, mask, *, clip_eps: fl
             f"logp {tuple(logp.shape)}, logp_old {tuple(logp_old.shape)}, logp_ref {tuple(logp_ref.shape)} and "
             f"mask {tuple(mask.shape)} must all be the same (sequences, tokens) shape."
         )
-    if advantages.shape != logp.shape[:1]:
-        raise InvalidInputError(f"advantages must be one per sequence, shape ({logp.shape[0]},); got {tuple(advantages.shape)}.")
+    if advantages.shape not in (logp.shape[:1], logp.shape):
+        raise InvalidInputError(
+            f"advantages must be one per sequence, shape ({logp.shape[0]},), or one per token, {tuple(logp.shape)}; "
+            f"got {tuple(advantages.shape)}."
+        )
     if clip_eps < 0 or kl_coef < 0:
         raise InvalidInputError(f"clip_eps ({clip_eps}) and kl_coef ({kl_coef}) must be ≥ 0.")
     mask = mask.to(logp.dtype)
-    adv = advantages.to(logp.dtype).unsqueeze(-1)  # (N, 1)
+    adv = advantages.to(logp.dtype)
+    adv = adv.unsqueeze(-1) if adv.dim() == 1 else adv  # (N, 1) or (N, T)
     ratio = torch.exp(logp - logp_old.detach())
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv

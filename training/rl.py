@@ -12,7 +12,10 @@ One step, for each preference pair (prompt, video A, video B, per-dimension labe
    group of n samples (`grpo.group_advantages`); both CoTs of sample i share its advantage
    (`credit="pair"`, the paper's). With `credit="marginal"` each CoT gets its own: CoT_A_i's reward is
    the mean rule reward of (CoT_A_i, CoT_B_j) over the n samples j of the other video, normalised
-   among the n CoTs of its video, and likewise for CoT_B_j (`marginal_rewards`).
+   among the n CoTs of its video, and likewise for CoT_B_j (`marginal_rewards`). With
+   `credit="section"` the tokens of each CoT section get the advantage of that section's dimension:
+   the rule reward of sample i judged on that dimension alone, normalised within the group
+   (`section_rewards`, `token_sections`); the opening sentence and the stop token keep the shared one.
 3. One forward of prompt + CoT + `<Reward>` per sequence gives both the log-probabilities of the CoT
    tokens (and of the stop token that ended it) and the head's rewards at `<Reward>`.
 4. Two losses on that one forward:
@@ -101,6 +104,7 @@ from .grpo import (
     grpo_policy_loss,
     read_cot,
     rule_reward,
+    section_starts,
 )
 from .losses import IGNORE_INDEX, TIE_MODES, preference_item_count, preference_loss
 from .model import DeScoreModel
@@ -113,7 +117,7 @@ LOG_FILE = "rl_log.jsonl"
 CONFIG_FILE = "rl_config.json"
 SUMMARY_FILE = "rl_summary.json"
 BT_SCOPES = ("head", "backbone")
-CREDITS = ("pair", "marginal")
+CREDITS = ("pair", "marginal", "section")
 
 
 @dataclass
@@ -156,7 +160,9 @@ class RLConfig:
     bt_weight: float = 5e-3
     bt_scope: str = "head"  # "head": BT → head + <Reward> row only; "backbone": BT through the model too
     bt_ties: str = "drop"  # "drop": plain BT, human ties skipped; "rao_kupper": BT with ties (losses.py)
-    credit: str = "pair"  # "pair": CoT_A_i and CoT_B_i share sample i's advantage; "marginal": one per CoT (`marginal_rewards`)
+    # "pair": CoT_A_i and CoT_B_i share sample i's advantage; "marginal": one per CoT (`marginal_rewards`);
+    # "section": one per CoT section, from the reward of the section's own dimension (`section_rewards`)
+    credit: str = "pair"
     # The rule reward's accuracy term over every labelled sub-dimension (True, the paper's rule), or
     # (False) only over those where the label prefers one video, unless all are tied (`reward_labels`).
     # The logged `rule_reward` is always the paper's; this changes what the advantages follow.
@@ -407,6 +413,55 @@ def marginal_rewards(reports_a: Sequence, reports_b: Sequence, labels, *, weight
     return table.mean(axis=1), table.mean(axis=0)
 
 
+def section_rewards(reports_a: Sequence, reports_b: Sequence, labels, *, weights: RewardWeights,
+                    length_target: LengthTarget) -> dict[str | None, np.ndarray]:
+    """The rewards `credit="section"` normalises, per sample i = (CoT_A_i, CoT_B_i): for each labelled
+    sub-dimension d, the rule reward of the pair judged on d alone (`rule_reward` with the label of d
+    only: the accuracy term is whether the two CoTs' d sections order the pair right; format and length
+    are the sample's own); under the key None, the full rule reward, which the tokens outside any judged
+    section follow. Returns key → (n,) rewards.
+
+    Why: GRPO gives every token of a CoT one advantage, so the verdict of one section is credited with
+    the luck of the others. On the synthetic benchmark most pairs differ in one dimension, and the
+    other two sections' guesses set most of the group's spread, so the one verdict that decides the
+    pair is learned slowly (training/BENCHMARK.md, session 13)."""
+    samples = list(zip(reports_a, reports_b))
+    judged = [d for d in SUB_DIMENSIONS if d in labels and d in reports_a[0].severities] if samples else []
+    out: dict[str | None, np.ndarray] = {
+        None: np.array([rule_reward(a, b, labels, weights=weights, length_target=length_target).total for a, b in samples])}
+    for dim in judged:
+        out[dim] = np.array([rule_reward(a, b, {dim: labels[dim]}, weights=weights, length_target=length_target).total
+                             for a, b in samples])
+    return out
+
+
+def token_sections(decode: Callable[[Sequence[int]], str], cot_ids: Sequence[int]) -> list[str | None]:
+    """The CoT section (a sub-dimension, as `grpo.read_cot` splits the text) each sampled token is in;
+    None before the first heading. A token belongs to the section its last character is in, found by
+    decoding prefixes (a binary search per heading: the decoded prefix lengths only grow)."""
+    ids = list(cot_ids)
+    bounds = []
+    for dim, char in sorted(section_starts(decode(ids)).items(), key=lambda item: item[1]):
+        lo, hi = 0, len(ids)  # the first token whose prefix decodes past `char`
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if len(decode(ids[: mid + 1])) > char else (mid + 1, hi)
+        bounds.append((lo, dim))
+    sections: list[str | None] = [None] * len(ids)
+    for (first, dim), (end, _) in zip(bounds, bounds[1:] + [(len(ids), None)]):
+        sections[first:end] = [dim] * (end - first)
+    return sections
+
+
+def token_advantages(rollout: Rollout, sample: int, by_section: dict, decode: Callable[[Sequence[int]], str]) -> torch.Tensor:
+    """One advantage per scored token of `rollout` (its CoT tokens, then the stop token if it ended on
+    one) for `credit="section"`: the advantage of sample `sample` under the token's section's reward,
+    the shared one (key None) outside judged sections and for the stop token."""
+    shared = float(by_section[None][sample])
+    values = [float(by_section[sec][sample]) if sec in by_section else shared for sec in token_sections(decode, rollout.cot_ids)]
+    return torch.tensor(values + [shared] * rollout.finished, dtype=torch.float32)
+
+
 # ----------------------------------------------------------------------------------------------------
 # The trainer
 
@@ -532,6 +587,11 @@ class DualObjectiveRL:
                 own_a, own_b = marginal_rewards(parsed[0::2], parsed[1::2], judged, weights=cfg.reward_weights,
                                                 length_target=cfg.length_target)
                 advantages = torch.cat([group_advantages(own_a), group_advantages(own_b)])  # (2n,): A's, then B's
+            elif cfg.credit == "section":
+                by_section = {key: group_advantages(values) for key, values in section_rewards(
+                    parsed[0::2], parsed[1::2], judged, weights=cfg.reward_weights, length_target=cfg.length_target).items()}
+                advantages = [token_advantages(r, i, by_section, self.prompts.decode)  # 2n per-token vectors: A's, then B's
+                              for r_list in (rollouts_a, rollouts_b) for i, r in enumerate(r_list)]
             else:
                 totals = ([r.total for r in rewards] if judged == pair.labels else
                           [rule_reward(a, b, judged, weights=cfg.reward_weights, length_target=cfg.length_target).total
@@ -542,7 +602,7 @@ class DualObjectiveRL:
             reports += parsed
             cot_tokens += [len(r.cot_ids) for r in rollouts_a + rollouts_b]
             finished += [r.finished for r in rollouts_a + rollouts_b]
-            if filtering and not bool(advantages.any()):
+            if filtering and not any(bool(a.any()) for a in advantages):
                 continue
             preference = torch.from_numpy(preference_codes([pair], model.dimension_names))
             groups.append((pair, rollouts_a, rollouts_b, advantages, preference))
@@ -563,8 +623,9 @@ class DualObjectiveRL:
         for _, ra, rb, adv, pref in groups:
             for i in range(0, n, cfg.micro_batch):
                 idx = list(range(i, min(i + cfg.micro_batch, n)))
-                micro.append(([ra[j] for j in idx] + [rb[j] for j in idx], torch.cat([adv[idx], adv[[n + j for j in idx]]]),
-                              pref.expand(len(idx), -1)))
+                rows_adv = [adv[j] for j in idx] + [adv[n + j] for j in idx]
+                micro.append(([ra[j] for j in idx] + [rb[j] for j in idx],
+                              torch.stack(rows_adv) if isinstance(adv, torch.Tensor) else rows_adv, pref.expand(len(idx), -1)))
         # Normalisers over the whole step, so micro-batching does not change the losses: GRPO is a mean
         # over sequences with at least one scored token, BT a mean over decided (sample, dimension) entries.
         grpo_count = sum(len(r.cot_ids) + r.finished > 0 for rows, _, _ in micro for r in rows)
@@ -584,6 +645,10 @@ class DualObjectiveRL:
                 if update == 0:  # the entropy of the policy that sampled
                     entropy_sum += float(scored.entropy.sum())
                 logp_old = scored.logp.detach() if behaviour is None else behaviour[index]
+                if isinstance(advantages, list):  # per-token vectors, in the order of the scored positions
+                    per_token = torch.zeros_like(scored.mask)
+                    per_token[scored.mask.bool()] = torch.cat(advantages).to(per_token.dtype)
+                    advantages = per_token
                 policy = grpo_policy_loss(
                     scored.logp, logp_old, reference[index], advantages, scored.mask, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef
                 )
@@ -794,7 +859,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reward-tied-dimensions", action=argparse.BooleanOptionalAction, default=d.reward_tied_dimensions,
                    help="the training reward's accuracy term also judges the pair's tied dimensions (the paper's rule)")
     p.add_argument("--credit", default=d.credit, choices=CREDITS,
-                   help="pair: the two CoTs of a sample share its advantage (the paper's); marginal: each CoT its own")
+                   help="pair: the two CoTs of a sample share its advantage (the paper's); marginal: each CoT its own; "
+                        "section: each CoT section the advantage of its own dimension's reward")
     p.add_argument("--length-min-tokens", type=int, default=d.length_min_tokens)
     p.add_argument("--length-max-tokens", type=int, default=d.length_max_tokens)
     p.add_argument("--train-vision", action="store_true")
