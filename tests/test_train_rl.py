@@ -751,11 +751,61 @@ def test_command_line(cold_start, tmp_path):
     "bad",
     [dict(num_samples=0), dict(temperature=0.0), dict(bt_scope="all"), dict(bt_ties="x"), dict(length_min_tokens=50, length_max_tokens=10),
      dict(length_max_tokens=5000), dict(kl_coef=-1.0), dict(steps=0), dict(max_new_tokens=0),
-     dict(max_draws_per_step=-1), dict(eval_every=-1), dict(eval_max_pairs=0), dict(min_p=1.5), dict(min_p=-0.1), dict(credit="each")],
+     dict(max_draws_per_step=-1), dict(eval_every=-1), dict(eval_max_pairs=0), dict(min_p=1.5), dict(min_p=-0.1), dict(credit="each"),
+     dict(draw_weights={}), dict(draw_weights={"TA": 0}), dict(draw_weights={"TA": float("nan")}), dict(draw_weights="TA")],
 )
 def test_bad_settings_raise(bad):
     with pytest.raises(InvalidInputError):
         RLConfig(**bad)
+
+
+def _labelled(pairs, *decided):
+    """The fixture's pairs relabelled: pair i decided ("A") on decided[i]'s dimensions, tied elsewhere."""
+    return [dataclasses.replace(p, labels={d: ("A" if d in dims else "same") for d in DIMS}) for p, dims in zip(pairs, decided)]
+
+
+def test_draw_probabilities_hand_values(pairs):
+    from descore_sdk.training.rl import draw_probabilities
+
+    relabelled = _labelled(pairs, ("TA",), ("VQ",), ("VQ", "TA"), ())
+    # Weights TA 3, VQ 2: pair 0 → 3, pair 1 → 2, pair 2 → max(2, 3) = 3, pair 3 (tied) → 1; total 9.
+    np.testing.assert_allclose(draw_probabilities(relabelled, {"TA": 3, "VQ": 2}), [3 / 9, 2 / 9, 3 / 9, 1 / 9])
+    with pytest.raises(InvalidInputError, match="no pair is labelled on"):
+        draw_probabilities(relabelled, {"TQ": 3})
+
+
+def test_weighted_draws_reach_the_steps(pairs, tmp_path, monkeypatch):
+    """With draw_weights the steps get pairs drawn with replacement at those odds: at TA 1e9, every
+    drawn pair is one of the two TA-decided ones; without, one shuffled pass covers every pair once."""
+    import descore_sdk.training.rl as rl_module
+
+    relabelled = _labelled(pairs, ("TA",), (), ("VQ",), ("TA",), (), ("MQ",), (), ())
+    drawn = []
+    real_step = rl_module.DualObjectiveRL.step
+    monkeypatch.setattr(rl_module.DualObjectiveRL, "step", lambda self, batch, draw=None: drawn.extend(batch) or real_step(self, batch, draw))
+    model = build_tiny_model("qwen3_vl", seed=7, dimension_names=DIMS)
+    config = dict(num_samples=2, max_new_tokens=2, pairs_per_step=2, length_min_tokens=1)
+    run_rl(model, relabelled, tmp_path / "weighted", RLConfig(steps=4, draw_weights={"TA": 1e9}, **config))
+    assert len(drawn) == 8 and {str(p.video_a) for p in drawn} <= {str(relabelled[0].video_a), str(relabelled[3].video_a)}
+    drawn.clear()
+    run_rl(model, relabelled, tmp_path / "passes", RLConfig(steps=4, **config))
+    assert sorted(str(p.video_a) + p.prompt for p in drawn) == sorted(str(p.video_a) + p.prompt for p in relabelled)
+
+
+def test_draw_weight_flag():
+    import argparse
+
+    from descore_sdk.training.rl import config_from_args
+
+    parser = argparse.ArgumentParser(prog="descore")
+    train = parser.add_subparsers(dest="command").add_parser("train").add_subparsers(dest="stage")
+    add_rl_subcommand(train)
+    base = ["train", "rl", "--model", "m", "--data", "d", "--out", "o"]
+    assert config_from_args(parser.parse_args(base + ["--draw-weight", "TA=3", "--draw-weight", "MQ=1.5"])).draw_weights == {"TA": 3.0, "MQ": 1.5}
+    assert config_from_args(parser.parse_args(base)).draw_weights is None
+    for bad in ("TA", "TA=x", "=3"):
+        with pytest.raises(InvalidInputError, match="DIM=WEIGHT"):
+            config_from_args(parser.parse_args(base + ["--draw-weight", bad]))
 
 
 def test_empty_data_is_an_error(tmp_path):

@@ -151,6 +151,11 @@ class RLConfig:
     updates_per_batch: int = 1  # policy updates per batch of samples (μ); > 1 makes the clipping bite
     dynamic_sampling: bool = False  # drop zero-advantage groups and draw more pairs (DAPO); see DualObjectiveRL.step
     max_draws_per_step: int = 0  # dynamic sampling's cap on pairs rolled out per step; 0 = 3 × pairs_per_step
+    # Which pairs the steps draw. None: shuffled passes over the data (each pair once per pass). A dict
+    # {dimension: weight}: pairs are drawn at random with replacement, a pair decided ("A" / "B") on a
+    # listed dimension with that weight (the largest, if several), every other pair with 1
+    # (`draw_probabilities`). Focuses the rollouts on the dimension whose verdict the CoT has yet to learn.
+    draw_weights: dict | None = None
     lr: float = 1e-6  # policy
     head_lr: float = 1e-5  # reward head (BT)
     weight_decay: float = 1e-2
@@ -207,6 +212,12 @@ class RLConfig:
         self.length_target  # validates the range
         if self.max_draws_per_step < 0:
             raise InvalidInputError(f"max_draws_per_step must be ≥ 0 (0 = 3 × pairs_per_step), got {self.max_draws_per_step}.")
+        if self.draw_weights is not None:
+            if not isinstance(self.draw_weights, dict) or not self.draw_weights:
+                raise InvalidInputError(f"draw_weights must be a non-empty {{dimension: weight}} dict or None, got {self.draw_weights!r}.")
+            for dim, weight in self.draw_weights.items():
+                if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+                    raise InvalidInputError(f"draw_weights[{dim!r}] must be a finite number > 0, got {weight!r}.")
 
     @property
     def length_target(self) -> LengthTarget:
@@ -460,6 +471,17 @@ def token_advantages(rollout: Rollout, sample: int, by_section: dict, decode: Ca
     shared = float(by_section[None][sample])
     values = [float(by_section[sec][sample]) if sec in by_section else shared for sec in token_sections(decode, rollout.cot_ids)]
     return torch.tensor(values + [shared] * rollout.finished, dtype=torch.float32)
+
+
+def draw_probabilities(pairs: Sequence[PreferencePair], draw_weights: dict) -> np.ndarray:
+    """The probability of drawing each pair under `RLConfig.draw_weights`: a pair decided ("A" / "B") on
+    listed dimensions weighs the largest of their weights, any other pair 1; normalised to sum to 1."""
+    known = {d for p in pairs for d in p.labels}
+    unknown = sorted(set(draw_weights) - known)
+    if unknown:
+        raise InvalidInputError(f"draw_weights names {unknown}, which no pair is labelled on; the pairs' dimensions are {sorted(known)}.")
+    weight = np.array([max([float(w) for d, w in draw_weights.items() if p.labels.get(d) in ("A", "B")], default=1.0) for p in pairs])
+    return weight / weight.sum()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -789,10 +811,15 @@ def run_rl(
     queue: list[int] = []
     history, evals = [], []
 
-    def draw() -> PreferencePair:  # the next pair of the shuffled stream (dynamic sampling's extra draws)
+    weights = draw_probabilities(pairs, config.draw_weights) if config.draw_weights else None
+
+    def refill() -> list[int]:  # one more pass of the shuffled stream, or as many weighted draws
+        return order.permutation(len(pairs)).tolist() if weights is None else order.choice(len(pairs), size=len(pairs), p=weights).tolist()
+
+    def draw() -> PreferencePair:  # the next pair of the stream (dynamic sampling's extra draws)
         nonlocal queue
         if not queue:
-            queue = order.permutation(len(pairs)).tolist()
+            queue = refill()
         return pairs[queue.pop(0)]
 
     with open(out / LOG_FILE, "w", encoding="utf-8") as log:
@@ -809,7 +836,7 @@ def run_rl(
             evaluate(0)
         for step in range(steps):
             while len(queue) < per_step:
-                queue += order.permutation(len(pairs)).tolist()  # reshuffled every pass
+                queue += refill()  # reshuffled every pass
             batch, queue = [pairs[i] for i in queue[:per_step]], queue[per_step:]
             metrics = {"step": step + 1, **trainer.step(batch, draw)}
             history.append(metrics)
@@ -849,6 +876,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dynamic-sampling", action=argparse.BooleanOptionalAction, default=d.dynamic_sampling,
                    help="drop groups whose samples all got the same reward and draw more pairs (DAPO)")
     p.add_argument("--max-draws-per-step", type=int, default=d.max_draws_per_step, help="dynamic sampling's cap (0: 3 × pairs per step)")
+    p.add_argument("--draw-weight", action="append", default=None, metavar="DIM=WEIGHT", dest="draw_weights",
+                   help="draw pairs decided on DIM WEIGHT times as often as the rest (repeatable; with replacement)")
     p.add_argument("--lr", type=float, default=d.lr, help="policy learning rate")
     p.add_argument("--head-lr", type=float, default=d.head_lr, help="reward head learning rate")
     p.add_argument("--kl-coef", type=float, default=d.kl_coef)
@@ -873,6 +902,22 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-max-pairs", type=int, default=d.eval_max_pairs, help="use the first N pairs of --eval-data")
 
 
+def parse_draw_weights(items: Sequence[str] | None) -> dict | None:
+    """["TA=3", "MQ=2"] → {"TA": 3.0, "MQ": 2.0} (the CLI's --draw-weight); None when not given."""
+    if not items:
+        return None
+    weights = {}
+    for item in items:
+        dim, sep, value = item.partition("=")
+        try:
+            weights[dim.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not dim.strip():
+            raise InvalidInputError(f"--draw-weight takes DIM=WEIGHT (e.g. TA=3), got {item!r}.")
+    return weights
+
+
 def config_from_args(args: argparse.Namespace) -> RLConfig:
     return RLConfig(
         num_samples=args.num_samples,
@@ -885,6 +930,7 @@ def config_from_args(args: argparse.Namespace) -> RLConfig:
         updates_per_batch=args.updates_per_batch,
         dynamic_sampling=args.dynamic_sampling,
         max_draws_per_step=args.max_draws_per_step,
+        draw_weights=parse_draw_weights(args.draw_weights),
         lr=args.lr,
         head_lr=args.head_lr,
         kl_coef=args.kl_coef,
