@@ -30,16 +30,20 @@ the problems it names. The phrases are the ones `synth.describe` writes (`SEVERI
         "the prompt asks for movement ... but the object moves ..." 1
 
 These severities add up to exactly the per-dimension "badness" synth labels pairs by, so a pair of
-ground-truth rationales scores full accuracy (tested on generated benchmarks). A section is
-*unreadable* when it has neither the clean phrase nor any cue, or both (a contradiction), or when it
-contradicts its own words: a mismatch phrase between identical words ("the prompt asks for a red
-circle but the object is a red circle"), or a checklist item whose verdict disagrees with the two
-words it compares ("colour asked red, seen red, mismatch"). Without that rule RL learned to write the
-mismatch phrase on every clip, identical words and all, which scored as clean and took away what the
-head reads (training/BENCHMARK.md, session 12).
+ground-truth rationales scores full accuracy (tested on generated benchmarks). A section states *no
+verdict* when it has neither the clean phrase nor any cue. It *contradicts itself* when it has both,
+or a mismatch phrase between identical words ("the prompt asks for a red circle but the object is a
+red circle"), or a checklist item whose verdict disagrees with the two words it compares ("colour
+asked red, seen red, mismatch"). Either way its severity is None: its dimension counts as wrong.
+Without the identical-words rule RL learned to write the mismatch phrase on every clip, which scored
+as clean and took away what the head reads (training/BENCHMARK.md, session 12).
 
 A CoT is *well formed* when it ended on its own (a stop token within the generation budget), every
-heading appears exactly once and in order, and every section is readable.
+heading appears exactly once and in order, and every section states a verdict. A self-contradiction
+is a wrong answer, not a format error: it costs its dimension's accuracy but not the format term.
+When it also cost format, RL learned to resolve "shape asked triangle, seen square, match" by copying
+the asked word into "seen" (consistent, well formed, and false) rather than by writing "mismatch"
+(training/BENCHMARK.md, session 13).
 
 Rule reward of one sampled pair (CoT_A, CoT_B) — the paper's weights, `RewardWeights`
 -------------------------------------------------------------------------------------
@@ -179,38 +183,46 @@ def length_score(num_tokens: int, target: LengthTarget = LengthTarget()) -> floa
 class CoTReport:
     """What `read_cot` found in one CoT.
 
-    severities: sub-dimension → severity, or None when its section is missing or unreadable.
-    problems:   why the CoT is not well formed (empty when it is).
+    severities:     sub-dimension → severity, or None when its section is missing, states no verdict
+                    or contradicts itself.
+    problems:       why the CoT is not well formed (empty when it is).
+    contradictions: the sections that contradict themselves (wrong answers, not format errors).
     """
 
     severities: dict[str, int | None]
     num_tokens: int
     finished: bool
     problems: tuple[str, ...] = ()
+    contradictions: tuple[str, ...] = ()
 
     @property
     def well_formed(self) -> bool:
         return not self.problems
 
 
-def _section_severity(dimension: str, body: str) -> int | None:
-    """Severity stated by one section's text, or None if it states nothing readable / contradicts itself."""
+NO_VERDICT, CONTRADICTION = "no verdict", "contradiction"
+
+
+def _section_severity(dimension: str, body: str) -> int | str:
+    """Severity stated by one section's text, or NO_VERDICT / CONTRADICTION (see the module docstring)."""
     clean = CLEAN_PHRASES[dimension].search(body) is not None
     severity, found = 0, False
     for pattern, weight in SEVERITY_CUES[dimension]:
         for match in pattern.finditer(body):
             stated = weight(match)
             if stated == 0:  # a finding that names no problem ("asks for a red circle but the object is a red circle")
-                return None
+                return CONTRADICTION
             severity += stated
             found = True
-    if clean == found:  # neither a finding nor the clean phrase, or both at once
-        return None
+    if not clean and not found:
+        return NO_VERDICT
+    if clean and found:
+        return CONTRADICTION
     if dimension == "TA":  # a checklist verdict against its own two words ("asked red, seen red, mismatch")
         for item in CHECKLIST_ITEM.finditer(body):
             asked, seen, verdict = item.group(2), item.group(3), item.group(4)
             if asked is not None and verdict is not None and (verdict == "match") != (asked.lower() == seen.lower()):
-                return None
+                return CONTRADICTION
     return severity
 
 
@@ -247,12 +259,18 @@ def read_cot(text: str, *, num_tokens: int, finished: bool = True, dimensions: S
         problems.append("sections out of order")
 
     severities: dict[str, int | None] = {dim: None for dim in dimensions}
+    contradictions = []
     for i, dim in enumerate(found):
         end = starts[found[i + 1]].start() if i + 1 < len(found) else len(text)
-        severities[dim] = _section_severity(dim, text[starts[dim].end():end])
-        if severities[dim] is None:
-            problems.append(f"section {SECTION_HEADINGS[dim]!r} states no readable verdict")
-    return CoTReport(severities=severities, num_tokens=int(num_tokens), finished=bool(finished), problems=tuple(problems))
+        verdict = _section_severity(dim, text[starts[dim].end():end])
+        if verdict == NO_VERDICT:
+            problems.append(f"section {SECTION_HEADINGS[dim]!r} states no verdict")
+        elif verdict == CONTRADICTION:
+            contradictions.append(dim)
+        else:
+            severities[dim] = verdict
+    return CoTReport(severities=severities, num_tokens=int(num_tokens), finished=bool(finished), problems=tuple(problems),
+                     contradictions=tuple(contradictions))
 
 
 def predicted_preference(severity_a: int, severity_b: int) -> str:
