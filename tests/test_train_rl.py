@@ -109,13 +109,15 @@ def test_reward_diagnostics_hand_values():
     ]
     readable = read_cot("Visual quality: very blurry. Motion: smooth and steady. Alignment: the video matches the prompt.", num_tokens=20)
     unreadable = read_cot("Visual quality: very blurry. Motion: fine.", num_tokens=9)
-    d = reward_diagnostics(groups, [readable, unreadable, readable, readable])
+    contradicted = read_cot("Visual quality: very blurry. Motion: smooth and steady. Alignment: colour asked red, seen blue, "
+                            "match; so the video matches the prompt.", num_tokens=20)
+    d = reward_diagnostics(groups, [readable, unreadable, contradicted, readable])
     assert d["zero_variance_groups"] == 0.5
     assert d["reward_std"] == pytest.approx((0.0 + 0.35) / 2)
     assert d["accuracy_std"] == pytest.approx((0.0 + 0.5) / 2)
     assert d["rule_reward"] == pytest.approx((3 * 0.8 + 1.0 + 0.3) / 5)
     assert d["rule_accuracy"] == pytest.approx(4 / 5) and d["rule_length"] == pytest.approx((1.5 + 2) / 5)
-    assert d["parsed"] == 0.75
+    assert d["parsed"] == 0.5 and d["contradicted"] == 0.25
     # Equal within float rounding is still a flat group: the advantages GRPO uses are all zero.
     assert reward_diagnostics([[RuleReward(0.1 + 0.2, 0, 0, 0), RuleReward(0.3, 0, 0, 0)]])["zero_variance_groups"] == 1.0
 

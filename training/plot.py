@@ -135,9 +135,9 @@ def plot_run(run: str | os.PathLike, out: str | os.PathLike | None = None) -> Pa
         _lines(ax, steps, ["rule_reward", "rule_accuracy", "rule_format", "rule_length"], alpha=0.45, lw=1)
         ax.set_title("rule reward of sampled CoTs — " + _block_means(ax, steps, "rule_reward"), fontsize=9)
         ax.set_ylim(-0.02, 1.02)
-        if not _lines(axes[1], steps, ["reward_std", "accuracy_std", "zero_variance_groups", "parsed"]):
+        if not _lines(axes[1], steps, ["reward_std", "accuracy_std", "zero_variance_groups", "parsed", "contradicted"]):
             axes[1].text(0.5, 0.5, "not logged by this run", ha="center", transform=axes[1].transAxes)
-        axes[1].set_title("learning signal: group std, flat groups, parsed CoTs", fontsize=9)
+        axes[1].set_title("learning signal: group std, flat groups, parsed / self-contradicting CoTs", fontsize=9)
         if not _lines(axes[2], steps, ["kl"], log=True):
             axes[2].text(0.5, 0.5, "KL 0 throughout (the policy did not move)", ha="center", transform=axes[2].transAxes)
         twin = axes[2].twinx()

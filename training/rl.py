@@ -59,6 +59,7 @@ What the log says about the learning signal (one line per step; `descore train p
   zero_variance_groups       fraction of groups whose samples all got the same reward: A = 0, no
                              policy gradient from them (with `dynamic_sampling` they are replaced)
   parsed                     fraction of CoTs whose every section states a verdict the parser reads
+  contradicted               fraction of CoTs with a section that contradicts itself (a wrong answer)
   entropy                    the sampling policy's next-token entropy per CoT token (nats)
   kl, clip_fraction, ratio   k3 KL to the reference per token; clipped share and mean ρ (ρ = 1 and
                              no clipping with one update per batch)
@@ -375,8 +376,9 @@ def reward_diagnostics(groups: Sequence[Sequence], reports: Sequence = ()) -> di
     Returns the mean rule reward and its terms, the mean within-group population std of the reward
     (`reward_std`) and of its accuracy term (`accuracy_std`), the fraction of groups whose rewards are
     all equal (`zero_variance_groups`: `grpo.group_advantages` gives them A = 0, so they teach
-    nothing), and the fraction of CoTs whose every section states a verdict the parser reads
-    (`parsed`).
+    nothing), the fraction of CoTs whose every section states a verdict the parser reads
+    (`parsed`), and the fraction with a section that contradicts itself (`contradicted`, e.g. "seen
+    blue, match" under "a red circle"; `grpo.read_cot`).
     """
     totals = [np.array([r.total for r in g], dtype=np.float64) for g in groups]
     accs = [np.array([r.accuracy for r in g], dtype=np.float64) for g in groups]
@@ -391,6 +393,7 @@ def reward_diagnostics(groups: Sequence[Sequence], reports: Sequence = ()) -> di
         # The advantages GRPO really uses: an all-zero group is one group_advantages judged flat.
         "zero_variance_groups": float(np.mean([not bool(group_advantages(t).any()) for t in totals])),
         "parsed": float(np.mean([all(v is not None for v in r.severities.values()) for r in reports])) if reports else float("nan"),
+        "contradicted": float(np.mean([bool(r.contradictions) for r in reports])) if reports else float("nan"),
     }
 
 
