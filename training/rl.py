@@ -57,7 +57,8 @@ What the log says about the learning signal (one line per step; `descore train p
   rule_reward, rule_accuracy / _format / _length   the sampled CoTs' rule reward and its terms
   reward_std, accuracy_std   mean within-group std of the reward and of its accuracy term
   zero_variance_groups       fraction of groups whose samples all got the same reward: A = 0, no
-                             policy gradient from them (with `dynamic_sampling` they are replaced)
+                             policy gradient from them (with `dynamic_sampling` they are replaced;
+                             with `credit="section"` such a group can still carry per-section advantages)
   parsed                     fraction of CoTs whose every section states a verdict the parser reads
   contradicted               fraction of CoTs with a section that contradicts itself (a wrong answer)
   entropy                    the sampling policy's next-token entropy per CoT token (nats)
