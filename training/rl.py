@@ -437,9 +437,10 @@ def section_rewards(reports_a: Sequence, reports_b: Sequence, labels, *, weights
     section follow. Returns key → (n,) rewards.
 
     Why: GRPO gives every token of a CoT one advantage, so the verdict of one section is credited with
-    the luck of the others. On the synthetic benchmark most pairs differ in one dimension, and the
-    other two sections' guesses set most of the group's spread, so the one verdict that decides the
-    pair is learned slowly (training/BENCHMARK.md, session 13)."""
+    the luck of the others; most synthetic pairs differ in one dimension, and the other two sections'
+    guesses set much of the group's spread. Measured on the synthetic benchmark: it raises the rule
+    reward as fast or faster, but not think-mode accuracy, and it reaches the "copy the prompt into
+    seen" shortcut sooner (training/BENCHMARK.md, session 13). Opt-in."""
     samples = list(zip(reports_a, reports_b))
     judged = [d for d in SUB_DIMENSIONS if d in labels and d in reports_a[0].severities] if samples else []
     out: dict[str | None, np.ndarray] = {
