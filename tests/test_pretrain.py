@@ -258,6 +258,10 @@ def test_benchmark_quick_run_reports_every_model_and_reuses_stages(tmp_path, cap
         ort, pt = report["summary"][f"cold_start/onnxruntime/fast/{split}"], report["summary"][f"cold_start/torch/fast/{split}"]
         assert ort == pt
     assert {"data", "pretrain", "mix", "cold_start", "plain_bt", "jrm", "rl", "export_cold_start", "export_rl"} <= set(report["seconds"])
+    # The RL stage ran with the benchmark's own RL settings.
+    rl_config = json.loads((out / "rl" / "rl_config.json").read_text())
+    quick = BenchmarkSettings.quick()
+    assert (rl_config["bt_scope"], rl_config["bt_weight"], rl_config["lr"]) == (quick.rl_bt_scope, quick.rl_bt_weight, quick.rl_lr)
     # Pre-training asks no path questions by default (BENCHMARK.md, session 11), so there is no path diagnostic.
     recipe = json.loads((out / "pretrain" / "run_config.json").read_text())["recipe"]
     assert recipe["questions"] and recipe["path_questions"] is None
@@ -282,6 +286,13 @@ def test_benchmark_quick_run_reports_every_model_and_reuses_stages(tmp_path, cap
     again = json.loads(capsys.readouterr().out)
     assert set(again["seconds"]) == {"evaluation"}
     assert again["summary"] == report["summary"]
+
+
+def test_benchmark_refuses_a_bad_rl_setting_before_training_anything(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert benchmark_main([str(out), "--quick", "--rl-bt-scope", "everything"]) == 1
+    assert "bt_scope must be one of ('head', 'backbone')" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_benchmark_path_questions_flag_reaches_pre_training(tmp_path, capsys):

@@ -21,10 +21,11 @@ interrupted benchmark continues where it stopped):
 5. cold_start DeScore cold start from the pre-trained base: BT, CoT drop 0.5, rationale LM loss.
 6. plain_bt   the same backbone and data, BT on the fast layout only (CoT drop 1, no LM loss).
 7. jrm        JRM from the same backbone and data: BT + rationale LM loss, scored without CoT.
-8. rl         dual-objective RL (GRPO n=8 + BT on the head) from the cold-start checkpoint on train.jsonl:
-              100 steps of 8 pairs each at a policy lr of 3e-4 (KL coefficient 1e-2, as the authors'
-              config), rollouts at temperature 2 with min-p 0.1; see BENCHMARK.md, "The RL stage", for
-              what smaller settings (1 pair, lr 1e-5, temperature 1) did not do.
+8. rl         dual-objective RL (GRPO n=8 + BT through the backbone, weight 0.02) from the cold-start
+              checkpoint on train.jsonl: 100 steps of 8 pairs each at a policy lr of 3e-4 (KL
+              coefficient 1e-2, as the authors' config), rollouts at temperature 2 with min-p 0.1; see
+              BENCHMARK.md, "The RL stage", for what smaller settings (1 pair, lr 1e-5, temperature 1)
+              did not do, and session 14 for BT's scope and weight.
 9. export     cold_start and rl exported as ONNX bundles.
 
 Evaluation: `descore eval`'s code (`training.evaluation.evaluate_with_scorer`): accuracy without ties per
@@ -84,6 +85,8 @@ class BenchmarkSettings:
     rl_lr: float = 3e-4  # the tiny model's policy lr (RLConfig's 1e-6 default is for real VLMs); KL ~1e-2 (BENCHMARK.md, session 12)
     rl_pairs_per_step: int = 8
     rl_head_lr: float = 1e-4
+    rl_bt_scope: str = "backbone"  # RLConfig.bt_scope (the authors')
+    rl_bt_weight: float = 0.02  # RLConfig.bt_weight (the authors' 5e-3 is for real models; BENCHMARK.md, session 14)
     rl_temperature: float = 2.0  # rollouts: with rl_min_p 0.1 explores without breaking the template (BENCHMARK.md, S3)
     rl_min_p: float = 0.1
     path_free_fraction: float = 0.0  # of the supervised recipes' train pairs, prompt without the path (`synth.without_path`)
@@ -138,6 +141,13 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
     settings = settings or BenchmarkSettings()
     if not 0.0 <= settings.path_free_fraction <= 1.0:
         raise InvalidInputError(f"--path-free-fraction must lie in [0, 1], got {settings.path_free_fraction}.")
+    # Built first: a bad RL setting fails here, not an hour later after the supervised stages.
+    rl_config = RLConfig(steps=settings.rl_steps, num_samples=8, pairs_per_step=settings.rl_pairs_per_step,
+                         max_new_tokens=settings.max_new_tokens,
+                         length_min_tokens=min(32, settings.max_new_tokens), length_max_tokens=max(settings.max_new_tokens, 32),
+                         lr=settings.rl_lr, head_lr=settings.rl_head_lr, temperature=settings.rl_temperature,
+                         min_p=settings.rl_min_p, bt_scope=settings.rl_bt_scope, bt_weight=settings.rl_bt_weight,
+                         seed=settings.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stages = _Stages(out)
@@ -169,11 +179,6 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
         backbone, mixed, out / "plain_bt", _train_config(settings, settings.bt_steps), cot_drop=1.0, lm_weight=0.0))
     stages.run("jrm", out / "jrm" / "model" / "config.json", lambda: train_jrm(
         backbone, mixed, out / "jrm", _train_config(settings, settings.jrm_steps), lm_weight=1.0))
-    rl_config = RLConfig(steps=settings.rl_steps, num_samples=8, pairs_per_step=settings.rl_pairs_per_step,
-                         max_new_tokens=settings.max_new_tokens,
-                         length_min_tokens=min(32, settings.max_new_tokens), length_max_tokens=max(settings.max_new_tokens, 32),
-                         lr=settings.rl_lr, head_lr=settings.rl_head_lr, temperature=settings.rl_temperature,
-                         min_p=settings.rl_min_p, seed=settings.seed)
     stages.run("rl", out / "rl" / "config.json", lambda: run_rl(out / "cold_start" / "model", split["train"], out / "rl", rl_config))
 
     from descore_sdk.export.bundle import export_bundle

@@ -29,18 +29,27 @@ What trains is set up as in cold start (`trainer.prepare_model`): all backbone w
 adapters, the vision tower only with `train_vision`, the LM head frozen, and of the input embeddings
 only the `<Reward>` row. The reward head always trains.
 
-How the two objectives stay independent (`bt_scope="head"`, the default). The gradients are taken
-separately with `torch.autograd.grad` from the shared forward:
+Where BT's gradient goes (`bt_scope`). With "backbone" (the default) GRPO + bt_weight · BT is
+backpropagated through the whole model as one summed loss, so BT also trains the backbone weights
+that compute the `<Reward>` hidden state from the CoT, and the weight balances the two objectives on
+the shared weights. This is what the authors' code does (DeScore_project_page `dual_rl`: the actor's
+update adds bt_weight · BT, computed on the `<Reward>` hidden state of a forward through the
+trainable actor, to the policy loss before one backward; their `train.sh` sets bt_weight 5e-3 and
+freezes the vision tower). Measured on the synthetic benchmark (training/BENCHMARK.md, session 14),
+it is what lets RL raise think-mode accuracy: the head learns to read the CoTs the policy writes,
+not only the gold ones of the cold start. Too large a BT share rewrites the policy instead (weight
+0.1 at lr 1e-4 broke the CoTs: BENCHMARK.md, "Recipe changes measured", S1).
+
+With "head" the two objectives stay independent: the gradients are taken separately with
+`torch.autograd.grad` from the shared forward:
   * the policy (every trainable backbone weight) gets the GRPO gradient only;
   * the reward head gets the BT gradient only (it is not in the GRPO graph at all), and so does the
     `<Reward>` row of the input embeddings (BT's gradient on every other backbone weight is dropped;
     GRPO's on that row is zero, since `<Reward>` comes after every scored token).
-So BT cannot rewrite the policy's CoTs and GRPO cannot move the head's calibration. Note that with
-AdamW (per-element, scale-free updates) a constant factor on a loss that alone drives a parameter
-barely changes its steps: under this scope `bt_weight` mostly matters through gradient clipping;
-the head's learning rate (`head_lr`) is the knob. `bt_scope="backbone"` instead backpropagates
-GRPO + bt_weight · BT through the whole model (one summed loss), where the weight balances the two
-on the shared backbone weights. Gradients are clipped per side (policy, head).
+So BT cannot rewrite the policy's CoTs and GRPO cannot move the head's calibration. With AdamW
+(per-element, scale-free updates) a constant factor on a loss that alone drives a parameter barely
+changes its steps: under this scope `bt_weight` mostly matters through gradient clipping; the head's
+learning rate (`head_lr`) is the knob. Either way gradients are clipped per side (policy, head).
 
 Further choices: the model stays in eval mode (Qwen-VL has no dropout; sampling and training see the
 same network); sampling never emits vision placeholders or `<Reward>` (`SUPPRESSED_TOKENS`); the
@@ -165,7 +174,7 @@ class RLConfig:
     clip_eps: float = 0.2
     kl_coef: float = 1e-2
     bt_weight: float = 5e-3
-    bt_scope: str = "head"  # "head": BT → head + <Reward> row only; "backbone": BT through the model too
+    bt_scope: str = "backbone"  # "backbone": BT through the model too (the authors'); "head": BT → head + <Reward> row only
     bt_ties: str = "drop"  # "drop": plain BT, human ties skipped; "rao_kupper": BT with ties (losses.py)
     # "pair": CoT_A_i and CoT_B_i share sample i's advantage; "marginal": one per CoT (`marginal_rewards`);
     # "section": one per CoT section, from the reward of the section's own dimension (`section_rewards`)
@@ -888,7 +897,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kl-coef", type=float, default=d.kl_coef)
     p.add_argument("--clip-eps", type=float, default=d.clip_eps)
     p.add_argument("--bt-weight", type=float, default=d.bt_weight)
-    p.add_argument("--bt-scope", default=d.bt_scope, choices=BT_SCOPES)
+    p.add_argument("--bt-scope", default=d.bt_scope, choices=BT_SCOPES,
+                   help="backbone: BT trains the whole model with GRPO (the authors'); head: BT trains only the head and <Reward>")
     p.add_argument("--bt-ties", default=d.bt_ties, choices=TIE_MODES)
     p.add_argument("--reward-tied-dimensions", action=argparse.BooleanOptionalAction, default=d.reward_tied_dimensions,
                    help="the training reward's accuracy term also judges the pair's tied dimensions (the paper's rule)")
