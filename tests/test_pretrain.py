@@ -297,9 +297,13 @@ def test_benchmark_refuses_a_bad_rl_setting_before_training_anything(tmp_path, c
 
 def test_benchmark_path_questions_flag_reaches_pre_training(tmp_path, capsys):
     out = tmp_path / "bench"
-    assert benchmark_main([str(out), "--quick", "--json", "--path-questions", "--cold-steps", "1"]) == 0
+    assert benchmark_main([str(out), "--quick", "--json", "--path-questions", "--cold-steps", "1",
+                           "--rl-bt-scope", "head", "--rl-bt-weight", "0.25"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["settings"]["path_questions"] is True
+    # The RL flags reach the RL run (values unlike RLConfig's defaults, so a dropped setting shows).
+    rl_config = json.loads((out / "rl" / "rl_config.json").read_text())
+    assert (rl_config["bt_scope"], rl_config["bt_weight"]) == ("head", 0.25)
     recipe = json.loads((out / "pretrain" / "run_config.json").read_text())["recipe"]
     assert recipe["path_questions"] == PATH_QUESTION
     assert set(report["diagnostics"]["pretrain_path_questions_test_id"]) == {"asked_shown", "asked_other"}
