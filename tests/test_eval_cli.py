@@ -41,6 +41,17 @@ def test_data_synth_writes_the_benchmark(bench, capsys):
     info = json.loads(bench["info"].read_text())
     assert info["pairs"] == {"train": 0, "test_id": 10, "test_heldout": 8} and info["seed"] == 4
     assert len(read_pairs(bench["test_id"])) == 10 and len(read_pairs(bench["test_heldout"])) == 8
+    assert not (bench["info"].parent / "pretrain_clips.jsonl").exists()  # only on request
+
+
+def test_data_synth_writes_pretrain_clips_on_request(tmp_path, capsys):
+    from descore_sdk.training.pretrain import read_pretrain_clips
+
+    out = tmp_path / "bench"
+    assert cli.main(["data", "synth", str(out), "--n-train", "2", "--n-test", "0", "--n-heldout", "0", "--size", "32x32",
+                     "--pretrain-clips", "5"]) == 0
+    assert f"pretrain_clips {out / 'pretrain_clips.jsonl'}" in capsys.readouterr().out
+    assert len(read_pretrain_clips(out / "pretrain_clips.jsonl")) == 5
 
 
 def _brute_force(delta, codes):

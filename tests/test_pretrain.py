@@ -233,6 +233,50 @@ def test_pretrain_stage_trains_only_what_it_should(bench, tmp_path):
     assert json.loads((captions_only / "run_config.json").read_text())["recipe"]["questions"] is None
 
 
+def test_extra_clips_are_captioned_and_asked_about(bench, tmp_path, capsys):
+    """`--extra-clips`: the caption-only clips of `synth.generate_pretrain_clips` join the pairs' clips in
+    the caption and question examples, each once, with captions that name their tint; bad files are refused."""
+    from descore_sdk.cli import main as descore_main
+    from descore_sdk.training.pretrain import read_pretrain_clips
+    from descore_sdk.training.synth import generate_pretrain_clips
+
+    clips_file = generate_pretrain_clips(tmp_path / "clips", n_clips=7, seed=2, size=(32, 32), num_frames=5, cast_fraction=1.0)
+    extra = read_pretrain_clips(clips_file)
+    assert len(extra) == 7 and all(Path(v).is_file() and "/videos/pretrain/" in v for v in extra)
+    pairs = read_pairs(bench["train"])
+    captions = caption_examples(pairs, extra)
+    captioned = [str(v) for e in captions for v in (e.video_a, e.video_b)]
+    assert set(captioned) == set(clip_truth(pairs)) | set(extra)
+    assert len(captioned) - len(set(captioned)) <= 1  # an odd count reuses one clip
+    by_clip = {str(v): text for e in captions for v, text in ((e.video_a, e.rationale_a), (e.video_b, e.rationale_b))}
+    for video, meta in extra.items():  # cast_fraction 1: every clip is tinted, and its caption says so
+        look = by_clip[video].split("Image: ")[1].split(". Motion:")[0].split(", ")
+        assert [word for word in look if word.endswith(" tint")] == [f"{meta['tint']} tint"], (by_clip[video], meta)
+    asked = {str(v) for e in question_examples(pairs, extra_clips=extra) for v in (e.video_a, e.video_b)}
+    assert set(extra) <= asked
+    # The CLI flag reaches the run.
+    base = tmp_path / "base"
+    build_tiny_model("qwen3_vl", seed=1, dimension_names=("VQ", "MQ", "TA"), out_dir=base)
+    out = tmp_path / "run"
+    assert descore_main(["train", "pretrain", "--model", str(base), "--data", str(bench["train"]), "--out", str(out),
+                         "--extra-clips", str(clips_file), "--steps", "1", "--batch-size", "2", "--no-progress"]) == 0
+    assert json.loads((out / "run_config.json").read_text())["extra_clips"] == str(clips_file.resolve())
+    # Refused, with what to do: a path outside the file's folder, a record without ground truth, a missing video.
+    lines = clips_file.read_text().splitlines()
+    record = json.loads(lines[0])
+    for name, bad, message in (("outside", {**record, "video": "../x.mp4"}, "outside the data folder"),
+                               ("no_meta", {"video": record["video"]}, "generate_pretrain_clips"),
+                               ("missing", {**record, "video": "videos/pretrain/nope.mp4"}, "does not exist")):
+        bad_file = tmp_path / "clips" / f"{name}.jsonl"
+        bad_file.write_text(json.dumps(bad) + "\n")
+        with pytest.raises(DataError, match=message):
+            read_pretrain_clips(bad_file)
+    code = descore_main(["train", "pretrain", "--model", str(base), "--data", str(bench["train"]), "--out", str(tmp_path / "bad"),
+                         "--extra-clips", str(tmp_path / "clips" / "no_meta.jsonl"), "--steps", "1", "--no-progress"])
+    assert code == 1 and "generate_pretrain_clips" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "model").exists()
+
+
 def test_pretrain_refuses_data_without_ground_truth(tmp_path, sample_data_dir, capsys):
     base = tmp_path / "base"
     build_tiny_model("qwen3_vl", seed=1, out_dir=base)
@@ -257,15 +301,20 @@ def test_benchmark_quick_run_reports_every_model_and_reuses_stages(tmp_path, cap
     for split in ("test_id", "test_heldout"):
         ort, pt = report["summary"][f"cold_start/onnxruntime/fast/{split}"], report["summary"][f"cold_start/torch/fast/{split}"]
         assert ort == pt
-    assert {"data", "pretrain", "mix", "cold_start", "plain_bt", "jrm", "rl", "export_cold_start", "export_rl"} <= set(report["seconds"])
+    assert {"data", "pretrain_clips", "pretrain", "mix", "cold_start", "plain_bt", "jrm", "rl", "export_cold_start",
+            "export_rl"} <= set(report["seconds"])
     # The RL stage ran with the benchmark's own RL settings.
     rl_config = json.loads((out / "rl" / "rl_config.json").read_text())
     quick = BenchmarkSettings.quick()
     assert (rl_config["bt_scope"], rl_config["bt_weight"], rl_config["lr"]) == (quick.rl_bt_scope, quick.rl_bt_weight, quick.rl_lr)
     # Pre-training asks no path questions by default (BENCHMARK.md, session 11), so there is no path diagnostic.
-    recipe = json.loads((out / "pretrain" / "run_config.json").read_text())["recipe"]
-    assert recipe["questions"] and recipe["path_questions"] is None
+    pretrain_run = json.loads((out / "pretrain" / "run_config.json").read_text())
+    assert pretrain_run["recipe"]["questions"] and pretrain_run["recipe"]["path_questions"] is None
     assert "pretrain_path_questions_test_id" not in report["diagnostics"]
+    # Pre-training also captions the caption-only clips (colour casts the pairs never show).
+    clips_file = out / "data" / "pretrain_clips.jsonl"
+    assert pretrain_run["extra_clips"] == str(clips_file.resolve())
+    assert len(clips_file.read_text().splitlines()) == BenchmarkSettings.quick().pretrain_clips
     # The supervised recipes train on the mix: train.jsonl's pairs, some with the path left out of the prompt.
     mixed, train = read_pairs(out / "data" / "train_mixed.jsonl"), read_pairs(out / "data" / "train.jsonl")
     assert [(p.video_a, p.video_b, p.labels) for p in mixed] == [(p.video_a, p.video_b, p.labels) for p in train]
@@ -293,19 +342,24 @@ def test_benchmark_refuses_a_bad_rl_setting_before_training_anything(tmp_path, c
     assert benchmark_main([str(out), "--quick", "--rl-bt-scope", "everything"]) == 1
     assert "bt_scope must be one of ('head', 'backbone')" in capsys.readouterr().err
     assert not out.exists()
+    assert benchmark_main([str(out), "--quick", "--pretrain-clips", "-1"]) == 1
+    assert "--pretrain-clips must be 0 or more" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_benchmark_path_questions_flag_reaches_pre_training(tmp_path, capsys):
     out = tmp_path / "bench"
     assert benchmark_main([str(out), "--quick", "--json", "--path-questions", "--cold-steps", "1",
-                           "--rl-bt-scope", "head", "--rl-bt-weight", "0.25"]) == 0
+                           "--rl-bt-scope", "head", "--rl-bt-weight", "0.25", "--pretrain-clips", "0"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["settings"]["path_questions"] is True
     # The RL flags reach the RL run (values unlike RLConfig's defaults, so a dropped setting shows).
     rl_config = json.loads((out / "rl" / "rl_config.json").read_text())
     assert (rl_config["bt_scope"], rl_config["bt_weight"]) == ("head", 0.25)
-    recipe = json.loads((out / "pretrain" / "run_config.json").read_text())["recipe"]
-    assert recipe["path_questions"] == PATH_QUESTION
+    pretrain_run = json.loads((out / "pretrain" / "run_config.json").read_text())
+    assert pretrain_run["recipe"]["path_questions"] == PATH_QUESTION
+    # --pretrain-clips 0: no caption-only clips are written or trained on.
+    assert pretrain_run["extra_clips"] is None and not (out / "data" / "pretrain_clips.jsonl").exists()
     assert set(report["diagnostics"]["pretrain_path_questions_test_id"]) == {"asked_shown", "asked_other"}
 
 

@@ -381,3 +381,44 @@ def test_checklist_fidelity_scores_copying_and_reading_by_hand(bench):
         checklist_fidelity([dataclasses.replace(pairs[0], meta={})], truth)
     with pytest.raises(InvalidInputError, match="No rationale for 1 of"):
         checklist_fidelity(pairs, {k: v for k, v in truth.items() if k != next(iter(truth))})
+
+
+def test_pretrain_clips_record_what_they_show_and_leave_the_splits_alone(tmp_path):
+    """`generate_pretrain_clips`: each record's tint is the one its decoded pixels show (checked on the
+    clips whose top rows are background only: gray, sideways motion, no shake), about half the clips have a cast, no clip
+    carries a preference label or a prompt, and the splits `generate_benchmark` writes with the same seed
+    are byte-identical with or without the clips."""
+    from descore_sdk.training.synth import generate_pretrain_clips
+
+    with_clips, without = tmp_path / "with", tmp_path / "without"
+    for folder in (with_clips, without):
+        generate_benchmark(folder, n_train=6, n_test=2, n_heldout=2, seed=9, size=(32, 32))
+    path = generate_pretrain_clips(with_clips, n_clips=60, seed=9, size=(32, 32))
+    for name in ("train.jsonl", "test_id.jsonl", "test_heldout.jsonl"):
+        assert (with_clips / name).read_bytes() == (without / name).read_bytes()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(records) == 60 and all(set(r) == {"video", "meta", "caption"} for r in records)
+    tinted = [r for r in records if r["meta"]["tint"]]
+    assert 18 <= len(tinted) <= 42  # cast_fraction 0.5 of 60
+    assert all(r["video"].startswith("videos/pretrain/") for r in records)
+    checked = {"warm": 0, "cool": 0, "green": 0, None: 0}
+    for record in records:
+        meta = record["meta"]
+        assert ("color_cast" in meta["factors"]) == (meta["tint"] is not None)
+        assert (f"{meta['tint']} tint" in record["caption"]) == (meta["tint"] is not None)
+        if meta["background"] != "gray" or "jitter" in meta["factors"] or meta["motion"] not in ("left to right", "right to left"):
+            continue
+        # Rows 0-1 hold only the checker background (a sideways object stays ≥ 4 px from them); over the
+        # 32 px width the checker averages out, so the strip's mean is gray (120) plus the tint.
+        r, g, b = decode(with_clips / record["video"])[:, :2].mean(axis=(0, 1, 2))
+        severity = meta["factors"].get("color_cast", 0)
+        # The tints, written out by hand: warm (+30, +10, -30), cool (-30, 0, +30), green (-15, +30, -15) per severity.
+        expected = {"warm": (60, 10), "cool": (-60, 0), "green": (0, 45), None: (0, 0)}[meta["tint"]]
+        assert abs((r - b) - expected[0] * severity) < 12, (record, r, g, b)
+        assert abs((g - (r + b) / 2) - expected[1] * severity) < 12, (record, r, g, b)
+        checked[meta["tint"]] += 1
+    assert checked[None] and sum(checked.values()) - checked[None]
+    with pytest.raises(InvalidInputError, match="n_clips"):
+        generate_pretrain_clips(tmp_path / "bad", n_clips=0)
+    with pytest.raises(InvalidInputError, match="cast_fraction"):
+        generate_pretrain_clips(tmp_path / "bad", n_clips=2, cast_fraction=1.5)

@@ -8,9 +8,11 @@ interrupted benchmark continues where it stopped):
 1. data       `synth.generate_benchmark`: train / test_id / test_heldout (held-out factors: colour cast,
               wrong motion).
 2. base       a tiny random-weight Qwen-VL DeScore model (dimensions VQ, MQ, TA, overall).
+2b. pretrain_clips  with `--pretrain-clips N` > 0 (default 2,000): `synth.generate_pretrain_clips`,
+              caption-only clips of the same scenes, half with a colour cast, no pairs, no labels.
 3. pretrain   captioning pre-training with grounding questions on colour and shape on the train clips
-              (`training/pretrain.py`): the tiny stand-in for the VLM pre-training a real Qwen-VL
-              comes with. `--path-questions` adds the path questions; measured in session 11
+              and the caption-only clips (`training/pretrain.py`): the tiny stand-in for the VLM
+              pre-training a real Qwen-VL comes with. `--path-questions` adds the path questions; measured in session 11
               (BENCHMARK.md), they cost the cold start's TA verdicts (think 0.888 without, 0.794 with),
               so they are off by default.
 4. mix        only with `--path-free-fraction F` > 0 (default 0): `data/train_mixed.jsonl`, the train pairs
@@ -91,13 +93,14 @@ class BenchmarkSettings:
     rl_min_p: float = 0.1
     path_free_fraction: float = 0.0  # of the supervised recipes' train pairs, prompt without the path (`synth.without_path`)
     path_questions: bool = False  # pre-training also asks "Is it moving ...?" (BENCHMARK.md, session 11: costs TA)
+    pretrain_clips: int = 2000  # caption-only clips, half with a colour cast, that pre-training also sees (0: none)
     batch_size: int = 16
     lr: float = 2e-3
     max_new_tokens: int = 192  # think-mode rationale budget (the synthetic rationales are ~75-100 tokens)
 
     @classmethod
     def quick(cls) -> "BenchmarkSettings":
-        return cls(n_train=32, n_test=12, n_heldout=12, n_calib=8, size=32, pretrain_steps=2, cold_steps=2,
+        return cls(n_train=32, n_test=12, n_heldout=12, n_calib=8, size=32, pretrain_steps=2, cold_steps=2, pretrain_clips=6,
                    bt_steps=2, jrm_steps=2, rl_steps=1, rl_pairs_per_step=2, batch_size=4, max_new_tokens=24)
 
 
@@ -135,10 +138,12 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
     from .jrm import train_jrm
     from .pretrain import pretrain_captioner
     from .rl import RLConfig, run_rl
-    from .synth import generate_benchmark
+    from .synth import PRETRAIN_CLIPS_FILE, generate_benchmark, generate_pretrain_clips
     from .tiny import build_tiny_model
 
     settings = settings or BenchmarkSettings()
+    if settings.pretrain_clips < 0:
+        raise InvalidInputError(f"--pretrain-clips must be 0 or more, got {settings.pretrain_clips}.")
     if not 0.0 <= settings.path_free_fraction <= 1.0:
         raise InvalidInputError(f"--path-free-fraction must lie in [0, 1], got {settings.path_free_fraction}.")
     # Built first: a bad RL setting fails here, not an hour later after the supervised stages.
@@ -157,6 +162,11 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
     stages.run("data", data / "benchmark.json", lambda: generate_benchmark(
         data, n_train=settings.n_train, n_test=settings.n_test, n_heldout=settings.n_heldout, seed=settings.seed,
         size=(settings.size, settings.size)))
+    extra_clips = None
+    if settings.pretrain_clips > 0:
+        extra_clips = data / PRETRAIN_CLIPS_FILE
+        stages.run("pretrain_clips", extra_clips, lambda: generate_pretrain_clips(
+            data, n_clips=settings.pretrain_clips, seed=settings.seed, size=(settings.size, settings.size)))
 
     def make_base():
         model = build_tiny_model(settings.family, seed=settings.seed, dimension_names=DIMENSIONS)
@@ -167,7 +177,7 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
     stages.run("base", out / "base" / "config.json", make_base)
     stages.run("pretrain", out / "pretrain" / "model" / "config.json", lambda: pretrain_captioner(
         out / "base", split["train"], out / "pretrain", _train_config(settings, settings.pretrain_steps, "constant"),
-        path_questions=settings.path_questions))
+        path_questions=settings.path_questions, extra_clips=extra_clips))
     backbone = out / "pretrain" / "model"
     mixed = split["train"]
     if settings.path_free_fraction > 0:

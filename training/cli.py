@@ -49,15 +49,18 @@ def _size(text: str) -> tuple[int, int]:
 def cmd_data_synth(args) -> int:
     from descore_sdk import progress
 
-    from .synth import generate_benchmark
+    from .synth import generate_benchmark, generate_pretrain_clips
 
     if progress.wanted():
-        total = 2 * (args.n_train + args.n_test + args.n_heldout)
+        total = 2 * (args.n_train + args.n_test + args.n_heldout) + args.pretrain_clips
         print(f"Writing the synthetic benchmark (up to {total} clips) to {args.out_dir} ...", file=sys.stderr, flush=True)
     paths = generate_benchmark(
         args.out_dir, n_train=args.n_train, n_test=args.n_test, n_heldout=args.n_heldout,
         seed=args.seed, size=args.size, num_frames=args.frames, fps=args.fps,
     )
+    if args.pretrain_clips:
+        paths["pretrain_clips"] = generate_pretrain_clips(args.out_dir, n_clips=args.pretrain_clips, seed=args.seed, size=args.size,
+                                                          num_frames=args.frames, fps=args.fps)
     for name, path in paths.items():
         print(f"{name:<13} {path}")
     return 0
@@ -144,6 +147,9 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--n-train", type=int, default=160)
     p.add_argument("--n-test", type=int, default=40)
     p.add_argument("--n-heldout", type=int, default=40)
+    p.add_argument("--pretrain-clips", type=int, default=0, metavar="N",
+                   help="also write N caption-only clips (half with a colour cast, no pairs, no labels) to "
+                        "pretrain_clips.jsonl, for `descore train pretrain --extra-clips` (default 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=_size, default=(64, 64), help="WIDTHxHEIGHT (default 64x64)")
     p.add_argument("--frames", type=int, default=8)

@@ -29,7 +29,15 @@ Qwen-VL was trained on:
 Data: the synthetic benchmark's pairs (`descore data synth`), whose `meta_a` / `meta_b` records say
 what each clip shows; every distinct clip becomes one caption example and one question example. Pairs
 without that ground truth are refused: captions and answers need it. Use the TRAIN split only, so nothing of the
-test splits (or of the held-out factors, which the train split never renders) leaks into the backbone.
+test splits leaks into the backbone.
+
+`--extra-clips FILE` adds caption-only clips (`descore data synth --pretrain-clips N` writes them:
+`synth.generate_pretrain_clips`), captioned and asked about like the pairs' clips. Half of them have a
+colour cast, which the preference splits only render in test_heldout: a real VLM's pre-training has seen
+tinted footage and can name a tint ("warm tint"); without these clips the tiny backbone could not (its
+captions told a cast clip from its clean twin 0.50 of the time, BENCHMARK.md, session 14). They are
+clips, not pairs: no prompt names a colour cast and no label says a tinted clip is worse, so the
+held-out judgement itself is never trained.
 
 Training reuses the cold-start machinery (`Trainer`, think layout, LM loss on the caption and its stop
 token, no preference terms), so checkpoints, `--resume`, DDP and the metrics log work as in every stage.
@@ -66,19 +74,59 @@ def _clips(pairs) -> dict[str, dict]:
     return clips
 
 
+META_KEYS = ("factors", "shape", "color", "motion", "background", "tint", "dropped_frames")
+
+
+def read_pretrain_clips(path) -> dict[str, dict]:
+    """{video path: ground-truth meta} from a caption-only clips file (`synth.generate_pretrain_clips`:
+    one JSON object per line with ``video``, relative to the file's folder, and ``meta``). Missing
+    videos, paths outside the file's folder and records without the ground truth are refused."""
+    import json
+    import os
+
+    from .data import _resolve_video
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"Cannot read the pre-training clips file {path}: {exc.strerror or exc}.") from exc
+    root = Path(os.path.abspath(path.parent))
+    clips: dict[str, dict] = {}
+    for row, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}, row {row}: invalid JSON ({exc.msg} at column {exc.colno}).") from exc
+        meta = item.get("meta") if isinstance(item, dict) else None
+        if not isinstance(meta, dict) or any(key not in meta for key in META_KEYS):
+            raise DataError(f"{path}, row {row}: expected {{\"video\": ..., \"meta\": {{{', '.join(META_KEYS)}}}}}; "
+                            "write the file with `synth.generate_pretrain_clips`.")
+        video = _resolve_video(item.get("video"), root, path, row, "video")
+        if not video.is_file():
+            raise DataError(f"{path}, row {row}: video {video} does not exist.")
+        clips[str(video)] = meta
+    if not clips:
+        raise DataError(f"{path} holds no clips.")
+    return clips
+
+
 def _two_by_two(paths: list[str]) -> list[tuple[str, str]]:
     if len(paths) % 2:
         paths = paths + [paths[0]]  # pairs need an even count; one clip is used twice
     return list(zip(paths[0::2], paths[1::2]))
 
 
-def caption_examples(pairs):
-    """One caption example per distinct clip of `pairs`, as pairs of two clips (the trainer's unit):
-    prompt `CAPTION_PROMPT`, the clips' captions as rationales, no preference labels."""
+def caption_examples(pairs, extra_clips: dict[str, dict] | None = None):
+    """One caption example per distinct clip of `pairs` and of `extra_clips` ({video: meta},
+    `read_pretrain_clips`), as pairs of two clips (the trainer's unit): prompt `CAPTION_PROMPT`, the
+    clips' captions as rationales, no preference labels."""
     from .data import PreferencePair
     from .synth import caption
 
-    clips = _clips(pairs)
+    clips = {**_clips(pairs), **(extra_clips or {})}
     return [
         PreferencePair(prompt=CAPTION_PROMPT, video_a=Path(a), video_b=Path(b), labels={},
                        rationale_a=caption(clips[a]), rationale_b=caption(clips[b]))
@@ -86,19 +134,20 @@ def caption_examples(pairs):
     ]
 
 
-def question_examples(pairs, *, seed: int = 0, path_questions: bool = True):
+def question_examples(pairs, *, seed: int = 0, path_questions: bool = True, extra_clips: dict[str, dict] | None = None):
     """One grounding question per distinct clip of `pairs`, two clips per example sharing the question
     (`GROUNDING_QUESTION`): with probability 1/2 it names the first clip's drawn colour and shape,
     otherwise a uniformly random colour and shape. Each clip's rationale is its own answer
     (`synth.grounding_answer`). With `path_questions`, also one path question per clip (`PATH_QUESTION`, after
     the colour/shape ones): with probability 1/2 it names the path the first clip shows, otherwise a
-    uniformly random OTHER path; answers by `synth.path_answer`. Deterministic given `seed`."""
+    uniformly random OTHER path; answers by `synth.path_answer`. `extra_clips` ({video: meta}) are asked
+    about too. Deterministic given `seed`."""
     import random
 
     from .data import PreferencePair
     from .synth import COLORS, MOTIONS, SHAPES, grounding_answer, path_answer
 
-    clips = _clips(pairs)
+    clips = {**_clips(pairs), **(extra_clips or {})}
     paths = sorted(clips)
     rng = random.Random(seed)
     rng.shuffle(paths)  # the two clips of an example come from different scenes
@@ -124,9 +173,12 @@ def question_examples(pairs, *, seed: int = 0, path_questions: bool = True):
 
 
 def pretrain_captioner(model_path, data_path, out_dir, config=None, *, questions: bool = True, path_questions: bool = True,
-                       on_missing: str = "skip", resume: bool = False) -> Path:
+                       extra_clips=None, on_missing: str = "skip", resume: bool = False) -> Path:
     """Run captioning pre-training (with grounding questions unless `questions=False`, and path
     questions among them unless `path_questions=False`); returns the final model folder (`out_dir/model`).
+
+    extra_clips: a caption-only clips file (`synth.generate_pretrain_clips`) whose clips are captioned
+    and asked about beside the pairs' clips.
 
     config: a `TrainConfig`; a random-weight model needs `train_lm_head=True` (set by default here).
     """
@@ -140,11 +192,12 @@ def pretrain_captioner(model_path, data_path, out_dir, config=None, *, questions
     config = config or TrainConfig(train_lm_head=True)
     model = DeScoreModel.from_pretrained(model_path)
     pairs = read_pairs(data_path, on_missing=on_missing)
-    examples = caption_examples(pairs)
-    logger.info("Captioning pre-training on %d clips of %s%s.", 2 * len(examples), data_path,
-                ", with a grounding question per clip" if questions else "")
+    extra = read_pretrain_clips(extra_clips) if extra_clips is not None else None
+    examples = caption_examples(pairs, extra)
+    logger.info("Captioning pre-training on %d clips of %s%s%s.", 2 * len(examples), data_path,
+                f" and {extra_clips}" if extra else "", ", with a grounding question per clip" if questions else "")
     if questions:
-        examples += question_examples(pairs, seed=config.seed, path_questions=path_questions)
+        examples += question_examples(pairs, seed=config.seed, path_questions=path_questions, extra_clips=extra)
     prompts = PromptBuilder(model.tokenizer, model.descore_config)
     collator = PairCollator(prompts, config.video_cache(model.descore_config), model.dimension_names,
                             recipe="descore", cot_drop=0.0, with_labels=True, seed=config.seed)
@@ -152,6 +205,7 @@ def pretrain_captioner(model_path, data_path, out_dir, config=None, *, questions
         "stage": "pretrain_captioner",
         "model": str(Path(model_path).resolve()),
         "data": str(Path(data_path).resolve()),
+        "extra_clips": str(Path(extra_clips).resolve()) if extra_clips is not None else None,
         "recipe": {"prompt": CAPTION_PROMPT, "questions": GROUNDING_QUESTION if questions else None,
                    "path_questions": PATH_QUESTION if questions and path_questions else None, "lm_weight": 1.0},
     }
@@ -266,7 +320,8 @@ def run(args) -> int:
     config = train_config_from_args(args)
     config.train_lm_head = not config.lora  # captions need an LM head that learns to use the vocabulary
     final = pretrain_captioner(args.model, args.data, args.out, config, questions=not args.no_questions,
-                               path_questions=not args.no_path_questions, on_missing=args.on_missing, resume=args.resume)
+                               path_questions=not args.no_path_questions, extra_clips=args.extra_clips,
+                               on_missing=args.on_missing, resume=args.resume)
     return report_trained(final)
 
 
@@ -283,6 +338,9 @@ def add_pretrain_arguments(p) -> None:
     add_train_arguments(p)
     p.add_argument("--no-questions", action="store_true", help="captions only, no grounding questions")
     p.add_argument("--no-path-questions", action="store_true", help="grounding questions on colour and shape only")
+    p.add_argument("--extra-clips", type=Path, default=None, metavar="FILE",
+                   help="caption-only clips (`descore data synth` writes pretrain_clips.jsonl): captioned and asked about "
+                        "beside the pairs' clips, e.g. to show the backbone colour casts the pairs never have")
 
 
 if __name__ == "__main__":

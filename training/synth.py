@@ -71,6 +71,11 @@ ground truth: actual shape/colour/motion/background, factors with severities, ti
 * ``test_heldout.jsonl`` — only the held-out factors ``color_cast`` (VQ) and ``wrong_motion`` (TA),
   which never appear in train or test_id.
 
+Caption-only clips for pre-training (`generate_pretrain_clips`, ``descore data synth --pretrain-clips N``):
+``pretrain_clips.jsonl`` lists clips of the same scenes, half of them with a colour cast, with their ground
+truth and caption but no prompt and no label: the world a VLM's pre-training saw, so that the backbone
+has seen a tint before the held-out split shows it one; the held-out judgement is never trained.
+
 Videos go under ``OUT_DIR/videos/<split>/``; ``OUT_DIR/benchmark.json`` records the seed, sizes and
 the factor sets per split. Everything is a pure function of ``seed`` and the arguments: the same call
 writes byte-identical files (see `encode_mp4` for what that takes from x264).
@@ -651,3 +656,63 @@ def generate_benchmark(
     info_path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     paths["info"] = info_path
     return paths
+
+
+PRETRAIN_CLIPS_FILE = "pretrain_clips.jsonl"
+# The faults a pre-training clip may show besides its colour cast: the ones a clip shows without a prompt.
+PRETRAIN_EXTRA_FACTORS = ("blur", "noise", "frame_drop", "jitter")
+
+
+def generate_pretrain_clips(
+    out_dir: str | os.PathLike,
+    *,
+    n_clips: int,
+    seed: int = 0,
+    size: tuple[int, int] = (64, 64),
+    num_frames: int = 8,
+    fps: float = 2.0,
+    cast_fraction: float = 0.5,
+) -> Path:
+    """Write `n_clips` caption-only clips under `out_dir/videos/pretrain/` and their ground truth to
+    `out_dir/pretrain_clips.jsonl` (one JSON object per line: ``video`` relative to the file's folder,
+    ``meta`` as `VideoSpec.meta`, ``caption`` as `caption`); return the file's path.
+
+    Why: a real VLM's pre-training has seen colour casts and can name them; the preference splits never
+    render one (it is a held-out factor), so without these clips the tiny backbone has no word for a
+    cast and nothing in it separates a tinted frame from a clean one (caption discrimination 0.50,
+    training/BENCHMARK.md, session 14). A seeded `cast_fraction` of the clips has a colour cast (random
+    hue, severity 1 or 2); independently, half of all clips also show one of `PRETRAIN_EXTRA_FACTORS`.
+    They are clips, not pairs: no prompt, no preference label, so no held-out judgement (a tinted clip is
+    worse than a clean one) is ever trained; the scenes are the benchmark's, the render seeds a stream
+    of their own, so the preference splits `generate_benchmark` writes with the same seed are untouched.
+    """
+    width, height = (int(v) for v in size)
+    if width < 16 or height < 16 or width % 2 or height % 2:
+        raise InvalidInputError(f"size must be (width, height) with even sides >= 16 (h264 yuv420p), got {size}.")
+    if num_frames < 5:
+        raise InvalidInputError(f"num_frames must be >= 5 so frame drops leave visible motion, got {num_frames}.")
+    if int(n_clips) != n_clips or n_clips < 1:
+        raise InvalidInputError(f"n_clips must be a positive integer, got {n_clips}.")
+    if not 0.0 <= cast_fraction <= 1.0:
+        raise InvalidInputError(f"cast_fraction must lie in [0, 1], got {cast_fraction}.")
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng([seed, 1_000])  # a stream of its own: the preference splits do not move
+    scenes = _scenes_in_order(rng)
+    records = []
+    for index in range(int(n_clips)):
+        scene = scenes[index % len(scenes)]
+        factors: dict[str, int] = {}
+        if rng.random() < cast_fraction:
+            factors["color_cast"] = int(rng.integers(1, MAX_SEVERITY["color_cast"] + 1))
+        if rng.random() < 0.5:
+            name, severity = _random_factor(rng, PRETRAIN_EXTRA_FACTORS)
+            factors[name] = severity
+        spec = realise_spec(scene, factors, int(rng.integers(0, 2**31)), num_frames)
+        name = "clean" if not factors else "_".join(f"{f}{s}" for f, s in sorted(factors.items()))
+        path = out_dir / "videos" / "pretrain" / f"c{index:05d}_{name}.mp4"
+        encode_mp4(render_frames(spec, width=width, height=height, num_frames=num_frames), path, fps)
+        meta = spec.meta()
+        records.append({"video": path.relative_to(out_dir).as_posix(), "meta": meta, "caption": caption(meta)})
+    target = out_dir / PRETRAIN_CLIPS_FILE
+    target.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return target
