@@ -61,7 +61,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from descore_sdk.errors import DataError, InvalidInputError
 
@@ -224,15 +224,21 @@ def _parse_genai_json(text: str, path: Path, root: Path) -> list[PreferencePair]
     return pairs
 
 
-def _parse_jsonl(text: str, path: Path, root: Path) -> list[PreferencePair]:
-    pairs = []
+def json_lines(text: str, path: Path) -> Iterator[tuple[int, Any]]:
+    """(1-based row, parsed value) of each non-blank line of a JSON-lines file's `text`; a line that is
+    not JSON raises `DataError` naming the file and row."""
     for row, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
+            yield row, json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}, row {row}: invalid JSON ({exc.msg} at column {exc.colno}).") from exc
+
+
+def _parse_jsonl(text: str, path: Path, root: Path) -> list[PreferencePair]:
+    pairs = []
+    for row, item in json_lines(text, path):
         if not isinstance(item, dict):
             raise DataError(f"{path}, row {row}: expected a JSON object per line, got {type(item).__name__}.")
         _require_keys(item, ("prompt", "video_a", "video_b"), path, row)

@@ -81,10 +81,9 @@ def read_pretrain_clips(path) -> dict[str, dict]:
     """{video path: ground-truth meta} from a caption-only clips file (`synth.generate_pretrain_clips`:
     one JSON object per line with ``video``, relative to the file's folder, and ``meta``). Missing
     videos, paths outside the file's folder and records without the ground truth are refused."""
-    import json
     import os
 
-    from .data import _resolve_video
+    from .data import _resolve_video, json_lines
 
     path = Path(path)
     try:
@@ -93,13 +92,7 @@ def read_pretrain_clips(path) -> dict[str, dict]:
         raise DataError(f"Cannot read the pre-training clips file {path}: {exc.strerror or exc}.") from exc
     root = Path(os.path.abspath(path.parent))
     clips: dict[str, dict] = {}
-    for row, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}, row {row}: invalid JSON ({exc.msg} at column {exc.colno}).") from exc
+    for row, item in json_lines(text, path):
         meta = item.get("meta") if isinstance(item, dict) else None
         if not isinstance(meta, dict) or any(key not in meta for key in META_KEYS):
             raise DataError(f"{path}, row {row}: expected {{\"video\": ..., \"meta\": {{{', '.join(META_KEYS)}}}}}; "
