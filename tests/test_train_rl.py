@@ -78,23 +78,24 @@ def _hf_hidden(model, rollout):
     return hidden
 
 
-def _reference_forward(model, rollout):
-    """(log-probs of the CoT tokens and stop token, rewards) from one unpadded HF forward."""
+def _reference_forward(model, rollout, temperature=1.0):
+    """(log-probs of the CoT tokens and stop token under softmax(logits / temperature), rewards) from one
+    unpadded HF forward."""
     hidden = _hf_hidden(model, rollout)
-    logp = torch.log_softmax(model.backbone.lm_head(hidden).float(), dim=-1)
+    logp = torch.log_softmax(model.backbone.lm_head(hidden).float() / temperature, dim=-1)
     start = len(rollout.prompt_ids) - 1
     targets = rollout.cot_ids + ([rollout.stop_id] if rollout.finished else [])
     token_logp = torch.stack([logp[start + j, t] for j, t in enumerate(targets)]) if targets else torch.zeros(0)
     return token_logp, model.reward_head.weight @ hidden[-1]
 
 
-def _reference_distributions(model, rollout):
-    """(T, V) log-softmax rows of one unpadded HF forward at the positions that predict the CoT tokens
-    and the stop token."""
+def _reference_distributions(model, rollout, temperature=1.0):
+    """(T, V) log-softmax rows of logits / temperature of one unpadded HF forward at the positions that
+    predict the CoT tokens and the stop token."""
     hidden = _hf_hidden(model, rollout)
     start = len(rollout.prompt_ids) - 1
     count = len(rollout.cot_ids) + rollout.finished
-    return torch.log_softmax(model.backbone.lm_head(hidden).float(), dim=-1)[start : start + count]
+    return torch.log_softmax(model.backbone.lm_head(hidden).float() / temperature, dim=-1)[start : start + count]
 
 
 # -- per-step diagnostics ------------------------------------------------------------------------------
@@ -123,8 +124,10 @@ def test_reward_diagnostics_hand_values():
 
 
 # -- scoring and sampling ----------------------------------------------------------------------------
-@pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl"])
-def test_score_rollouts_matches_unpadded_transformers_forward(family, pairs):
+@pytest.mark.parametrize("family, temperature", [("qwen3_vl", 1.0), ("qwen2_5_vl", 1.0), ("qwen3_vl", 2.5)])
+def test_score_rollouts_matches_unpadded_transformers_forward(family, temperature, pairs):
+    """Log-probs and entropy of the sampling distribution softmax(logits / temperature), as the authors'
+    actor scores them (verl divides the logits by the rollout temperature)."""
     model = build_tiny_model(family, seed=2, dimension_names=DIMS)
     rollouts = _rollouts(
         model,
@@ -132,16 +135,16 @@ def test_score_rollouts_matches_unpadded_transformers_forward(family, pairs):
         [("Visual quality: sharp, clean. Motion: smooth and steady.", True), ("Alignment: the", False), ("", True), ("x", False)],
     )
     with torch.no_grad():
-        scored = score_rollouts(model, rollouts, pad_id=model.tokenizer.token_to_id("<|endoftext|>"))
+        scored = score_rollouts(model, rollouts, pad_id=model.tokenizer.token_to_id("<|endoftext|>"), temperature=temperature)
         for b, rollout in enumerate(rollouts):
-            expected_logp, expected_rewards = _reference_forward(model, rollout)
+            expected_logp, expected_rewards = _reference_forward(model, rollout, temperature)
             got = scored.logp[b][scored.mask[b].bool()]
             assert len(got) == len(rollout.cot_ids) + rollout.finished
             torch.testing.assert_close(got, expected_logp, atol=2e-5, rtol=1e-5)
             torch.testing.assert_close(scored.rewards[b], expected_rewards, atol=2e-5, rtol=1e-5)
             assert float(scored.logp[b][~scored.mask[b].bool()].abs().sum()) == 0.0
             # The policy's entropy at the scored positions: −Σ p log p of the reference forward's rows.
-            full = _reference_distributions(model, rollout)
+            full = _reference_distributions(model, rollout, temperature)
             expected_entropy = -(full.exp() * full).sum(dim=-1)
             torch.testing.assert_close(scored.entropy[b][scored.mask[b].bool()], expected_entropy, atol=1e-4, rtol=1e-5)
             assert float(scored.entropy[b][~scored.mask[b].bool()].abs().sum()) == 0.0
@@ -304,6 +307,28 @@ def test_micro_batching_does_not_change_the_gradients(updates, pairs):
         assert float(grads_one["reward_head.weight"].abs().max()) > 0
         for name in grads_one:
             torch.testing.assert_close(grads_one[name], grads_four[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_step_scores_at_the_rollout_temperature(pairs, monkeypatch):
+    """Policy, behaviour and reference log-probs all come from softmax(logits / T) at the rollout
+    temperature T (the authors' actor), not at T = 1; `score_rollouts`' numbers are checked against
+    transformers above, this checks that the step asks for them at T."""
+    from descore_sdk.training import rl
+
+    calls, real = [], rl.score_rollouts
+
+    def spy(model, rollouts, pad_id, temperature=1.0):
+        calls.append((model, temperature))
+        return real(model, rollouts, pad_id, temperature)
+
+    monkeypatch.setattr(rl, "score_rollouts", spy)
+    model = build_tiny_model("qwen3_vl", seed=6, dimension_names=DIMS)
+    trainer = DualObjectiveRL(model, RLConfig(num_samples=2, max_new_tokens=4, updates_per_batch=2, temperature=1.7,
+                                              length_min_tokens=1, lr=1e-3))
+    torch.manual_seed(0)
+    trainer.step([pairs[0]])
+    assert {id(m) for m, _ in calls} == {id(model), id(trainer.reference)}
+    assert len(calls) >= 4 and all(t == 1.7 for _, t in calls), calls
 
 
 def test_dynamic_sampling_drops_flat_groups_and_draws_more(pairs):

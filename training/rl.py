@@ -17,7 +17,10 @@ One step, for each preference pair (prompt, video A, video B, per-dimension labe
    the rule reward of sample i judged on that dimension alone, normalised within the group
    (`section_rewards`, `token_sections`); the opening sentence and the stop token keep the shared one.
 3. One forward of prompt + CoT + `<Reward>` per sequence gives both the log-probabilities of the CoT
-   tokens (and of the stop token that ended it) and the head's rewards at `<Reward>`.
+   tokens (and of the stop token that ended it) and the head's rewards at `<Reward>`. The
+   log-probabilities are those of the sampling distribution, softmax(logits / temperature), for the
+   policy and for the reference alike, as in the authors' actor (verl's `dp_actor` divides the logits
+   by the rollout temperature); min-p / top-p truncation is not renormalised, as there.
 4. Two losses on that one forward:
      GRPO  clipped policy gradient on the CoT tokens + β · KL(π ‖ π_ref) (k3), β = 1e-2, to the frozen
            reference policy (a copy of the starting model);
@@ -73,7 +76,8 @@ What the log says about the learning signal (one line per step; `descore train p
                              with `credit="section"` such a group can still carry per-section advantages)
   parsed                     fraction of CoTs whose every section states a verdict the parser reads
   contradicted               fraction of CoTs with a section that contradicts itself (a wrong answer)
-  entropy                    the sampling policy's next-token entropy per CoT token (nats)
+  entropy                    the sampling policy's next-token entropy per CoT token (nats; of softmax(logits / temperature),
+                             before min-p / top-p truncation)
   kl, clip_fraction, ratio   k3 KL to the reference per token; clipped share and mean ρ (ρ = 1 and
                              no clipping with one update per batch)
   bt_loss, grpo_loss, *_grad_norm, pairs_rolled_out, groups_trained, cot_tokens, finished, seconds
@@ -363,14 +367,16 @@ class ScoredBatch:
     entropy: torch.Tensor | None = None
 
 
-def score_rollouts(model: DeScoreModel, rollouts: Sequence[Rollout], pad_id: int) -> ScoredBatch:
-    """One forward over prompt + CoT + `<Reward>` for each rollout (a right-padded batch)."""
+def score_rollouts(model: DeScoreModel, rollouts: Sequence[Rollout], pad_id: int, temperature: float = 1.0) -> ScoredBatch:
+    """One forward over prompt + CoT + `<Reward>` for each rollout (a right-padded batch); the log-probs
+    and the entropy are those of softmax(logits / `temperature`), the distribution the CoTs were sampled
+    from (the rewards do not depend on it)."""
     batch = _to_model(collate_rows([r.row(model.reward_token_id) for r in rollouts], pad_id), model)
     labels = batch.pop("labels")
     out = model(**batch, return_logits=True)
     targets = labels[:, 1:]  # position j predicts token j + 1
     mask = targets != IGNORE_INDEX
-    log_probs = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)  # once, for the log-probs and the entropy
+    log_probs = torch.log_softmax(out.logits[:, :-1].float() / temperature, dim=-1)  # once, for the log-probs and the entropy
     logp = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
     with torch.no_grad():
         entropy = -(log_probs.exp() * log_probs).sum(dim=-1) * mask
@@ -671,8 +677,9 @@ class DualObjectiveRL:
         bt_count = sum(preference_item_count(pref, cfg.bt_ties) for _, _, pref in micro)
 
         with torch.no_grad():
-            reference = [score_rollouts(self.reference, rows, self.pad_id).logp for rows, _, _ in micro]
-            behaviour = [score_rollouts(model, rows, self.pad_id).logp for rows, _, _ in micro] if cfg.updates_per_batch > 1 else None
+            reference = [score_rollouts(self.reference, rows, self.pad_id, cfg.temperature).logp for rows, _, _ in micro]
+            behaviour = ([score_rollouts(model, rows, self.pad_id, cfg.temperature).logp for rows, _, _ in micro]
+                         if cfg.updates_per_batch > 1 else None)
 
         updates = []
         token_count = sum(float(len(r.cot_ids) + r.finished) for rows, _, _ in micro for r in rows)
@@ -680,7 +687,7 @@ class DualObjectiveRL:
         for update in range(cfg.updates_per_batch):
             totals = {"grpo_loss": 0.0, "bt_loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "ratio": 0.0}
             for index, (rows, advantages, pref) in enumerate(micro):
-                scored = score_rollouts(model, rows, self.pad_id)
+                scored = score_rollouts(model, rows, self.pad_id, cfg.temperature)
                 if update == 0:  # the entropy of the policy that sampled
                     entropy_sum += float(scored.entropy.sum())
                 logp_old = scored.logp.detach() if behaviour is None else behaviour[index]
