@@ -78,24 +78,38 @@ def _hf_hidden(model, rollout):
     return hidden
 
 
-def _reference_forward(model, rollout, temperature=1.0):
-    """(log-probs of the CoT tokens and stop token under softmax(logits / temperature), rewards) from one
+def _sampling_log_probs(logits, targets, temperature, min_p):
+    """log-softmax of logits / temperature over the tokens transformers' own `MinPLogitsWarper` keeps
+    (plus the scored token), rows (T, V) against `targets` (T,)."""
+    from transformers.generation.logits_process import MinPLogitsWarper
+
+    scores = logits.float() / temperature
+    if min_p > 0:
+        warped = MinPLogitsWarper(min_p)(None, scores.clone())
+        removed = torch.isinf(warped)
+        removed[torch.arange(len(targets)), targets] = False
+        scores = scores.masked_fill(removed, float("-inf"))
+    return torch.log_softmax(scores, dim=-1)
+
+
+def _reference_forward(model, rollout, temperature=1.0, min_p=0.0):
+    """(log-probs of the CoT tokens and stop token under the sampling distribution, rewards) from one
     unpadded HF forward."""
     hidden = _hf_hidden(model, rollout)
-    logp = torch.log_softmax(model.backbone.lm_head(hidden).float() / temperature, dim=-1)
-    start = len(rollout.prompt_ids) - 1
     targets = rollout.cot_ids + ([rollout.stop_id] if rollout.finished else [])
-    token_logp = torch.stack([logp[start + j, t] for j, t in enumerate(targets)]) if targets else torch.zeros(0)
+    rows = _reference_distributions(model, rollout, temperature, min_p)
+    token_logp = rows[torch.arange(len(targets)), torch.tensor(targets, dtype=torch.long)] if targets else torch.zeros(0)
     return token_logp, model.reward_head.weight @ hidden[-1]
 
 
-def _reference_distributions(model, rollout, temperature=1.0):
-    """(T, V) log-softmax rows of logits / temperature of one unpadded HF forward at the positions that
-    predict the CoT tokens and the stop token."""
+def _reference_distributions(model, rollout, temperature=1.0, min_p=0.0):
+    """(T, V) rows of the sampling distribution's log-probs (see `_sampling_log_probs`) of one unpadded
+    HF forward at the positions that predict the CoT tokens and the stop token."""
     hidden = _hf_hidden(model, rollout)
     start = len(rollout.prompt_ids) - 1
-    count = len(rollout.cot_ids) + rollout.finished
-    return torch.log_softmax(model.backbone.lm_head(hidden).float() / temperature, dim=-1)[start : start + count]
+    targets = rollout.cot_ids + ([rollout.stop_id] if rollout.finished else [])
+    rows = model.backbone.lm_head(hidden)[start : start + len(targets)]
+    return _sampling_log_probs(rows, torch.tensor(targets, dtype=torch.long), temperature, min_p)
 
 
 # -- per-step diagnostics ------------------------------------------------------------------------------
@@ -124,10 +138,12 @@ def test_reward_diagnostics_hand_values():
 
 
 # -- scoring and sampling ----------------------------------------------------------------------------
-@pytest.mark.parametrize("family, temperature", [("qwen3_vl", 1.0), ("qwen2_5_vl", 1.0), ("qwen3_vl", 2.5)])
-def test_score_rollouts_matches_unpadded_transformers_forward(family, temperature, pairs):
-    """Log-probs and entropy of the sampling distribution softmax(logits / temperature), as the authors'
-    actor scores them (verl divides the logits by the rollout temperature)."""
+@pytest.mark.parametrize("family, temperature, min_p", [("qwen3_vl", 1.0, 0.0), ("qwen2_5_vl", 1.0, 0.0), ("qwen3_vl", 2.5, 0.0),
+                                                   ("qwen3_vl", 2.5, 0.5)])
+def test_score_rollouts_matches_unpadded_transformers_forward(family, temperature, min_p, pairs):
+    """Log-probs and entropy of the sampling distribution: softmax(logits / temperature), as the authors'
+    actor scores them (verl divides the logits by the rollout temperature), over the tokens that
+    transformers' min-p warper keeps."""
     model = build_tiny_model(family, seed=2, dimension_names=DIMS)
     rollouts = _rollouts(
         model,
@@ -135,17 +151,18 @@ def test_score_rollouts_matches_unpadded_transformers_forward(family, temperatur
         [("Visual quality: sharp, clean. Motion: smooth and steady.", True), ("Alignment: the", False), ("", True), ("x", False)],
     )
     with torch.no_grad():
-        scored = score_rollouts(model, rollouts, pad_id=model.tokenizer.token_to_id("<|endoftext|>"), temperature=temperature)
+        scored = score_rollouts(model, rollouts, pad_id=model.tokenizer.token_to_id("<|endoftext|>"), temperature=temperature,
+                                min_p=min_p)
         for b, rollout in enumerate(rollouts):
-            expected_logp, expected_rewards = _reference_forward(model, rollout, temperature)
+            expected_logp, expected_rewards = _reference_forward(model, rollout, temperature, min_p)
             got = scored.logp[b][scored.mask[b].bool()]
             assert len(got) == len(rollout.cot_ids) + rollout.finished
             torch.testing.assert_close(got, expected_logp, atol=2e-5, rtol=1e-5)
             torch.testing.assert_close(scored.rewards[b], expected_rewards, atol=2e-5, rtol=1e-5)
             assert float(scored.logp[b][~scored.mask[b].bool()].abs().sum()) == 0.0
             # The policy's entropy at the scored positions: −Σ p log p of the reference forward's rows.
-            full = _reference_distributions(model, rollout, temperature)
-            expected_entropy = -(full.exp() * full).sum(dim=-1)
+            full = _reference_distributions(model, rollout, temperature, min_p)
+            expected_entropy = -(full.exp() * full.nan_to_num(neginf=0.0)).sum(dim=-1)
             torch.testing.assert_close(scored.entropy[b][scored.mask[b].bool()], expected_entropy, atol=1e-4, rtol=1e-5)
             assert float(scored.entropy[b][~scored.mask[b].bool()].abs().sum()) == 0.0
 
@@ -310,25 +327,25 @@ def test_micro_batching_does_not_change_the_gradients(updates, pairs):
 
 
 def test_step_scores_at_the_rollout_temperature(pairs, monkeypatch):
-    """Policy, behaviour and reference log-probs all come from softmax(logits / T) at the rollout
-    temperature T (the authors' actor), not at T = 1; `score_rollouts`' numbers are checked against
-    transformers above, this checks that the step asks for them at T."""
+    """Policy, behaviour and reference log-probs all come from the sampling distribution (rollout
+    temperature, min-p), not from softmax(logits) at T = 1; `score_rollouts`' numbers are checked
+    against transformers above, this checks that the step asks for them with the rollout settings."""
     from descore_sdk.training import rl
 
     calls, real = [], rl.score_rollouts
 
-    def spy(model, rollouts, pad_id, temperature=1.0):
-        calls.append((model, temperature))
-        return real(model, rollouts, pad_id, temperature)
+    def spy(model, rollouts, pad_id, temperature=1.0, min_p=0.0):
+        calls.append((model, (temperature, min_p)))
+        return real(model, rollouts, pad_id, temperature, min_p)
 
     monkeypatch.setattr(rl, "score_rollouts", spy)
     model = build_tiny_model("qwen3_vl", seed=6, dimension_names=DIMS)
-    trainer = DualObjectiveRL(model, RLConfig(num_samples=2, max_new_tokens=4, updates_per_batch=2, temperature=1.7,
+    trainer = DualObjectiveRL(model, RLConfig(num_samples=2, max_new_tokens=4, updates_per_batch=2, temperature=1.7, min_p=0.2,
                                               length_min_tokens=1, lr=1e-3))
     torch.manual_seed(0)
     trainer.step([pairs[0]])
     assert {id(m) for m, _ in calls} == {id(model), id(trainer.reference)}
-    assert len(calls) >= 4 and all(t == 1.7 for _, t in calls), calls
+    assert len(calls) >= 4 and all(sampling == (1.7, 0.2) for _, sampling in calls), calls
 
 
 def test_dynamic_sampling_drops_flat_groups_and_draws_more(pairs):

@@ -20,7 +20,8 @@ One step, for each preference pair (prompt, video A, video B, per-dimension labe
    tokens (and of the stop token that ended it) and the head's rewards at `<Reward>`. The
    log-probabilities are those of the sampling distribution, softmax(logits / temperature), for the
    policy and for the reference alike, as in the authors' actor (verl's `dp_actor` divides the logits
-   by the rollout temperature); min-p / top-p truncation is not renormalised, as there.
+   by the rollout temperature); with `min_p` also restricted to the tokens min-p sampling keeps and
+   renormalised (the authors sample without min-p).
 4. Two losses on that one forward:
      GRPO  clipped policy gradient on the CoT tokens + β · KL(π ‖ π_ref) (k3), β = 1e-2, to the frozen
            reference policy (a copy of the starting model);
@@ -77,7 +78,7 @@ What the log says about the learning signal (one line per step; `descore train p
   parsed                     fraction of CoTs whose every section states a verdict the parser reads
   contradicted               fraction of CoTs with a section that contradicts itself (a wrong answer)
   entropy                    the sampling policy's next-token entropy per CoT token (nats; of softmax(logits / temperature),
-                             before min-p / top-p truncation)
+                             over the tokens min-p keeps)
   kl, clip_fraction, ratio   k3 KL to the reference per token; clipped share and mean ρ (ρ = 1 and
                              no clipping with one update per batch)
   bt_loss, grpo_loss, *_grad_norm, pairs_rolled_out, groups_trained, cot_tokens, finished, seconds
@@ -367,19 +368,29 @@ class ScoredBatch:
     entropy: torch.Tensor | None = None
 
 
-def score_rollouts(model: DeScoreModel, rollouts: Sequence[Rollout], pad_id: int, temperature: float = 1.0) -> ScoredBatch:
-    """One forward over prompt + CoT + `<Reward>` for each rollout (a right-padded batch); the log-probs
-    and the entropy are those of softmax(logits / `temperature`), the distribution the CoTs were sampled
-    from (the rewards do not depend on it)."""
+def score_rollouts(model: DeScoreModel, rollouts: Sequence[Rollout], pad_id: int, temperature: float = 1.0,
+                   min_p: float = 0.0) -> ScoredBatch:
+    """One forward over prompt + CoT + `<Reward>` for each rollout (a right-padded batch). The log-probs
+    and the entropy are those of the distribution the CoTs were sampled from: softmax(logits /
+    `temperature`), and with `min_p` > 0 restricted to the tokens min-p sampling keeps (probability ≥
+    min_p × the top one's, as transformers' `MinPLogitsWarper`) and renormalised; the scored token is
+    always kept, so its log-prob stays finite after the policy has moved. The rewards depend on neither."""
     batch = _to_model(collate_rows([r.row(model.reward_token_id) for r in rollouts], pad_id), model)
     labels = batch.pop("labels")
     out = model(**batch, return_logits=True)
     targets = labels[:, 1:]  # position j predicts token j + 1
     mask = targets != IGNORE_INDEX
-    log_probs = torch.log_softmax(out.logits[:, :-1].float() / temperature, dim=-1)  # once, for the log-probs and the entropy
-    logp = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+    logits = out.logits[:, :-1].float() / temperature
+    log_probs = torch.log_softmax(logits, dim=-1)  # once, for the log-probs and the entropy
+    index = targets.clamp(min=0).unsqueeze(-1)
+    if min_p > 0:
+        with torch.no_grad():
+            keep = log_probs >= log_probs.max(dim=-1, keepdim=True).values + math.log(min_p)
+            keep.scatter_(-1, index, True)
+        log_probs = torch.log_softmax(logits.masked_fill(~keep, float("-inf")), dim=-1)
+    logp = log_probs.gather(-1, index).squeeze(-1) * mask
     with torch.no_grad():
-        entropy = -(log_probs.exp() * log_probs).sum(dim=-1) * mask
+        entropy = -(log_probs.exp() * log_probs.clamp(min=torch.finfo(log_probs.dtype).min)).sum(dim=-1) * mask
     return ScoredBatch(logp=logp, mask=mask.to(logp.dtype), rewards=out.rewards, entropy=entropy)
 
 
@@ -677,8 +688,8 @@ class DualObjectiveRL:
         bt_count = sum(preference_item_count(pref, cfg.bt_ties) for _, _, pref in micro)
 
         with torch.no_grad():
-            reference = [score_rollouts(self.reference, rows, self.pad_id, cfg.temperature).logp for rows, _, _ in micro]
-            behaviour = ([score_rollouts(model, rows, self.pad_id, cfg.temperature).logp for rows, _, _ in micro]
+            reference = [score_rollouts(self.reference, rows, self.pad_id, cfg.temperature, cfg.min_p).logp for rows, _, _ in micro]
+            behaviour = ([score_rollouts(model, rows, self.pad_id, cfg.temperature, cfg.min_p).logp for rows, _, _ in micro]
                          if cfg.updates_per_batch > 1 else None)
 
         updates = []
@@ -687,7 +698,7 @@ class DualObjectiveRL:
         for update in range(cfg.updates_per_batch):
             totals = {"grpo_loss": 0.0, "bt_loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "ratio": 0.0}
             for index, (rows, advantages, pref) in enumerate(micro):
-                scored = score_rollouts(model, rows, self.pad_id, cfg.temperature)
+                scored = score_rollouts(model, rows, self.pad_id, cfg.temperature, cfg.min_p)
                 if update == 0:  # the entropy of the policy that sampled
                     entropy_sum += float(scored.entropy.sum())
                 logp_old = scored.logp.detach() if behaviour is None else behaviour[index]
