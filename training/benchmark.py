@@ -27,7 +27,8 @@ interrupted benchmark continues where it stopped):
               checkpoint on train.jsonl: 100 steps of 8 pairs each at a policy lr of 3e-4 (KL
               coefficient 1e-2, as the authors' config), rollouts at temperature 2 with min-p 0.1; see
               BENCHMARK.md, "The RL stage", for what smaller settings (1 pair, lr 1e-5, temperature 1)
-              did not do, and session 14 for BT's scope and weight.
+              did not do, session 14 for BT's scope and weight, and session 15 for the log-probs of
+              the sampling distribution (temperature and min-p), which keep these settings stable.
 9. export     cold_start and rl exported as ONNX bundles.
 
 Evaluation: `descore eval`'s code (`training.evaluation.evaluate_with_scorer`): accuracy without ties per
