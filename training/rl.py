@@ -40,10 +40,10 @@ the shared weights. This is what the authors' code does (DeScore_project_page `d
 update adds bt_weight · BT, computed on the `<Reward>` hidden state of a forward through the
 trainable actor, to the policy loss before one backward; their `train.sh` sets bt_weight 5e-3 and
 freezes the vision tower). On the synthetic benchmark (training/BENCHMARK.md, session 14) think-mode
-accuracy rose with it in all nine runs from two cold starts (once beyond two standard errors; log-probs
-then at temperature 1, see step 3), and moved between −0.015 and +0.024 with the head scope: the head learns to read the CoTs the policy
-writes, not only the gold ones of the cold start. On a factor the CoT has no words for, think mode
-then follows the CoT's mistake.
+accuracy rose with it in all nine runs from two cold starts (once beyond two standard errors;
+log-probs then at temperature 1, see step 3), and moved between −0.015 and +0.024 with the head
+scope: the head learns to read the CoTs the policy writes, not only the gold ones of the cold start.
+On a factor the CoT has no words for, think mode then follows the CoT's mistake.
 Too large a BT share rewrites the policy instead (weight 0.1 at lr 1e-4 broke the CoTs: BENCHMARK.md,
 "Recipe changes measured", S1).
 
