@@ -52,6 +52,9 @@ def test_data_synth_writes_pretrain_clips_on_request(tmp_path, capsys):
                      "--pretrain-clips", "5"]) == 0
     assert f"pretrain_clips {out / 'pretrain_clips.jsonl'}" in capsys.readouterr().out
     assert len(read_pretrain_clips(out / "pretrain_clips.jsonl")) == 5
+    refused = tmp_path / "refused"
+    assert cli.main(["data", "synth", str(refused), "--n-train", "2", "--pretrain-clips", "-1"]) == 1
+    assert "--pretrain-clips must be 0 or more" in capsys.readouterr().err and not refused.exists()
 
 
 def _brute_force(delta, codes):

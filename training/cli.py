@@ -51,6 +51,8 @@ def cmd_data_synth(args) -> int:
 
     from .synth import generate_benchmark, generate_pretrain_clips
 
+    if args.pretrain_clips < 0:  # before anything is written
+        raise InvalidInputError(f"--pretrain-clips must be 0 or more, got {args.pretrain_clips}.")
     if progress.wanted():
         total = 2 * (args.n_train + args.n_test + args.n_heldout) + args.pretrain_clips
         print(f"Writing the synthetic benchmark (up to {total} clips) to {args.out_dir} ...", file=sys.stderr, flush=True)
