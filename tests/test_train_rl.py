@@ -151,6 +151,10 @@ def test_score_rollouts_matches_unpadded_transformers_forward(family, temperatur
         [("Visual quality: sharp, clean. Motion: smooth and steady.", True), ("Alignment: the", False), ("", True), ("x", False)],
     )
     with torch.no_grad():
+        if min_p:  # a random model's next-token distribution is nearly flat: sharpen it so min-p removes tokens
+            model.backbone.lm_head.weight.mul_(60.0)
+            rows = _reference_distributions(model, rollouts[0], temperature, min_p)
+            assert 0 < int(torch.isinf(rows).sum()) < rows.numel() - len(rows), "min-p must remove some tokens, not all"
         scored = score_rollouts(model, rollouts, pad_id=model.tokenizer.token_to_id("<|endoftext|>"), temperature=temperature,
                                 min_p=min_p)
         for b, rollout in enumerate(rollouts):
