@@ -556,6 +556,22 @@ def _scenes_in_order(rng: np.random.Generator) -> list[Scene]:
     return [combos[i] for i in rng.permutation(len(combos))]
 
 
+def _render_size(size, num_frames: int, fps: float) -> tuple[int, int]:
+    """(width, height) of `size`, after checking what rendering and encoding need."""
+    width, height = (int(v) for v in size)
+    if width < 16 or height < 16 or width % 2 or height % 2:
+        raise InvalidInputError(f"size must be (width, height) with even sides ≥ 16 (h264 yuv420p), got {size}.")
+    if num_frames < 5:
+        raise InvalidInputError(f"num_frames must be ≥ 5 so frame drops leave visible motion, got {num_frames}.")
+    if not fps > 0:
+        raise InvalidInputError(f"fps must be positive, got {fps}.")
+    return width, height
+
+
+def _clip_name(factors: dict[str, int]) -> str:
+    return "clean" if not factors else "_".join(f"{f}{s}" for f, s in sorted(factors.items()))
+
+
 def generate_benchmark(
     out_dir: str | os.PathLike,
     *,
@@ -574,13 +590,7 @@ def generate_benchmark(
     dropped frames the object still visibly moves. n_*: pairs per split (0 writes an empty file).
     Pairs come in groups of up to 4 per scene, sharing the scene's clean render.
     """
-    width, height = (int(v) for v in size)
-    if width < 16 or height < 16 or width % 2 or height % 2:
-        raise InvalidInputError(f"size must be (width, height) with even sides ≥ 16 (h264 yuv420p), got {size}.")
-    if num_frames < 5:
-        raise InvalidInputError(f"num_frames must be ≥ 5 so frame drops leave visible motion, got {num_frames}.")
-    if not fps > 0:
-        raise InvalidInputError(f"fps must be positive, got {fps}.")
+    width, height = _render_size(size, num_frames, fps)
     counts = {"train": n_train, "test_id": n_test, "test_heldout": n_heldout}
     for split, n in counts.items():
         if int(n) != n or n < 0:
@@ -608,8 +618,7 @@ def generate_benchmark(
                 key = (tuple(sorted(factors.items())), variant)
                 if key not in cache:
                     spec = realise_spec(scene, factors, next(render_seed), num_frames)
-                    name = "clean" if not factors else "_".join(f"{f}{s}" for f, s in sorted(factors.items()))
-                    path = out_dir / "videos" / split / f"{scene_id}_{name}_v{variant}.mp4"
+                    path = out_dir / "videos" / split / f"{scene_id}_{_clip_name(factors)}_v{variant}.mp4"
                     encode_mp4(render_frames(spec, width=width, height=height, num_frames=num_frames), path, fps)
                     cache[key] = (spec, path)
                 return cache[key]
@@ -686,11 +695,7 @@ def generate_pretrain_clips(
     worse than a clean one) is ever trained; the scenes are the benchmark's, the render seeds a stream
     of their own, so the preference splits `generate_benchmark` writes with the same seed are untouched.
     """
-    width, height = (int(v) for v in size)
-    if width < 16 or height < 16 or width % 2 or height % 2:
-        raise InvalidInputError(f"size must be (width, height) with even sides >= 16 (h264 yuv420p), got {size}.")
-    if num_frames < 5:
-        raise InvalidInputError(f"num_frames must be >= 5 so frame drops leave visible motion, got {num_frames}.")
+    width, height = _render_size(size, num_frames, fps)
     if int(n_clips) != n_clips or n_clips < 1:
         raise InvalidInputError(f"n_clips must be a positive integer, got {n_clips}.")
     if not 0.0 <= cast_fraction <= 1.0:
@@ -708,8 +713,7 @@ def generate_pretrain_clips(
             name, severity = _random_factor(rng, PRETRAIN_EXTRA_FACTORS)
             factors[name] = severity
         spec = realise_spec(scene, factors, int(rng.integers(0, 2**31)), num_frames)
-        name = "clean" if not factors else "_".join(f"{f}{s}" for f, s in sorted(factors.items()))
-        path = out_dir / "videos" / "pretrain" / f"c{index:05d}_{name}.mp4"
+        path = out_dir / "videos" / "pretrain" / f"c{index:05d}_{_clip_name(factors)}.mp4"
         encode_mp4(render_frames(spec, width=width, height=height, num_frames=num_frames), path, fps)
         meta = spec.meta()
         records.append({"video": path.relative_to(out_dir).as_posix(), "meta": meta, "caption": caption(meta)})
