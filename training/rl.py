@@ -381,13 +381,13 @@ def score_rollouts(model: DeScoreModel, rollouts: Sequence[Rollout], pad_id: int
     targets = labels[:, 1:]  # position j predicts token j + 1
     mask = targets != IGNORE_INDEX
     logits = out.logits[:, :-1].float() / temperature
-    log_probs = torch.log_softmax(logits, dim=-1)  # once, for the log-probs and the entropy
     index = targets.clamp(min=0).unsqueeze(-1)
-    if min_p > 0:
+    if min_p > 0:  # p ≥ min_p · p_max  ⇔  logit ≥ max logit + log(min_p), at the same temperature
         with torch.no_grad():
-            keep = log_probs >= log_probs.max(dim=-1, keepdim=True).values + math.log(min_p)
+            keep = logits >= logits.max(dim=-1, keepdim=True).values + math.log(min_p)
             keep.scatter_(-1, index, True)
-        log_probs = torch.log_softmax(logits.masked_fill(~keep, float("-inf")), dim=-1)
+        logits = logits.masked_fill(~keep, float("-inf"))
+    log_probs = torch.log_softmax(logits, dim=-1)  # once, for the log-probs and the entropy
     logp = log_probs.gather(-1, index).squeeze(-1) * mask
     with torch.no_grad():
         entropy = -(log_probs.exp() * log_probs.clamp(min=torch.finfo(log_probs.dtype).min)).sum(dim=-1) * mask
