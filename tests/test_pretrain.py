@@ -364,13 +364,14 @@ def test_benchmark_path_questions_flag_reaches_pre_training(tmp_path, capsys):
 
 
 def test_path_free_mix_rewrites_a_seeded_share_of_the_prompts(bench, tmp_path):
-    from descore_sdk.training.benchmark import write_path_free_mix
+    from descore_sdk.training.benchmark import write_train_mix
 
     train = read_pairs(bench["train"])
+    folder = Path(bench["train"]).parent
     paths = {p.meta["scene"]["motion"] for p in train}
-    out = write_path_free_mix(bench["train"], Path(bench["train"]).parent / "mix_half.jsonl", 0.5, seed=3)
+    out = write_train_mix(bench["train"], folder / "mix_half.jsonl", seed=3, path_free_fraction=0.5)
     mixed = read_pairs(out)
-    assert read_pairs(write_path_free_mix(bench["train"], Path(bench["train"]).parent / "mix_again.jsonl", 0.5, seed=3)) == mixed
+    assert read_pairs(write_train_mix(bench["train"], folder / "mix_again.jsonl", seed=3, path_free_fraction=0.5)) == mixed
     free = [i for i, p in enumerate(mixed) if p.meta.get("path_in_prompt") is False]
     assert 0 < len(free) < len(train)
     for i, (before, after) in enumerate(zip(train, mixed)):
@@ -380,10 +381,22 @@ def test_path_free_mix_rewrites_a_seeded_share_of_the_prompts(bench, tmp_path):
             assert after.meta["meta_a"]["motion"] in after.rationale_a and after.meta["meta_b"]["motion"] in after.rationale_b
         else:
             assert after == before
-    none = read_pairs(write_path_free_mix(bench["train"], Path(bench["train"]).parent / "mix_none.jsonl", 0.0, seed=3))
+    none = read_pairs(write_train_mix(bench["train"], folder / "mix_none.jsonl", seed=3))
     assert none == train
-    with pytest.raises(InvalidInputError, match="path-free-fraction"):
-        write_path_free_mix(bench["train"], tmp_path / "x.jsonl", 1.5, seed=3)
+    # With shared casts as well: the same pairs lose their path (its own draw), a seeded share of the
+    # pairs has new videos with one cast on both clips, and a pair may get both rewrites.
+    both = read_pairs(write_train_mix(bench["train"], folder / "mix_both.jsonl", seed=3, path_free_fraction=0.5, shared_cast_fraction=0.5))
+    assert [i for i, p in enumerate(both) if p.meta.get("path_in_prompt") is False] == free
+    cast = [i for i, p in enumerate(both) if "shared_cast" in p.meta]
+    assert 0 < len(cast) < len(train) and set(cast) & set(free)
+    for i in cast:
+        pair, tint = both[i], both[i].meta["shared_cast"]["tint"]
+        assert pair.labels == train[i].labels and pair.meta["meta_a"]["tint"] == pair.meta["meta_b"]["tint"] == tint
+        assert "colour cast" in pair.rationale_a and "colour cast" in pair.rationale_b
+        assert pair.video_a.is_file() and pair.video_a not in (train[i].video_a, train[i].video_b)
+    for flag, kwargs in (("path-free-fraction", {"path_free_fraction": 1.5}), ("shared-cast-fraction", {"shared_cast_fraction": -0.1})):
+        with pytest.raises(InvalidInputError, match=flag):
+            write_train_mix(bench["train"], tmp_path / "x.jsonl", seed=3, **kwargs)
 
 
 def test_text_log_prob_matches_the_backbones_own_logits(bench):

@@ -21,6 +21,7 @@ from descore_sdk.training.synth import (
     realise_spec,
     read_checklist,
     render_frames,
+    with_shared_cast,
     without_path,
 )
 
@@ -30,6 +31,18 @@ DIMENSION_OF = {"blur": "VQ", "noise": "VQ", "color_cast": "VQ", "frame_drop": "
 IN_DISTRIBUTION = {"blur", "noise", "frame_drop", "jitter", "wrong_color", "wrong_shape"}
 HELD_OUT = {"color_cast", "wrong_motion"}
 SIZE, FRAMES = 64, 8
+# The tints, written out by hand: warm (+30, +10, -30), cool (-30, 0, +30), green (-15, +30, -15) per
+# severity, as the two numbers a background strip shows: (R - B, G - (R + B) / 2) per severity.
+TINT_SHIFT = {"warm": (60, 10), "cool": (-60, 0), "green": (0, 45), None: (0, 0)}
+
+
+def strip_tint(frames: np.ndarray, motion: str) -> tuple[float, float]:
+    """(R - B, G - (R + B) / 2) of the two background-only edge lines beside an object's path: rows 0-1
+    for a sideways path, columns 0-1 for a vertical one (the cross axis is centred, so the object stays
+    ≥ 4 px away); over 32+ px the checker averages out, so on gray (120) this is the tint alone."""
+    strip = frames[:, :2] if motion in ("left to right", "right to left") else frames[:, :, :2]
+    r, g, b = strip.mean(axis=(0, 1, 2))
+    return r - b, g - (r + b) / 2
 
 
 def decode(path: Path) -> np.ndarray:
@@ -334,6 +347,41 @@ def test_without_path_keeps_the_seen_path_and_drops_the_asked_one(bench):
         without_path(dataclasses.replace(pairs[0], meta={}))
 
 
+def test_shared_cast_puts_one_cast_on_both_clips_and_keeps_the_labels(tmp_path):
+    """`with_shared_cast` on every pair of a small train split: both new clips show the same tint in their
+    decoded pixels (the hand-written offsets, on gray scenes without shake), both records and both
+    rationales name it (hand-written words), the factors are the pair's own plus the cast, and the
+    labels `generate_benchmark` computed for the uncast pair still hold."""
+    paths = generate_benchmark(tmp_path, n_train=40, n_test=0, n_heldout=0, seed=5, size=(32, 32), num_frames=5)
+    rng = np.random.default_rng(0)
+    words = {"warm": "an orange tint", "cool": "a blue tint", "green": "a green tint"}
+    checked, tints = 0, set()
+    for index, pair in enumerate(read_pairs(paths["train"])):
+        out = with_shared_cast(pair, rng, tmp_path, f"t{index}", size=(32, 32), num_frames=5, fps=2.0)
+        cast = out.meta["shared_cast"]
+        tints.add(cast["tint"])
+        assert out.labels == pair.labels and out.prompt == pair.prompt
+        assert "colour cast" not in pair.rationale_a + pair.rationale_b
+        for side, video, rationale in (("a", out.video_a, out.rationale_a), ("b", out.video_b, out.rationale_b)):
+            meta, before = out.meta[f"meta_{side}"], pair.meta[f"meta_{side}"]
+            assert meta["factors"] == {**before["factors"], "color_cast": cast["severity"]} and meta["tint"] == cast["tint"]
+            assert (meta["shape"] != pair.meta["scene"]["shape"]) == ("wrong_shape" in before["factors"])
+            strength = "strong" if cast["severity"] == 2 else "noticeable"
+            assert f"the whole frame has a {strength} colour cast, {words[cast['tint']]}" in rationale
+            assert video.parent == tmp_path / "videos" / "train_cast" and video.is_file()
+            if pair.meta["scene"]["background"] == "gray" and "jitter" not in meta["factors"]:
+                red_blue, green = strip_tint(decode(video), meta["motion"])
+                expected = TINT_SHIFT[cast["tint"]]
+                assert abs(red_blue - expected[0] * cast["severity"]) < 12, (video, red_blue, green)
+                assert abs(green - expected[1] * cast["severity"]) < 12, (video, red_blue, green)
+                checked += 1
+    assert checked >= 4 and tints == {"warm", "cool", "green"}
+    with pytest.raises(InvalidInputError, match="synthetic"):
+        with_shared_cast(dataclasses.replace(pair, meta={}), rng, tmp_path, "x", size=(32, 32), num_frames=5, fps=2.0)
+    with pytest.raises(InvalidInputError, match="already has a colour cast"):
+        with_shared_cast(out, rng, tmp_path, "y", size=(32, 32), num_frames=5, fps=2.0)
+
+
 def test_checklist_fidelity_scores_copying_and_reading_by_hand(bench):
     """Three rationales per clip, written here from the pairs' records: the truth (every rate 1), one
     that copies the prompt into "seen" (seen right only where the clip matches its prompt, 0 on the
@@ -408,14 +456,11 @@ def test_pretrain_clips_record_what_they_show_and_leave_the_splits_alone(tmp_pat
         assert (f"{meta['tint']} tint" in record["caption"]) == (meta["tint"] is not None)
         if meta["background"] != "gray" or "jitter" in meta["factors"] or meta["motion"] not in ("left to right", "right to left"):
             continue
-        # Rows 0-1 hold only the checker background (a sideways object stays ≥ 4 px from them); over the
-        # 32 px width the checker averages out, so the strip's mean is gray (120) plus the tint.
-        r, g, b = decode(with_clips / record["video"])[:, :2].mean(axis=(0, 1, 2))
+        red_blue, green = strip_tint(decode(with_clips / record["video"]), meta["motion"])
         severity = meta["factors"].get("color_cast", 0)
-        # The tints, written out by hand: warm (+30, +10, -30), cool (-30, 0, +30), green (-15, +30, -15) per severity.
-        expected = {"warm": (60, 10), "cool": (-60, 0), "green": (0, 45), None: (0, 0)}[meta["tint"]]
-        assert abs((r - b) - expected[0] * severity) < 12, (record, r, g, b)
-        assert abs((g - (r + b) / 2) - expected[1] * severity) < 12, (record, r, g, b)
+        expected = TINT_SHIFT[meta["tint"]]
+        assert abs(red_blue - expected[0] * severity) < 12, (record, red_blue, green)
+        assert abs(green - expected[1] * severity) < 12, (record, red_blue, green)
         checked[meta["tint"]] += 1
     assert checked[None] and sum(checked.values()) - checked[None]
     with pytest.raises(InvalidInputError, match="n_clips"):

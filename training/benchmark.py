@@ -93,6 +93,7 @@ class BenchmarkSettings:
     rl_temperature: float = 2.0  # rollouts: with rl_min_p 0.1 explores without breaking the template (BENCHMARK.md, S3)
     rl_min_p: float = 0.1
     path_free_fraction: float = 0.0  # of the supervised recipes' train pairs, prompt without the path (`synth.without_path`)
+    shared_cast_fraction: float = 0.0  # of the supervised recipes' train pairs, re-rendered with one cast on both clips (`synth.with_shared_cast`)
     path_questions: bool = False  # pre-training also asks "Is it moving ...?" (BENCHMARK.md, session 11: costs TA)
     pretrain_clips: int = 2000  # caption-only clips, half with a colour cast, that pre-training also sees (0: none)
     batch_size: int = 16
@@ -145,8 +146,9 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
     settings = settings or BenchmarkSettings()
     if settings.pretrain_clips < 0:
         raise InvalidInputError(f"--pretrain-clips must be 0 or more, got {settings.pretrain_clips}.")
-    if not 0.0 <= settings.path_free_fraction <= 1.0:
-        raise InvalidInputError(f"--path-free-fraction must lie in [0, 1], got {settings.path_free_fraction}.")
+    for flag, fraction in (("--path-free-fraction", settings.path_free_fraction), ("--shared-cast-fraction", settings.shared_cast_fraction)):
+        if not 0.0 <= fraction <= 1.0:
+            raise InvalidInputError(f"{flag} must lie in [0, 1], got {fraction}.")
     # Built first: a bad RL setting fails here, not an hour later after the supervised stages.
     rl_config = RLConfig(steps=settings.rl_steps, num_samples=8, pairs_per_step=settings.rl_pairs_per_step,
                          max_new_tokens=settings.max_new_tokens,
@@ -181,16 +183,17 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
         path_questions=settings.path_questions, extra_clips=extra_clips))
     backbone = out / "pretrain" / "model"
     mixed = split["train"]
-    if settings.path_free_fraction > 0:
+    if settings.path_free_fraction > 0 or settings.shared_cast_fraction > 0:
         mixed = data / "train_mixed.jsonl"
-        stages.run("mix", mixed, lambda: write_path_free_mix(split["train"], mixed, settings.path_free_fraction, settings.seed))
+        stages.run("mix", mixed, lambda: write_train_mix(split["train"], mixed, seed=settings.seed, path_free_fraction=settings.path_free_fraction,
+                                                         shared_cast_fraction=settings.shared_cast_fraction))
     stages.run("cold_start", out / "cold_start" / "model" / "config.json", lambda: train_cold_start(
         backbone, mixed, out / "cold_start", _train_config(settings, settings.cold_steps), cot_drop=0.5, lm_weight=1.0))
     stages.run("plain_bt", out / "plain_bt" / "model" / "config.json", lambda: train_cold_start(
         backbone, mixed, out / "plain_bt", _train_config(settings, settings.bt_steps), cot_drop=1.0, lm_weight=0.0))
     stages.run("jrm", out / "jrm" / "model" / "config.json", lambda: train_jrm(
         backbone, mixed, out / "jrm", _train_config(settings, settings.jrm_steps), lm_weight=1.0))
-    stages.run("rl", out / "rl" / "config.json", lambda: run_rl(out / "cold_start" / "model", split["train"], out / "rl", rl_config))
+    stages.run("rl", out / "rl" / "config.json", lambda: run_rl(out / "cold_start" / "model", mixed, out / "rl", rl_config))
 
     from descore_sdk.export.bundle import export_bundle
 
@@ -252,19 +255,34 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
     return report
 
 
-def write_path_free_mix(train: Path, out: Path, fraction: float, seed: int) -> Path:
-    """`train`'s pairs, each rewritten by `synth.without_path` with probability `fraction` (a seeded
-    draw per pair, so the same pairs every run), written next to it (the videos are shared)."""
+def write_train_mix(train: Path, out: Path, *, seed: int, path_free_fraction: float = 0.0, shared_cast_fraction: float = 0.0) -> Path:
+    """`train`'s pairs with two seeded rewrites, written next to it: a fraction `shared_cast_fraction`
+    re-rendered by `synth.with_shared_cast` (one colour cast on both clips; the new videos under
+    `videos/train_cast/`), then a fraction `path_free_fraction` rewritten by `synth.without_path` (the
+    other videos are shared). Each rewrite has its own seeded draw per pair, so the same pairs are picked
+    every run, and the path-free pick does not depend on the cast fraction."""
     import random
 
-    from .data import read_pairs, write_pairs_jsonl
-    from .synth import without_path
+    import numpy as np
 
-    if not 0.0 <= fraction <= 1.0:
-        raise InvalidInputError(f"--path-free-fraction must lie in [0, 1], got {fraction}.")
-    rng = random.Random(seed)
-    pairs = [without_path(p) if rng.random() < fraction else p for p in read_pairs(train)]
-    logger.info("benchmark: %d of %d train pairs without the path in the prompt", sum(p.meta.get("path_in_prompt") is False for p in pairs), len(pairs))
+    from .data import read_pairs, write_pairs_jsonl
+    from .synth import with_shared_cast, without_path
+
+    for name, fraction in (("--path-free-fraction", path_free_fraction), ("--shared-cast-fraction", shared_cast_fraction)):
+        if not 0.0 <= fraction <= 1.0:
+            raise InvalidInputError(f"{name} must lie in [0, 1], got {fraction}.")
+    info = json.loads((Path(train).parent / "benchmark.json").read_text())
+    render = dict(size=tuple(info["size"]), num_frames=info["num_frames"], fps=info["fps"])
+    path_rng, cast_rng = random.Random(seed), np.random.default_rng([seed, 2_000])
+    pairs = []
+    for index, pair in enumerate(read_pairs(train)):
+        if cast_rng.random() < shared_cast_fraction:
+            pair = with_shared_cast(pair, cast_rng, Path(out).parent, f"t{index:05d}", **render)
+        if path_rng.random() < path_free_fraction:
+            pair = without_path(pair)
+        pairs.append(pair)
+    logger.info("benchmark: of %d train pairs, %d share a colour cast, %d have no path in the prompt", len(pairs),
+                sum("shared_cast" in p.meta for p in pairs), sum(p.meta.get("path_in_prompt") is False for p in pairs))
     return write_pairs_jsonl(pairs, out)
 
 
