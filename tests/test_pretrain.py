@@ -286,9 +286,14 @@ def test_pretrain_refuses_data_without_ground_truth(tmp_path, sample_data_dir, c
     assert "meta_a" in capsys.readouterr().err
 
 
-def test_benchmark_quick_run_reports_every_model_and_reuses_stages(tmp_path, capsys):
+def test_benchmark_quick_run_reports_every_model_and_reuses_stages(tmp_path, capsys, monkeypatch):
+    import descore_sdk.training.rl as rl_module
+
+    rl_data, run_rl = [], rl_module.run_rl
+    monkeypatch.setattr(rl_module, "run_rl", lambda model, data, *a, **k: rl_data.append(Path(data)) or run_rl(model, data, *a, **k))
     out = tmp_path / "bench"
-    assert benchmark_main([str(out), "--quick", "--json", "--path-free-fraction", "0.5"]) == 0
+    flags = ["--quick", "--json", "--path-free-fraction", "0.5", "--shared-cast-fraction", "0.5"]
+    assert benchmark_main([str(out), *flags]) == 0
     report = json.loads(capsys.readouterr().out)
     keys = set(report["summary"])
     for split in ("test_id", "test_heldout"):
@@ -296,7 +301,7 @@ def test_benchmark_quick_run_reports_every_model_and_reuses_stages(tmp_path, cap
                     f"cold_start/torch/fast/{split}", f"rl/onnxruntime/think/{split}", f"jrm/torch/fast/{split}",
                     f"plain_bt/torch/fast/{split}"):
             assert key in keys
-    assert report["settings"] == {**BenchmarkSettings.quick().__dict__, "path_free_fraction": 0.5}
+    assert report["settings"] == {**BenchmarkSettings.quick().__dict__, "path_free_fraction": 0.5, "shared_cast_fraction": 0.5}
     # The exported bundle scores the fast layout like the torch checkpoint: equal accuracies.
     for split in ("test_id", "test_heldout"):
         ort, pt = report["summary"][f"cold_start/onnxruntime/fast/{split}"], report["summary"][f"cold_start/torch/fast/{split}"]
@@ -315,10 +320,16 @@ def test_benchmark_quick_run_reports_every_model_and_reuses_stages(tmp_path, cap
     clips_file = out / "data" / "pretrain_clips.jsonl"
     assert pretrain_run["extra_clips"] == str(clips_file.resolve())
     assert len(clips_file.read_text().splitlines()) == BenchmarkSettings.quick().pretrain_clips
-    # The supervised recipes train on the mix: train.jsonl's pairs, some with the path left out of the prompt.
+    # The supervised recipes and RL train on the mix: train.jsonl's pairs, some with the path left out of
+    # the prompt, some re-rendered with one colour cast on both clips.
     mixed, train = read_pairs(out / "data" / "train_mixed.jsonl"), read_pairs(out / "data" / "train.jsonl")
-    assert [(p.video_a, p.video_b, p.labels) for p in mixed] == [(p.video_a, p.video_b, p.labels) for p in train]
-    assert any(p.meta.get("path_in_prompt") is False for p in mixed)
+    assert [p.labels for p in mixed] == [p.labels for p in train]
+    cast = [i for i, p in enumerate(mixed) if "shared_cast" in p.meta]
+    assert cast and any(p.meta.get("path_in_prompt") is False for p in mixed)
+    assert all((p.video_a, p.video_b) == (q.video_a, q.video_b) for i, (p, q) in enumerate(zip(mixed, train)) if i not in cast)
+    assert rl_data == [out / "data" / "train_mixed.jsonl"]
+    for stage in ("cold_start", "plain_bt", "jrm"):
+        assert json.loads((out / stage / "run_config.json").read_text())["data"] == str((out / "data" / "train_mixed.jsonl").resolve())
     # RL against its cold start on the same pairs: the paired change, from the per-pair correctness kept
     for key in ("test_id/think", "test_id/fast"):
         assert report["rl"][key]["paired"] and report["rl"][key]["before"] == pytest.approx(
@@ -331,7 +342,7 @@ def test_benchmark_quick_run_reports_every_model_and_reuses_stages(tmp_path, cap
         for split in ("test_id", "test_heldout"):
             assert set(report["diagnostics"][f"{model}_think_checklist_{split}"]) >= {"colour_asked", "path_seen_mismatched"}
     # A second run reuses every stage (only the evaluation runs again).
-    assert benchmark_main([str(out), "--quick", "--json", "--path-free-fraction", "0.5"]) == 0
+    assert benchmark_main([str(out), *flags]) == 0
     again = json.loads(capsys.readouterr().out)
     assert set(again["seconds"]) == {"evaluation"}
     assert again["summary"] == report["summary"]
