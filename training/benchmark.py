@@ -15,17 +15,21 @@ interrupted benchmark continues where it stopped):
               pre-training a real Qwen-VL comes with. `--path-questions` adds the path questions; measured in session 11
               (BENCHMARK.md), they cost the cold start's TA verdicts (think 0.888 without, 0.794 with),
               so they are off by default.
-4. mix        only with `--path-free-fraction F` > 0 (default 0): `data/train_mixed.jsonl`, the train pairs
-              with a seeded fraction F of them rewritten by `synth.without_path` (a prompt that leaves the
-              path out, rationales that still say which way the object moves), which the supervised
-              recipes then train on. Measured at F = 0.5 (BENCHMARK.md, session 11): the cold start's
-              held-out think accuracy rises, its in-distribution accuracy falls, so it is not the default.
+4. mix        only with `--path-free-fraction F` > 0 (default 0) or `--shared-cast-fraction C` > 0:
+              `data/train_mixed.jsonl`, the train pairs with seeded shares of them rewritten, which the
+              supervised recipes and RL then train on. `synth.with_shared_cast` (share C) re-renders a
+              pair with one colour cast on both clips, so rationales name casts while no pair prefers a
+              clean clip to a tinted one; `synth.without_path` (share F) gives a prompt that leaves the
+              path out, with rationales that still say which way the object moves. F = 0.5 was measured
+              in session 11 (BENCHMARK.md): the cold start's held-out think accuracy rises, its
+              in-distribution accuracy falls, so it is not the default.
 5. cold_start DeScore cold start from the pre-trained base: BT, CoT drop 0.5, rationale LM loss.
 6. plain_bt   the same backbone and data, BT on the fast layout only (CoT drop 1, no LM loss).
 7. jrm        JRM from the same backbone and data: BT + rationale LM loss, scored without CoT.
 8. rl         dual-objective RL (GRPO n=8 + BT through the backbone, weight 0.02) from the cold-start
-              checkpoint on train.jsonl: 100 steps of 8 pairs each at a policy lr of 3e-4 (KL
-              coefficient 1e-2, as the authors' config), rollouts at temperature 2 with min-p 0.1; see
+              checkpoint on the supervised recipes' train pairs (the mix, if any): 100 steps of 8 pairs
+              each at a policy lr of 3e-4 (KL coefficient 1e-2, as the authors' config), rollouts at
+              temperature 2 with min-p 0.1; see
               BENCHMARK.md, "The RL stage", for what smaller settings (1 pair, lr 1e-5, temperature 1)
               did not do, session 14 for BT's scope and weight, and session 15 for the log-probs of
               the sampling distribution (temperature and min-p), which keep these settings stable.
