@@ -292,7 +292,7 @@ def test_benchmark_quick_run_reports_every_model_and_reuses_stages(tmp_path, cap
     rl_data, run_rl = [], rl_module.run_rl
     monkeypatch.setattr(rl_module, "run_rl", lambda model, data, *a, **k: rl_data.append(Path(data)) or run_rl(model, data, *a, **k))
     out = tmp_path / "bench"
-    flags = ["--quick", "--json", "--path-free-fraction", "0.5", "--shared-cast-fraction", "0.5"]
+    flags = ["--quick", "--json", "--path-free-fraction", "0.5", "--shared-cast-fraction", "0.5", "--shared-motion-fraction", "0.5"]
     assert benchmark_main([str(out), *flags]) == 0
     report = json.loads(capsys.readouterr().out)
     keys = set(report["summary"])
@@ -301,7 +301,8 @@ def test_benchmark_quick_run_reports_every_model_and_reuses_stages(tmp_path, cap
                     f"cold_start/torch/fast/{split}", f"rl/onnxruntime/think/{split}", f"jrm/torch/fast/{split}",
                     f"plain_bt/torch/fast/{split}"):
             assert key in keys
-    assert report["settings"] == {**BenchmarkSettings.quick().__dict__, "path_free_fraction": 0.5, "shared_cast_fraction": 0.5}
+    assert report["settings"] == {**BenchmarkSettings.quick().__dict__, "path_free_fraction": 0.5, "shared_cast_fraction": 0.5,
+                                  "shared_motion_fraction": 0.5}
     # The exported bundle scores the fast layout like the torch checkpoint: equal accuracies.
     for split in ("test_id", "test_heldout"):
         ort, pt = report["summary"][f"cold_start/onnxruntime/fast/{split}"], report["summary"][f"cold_start/torch/fast/{split}"]
@@ -324,7 +325,7 @@ def test_benchmark_quick_run_reports_every_model_and_reuses_stages(tmp_path, cap
     # the prompt, some re-rendered with one colour cast on both clips.
     mixed, train = read_pairs(out / "data" / "train_mixed.jsonl"), read_pairs(out / "data" / "train.jsonl")
     assert [p.labels for p in mixed] == [p.labels for p in train]
-    cast = [i for i, p in enumerate(mixed) if "shared_cast" in p.meta]
+    cast = [i for i, p in enumerate(mixed) if p.meta.get("shared")]
     assert cast and any(p.meta.get("path_in_prompt") is False for p in mixed)
     assert all((p.video_a, p.video_b) == (q.video_a, q.video_b) for i, (p, q) in enumerate(zip(mixed, train)) if i not in cast)
     assert rl_data == [out / "data" / "train_mixed.jsonl"]
@@ -394,18 +395,25 @@ def test_path_free_mix_rewrites_a_seeded_share_of_the_prompts(bench, tmp_path):
             assert after == before
     none = read_pairs(write_train_mix(bench["train"], folder / "mix_none.jsonl", seed=3))
     assert none == train
-    # With shared casts as well: the same pairs lose their path (its own draw), a seeded share of the
-    # pairs has new videos with one cast on both clips, and a pair may get both rewrites.
-    both = read_pairs(write_train_mix(bench["train"], folder / "mix_both.jsonl", seed=3, path_free_fraction=0.5, shared_cast_fraction=0.5))
+    # With shared faults as well: the same pairs lose their path (its own draw), seeded shares of the
+    # pairs have new videos with one cast / one wrong path on both clips, and a pair may get several rewrites.
+    both = read_pairs(write_train_mix(bench["train"], folder / "mix_both.jsonl", seed=3, path_free_fraction=0.5,
+                                      shared_cast_fraction=0.5, shared_motion_fraction=0.5))
     assert [i for i, p in enumerate(both) if p.meta.get("path_in_prompt") is False] == free
-    cast = [i for i, p in enumerate(both) if "shared_cast" in p.meta]
-    assert 0 < len(cast) < len(train) and set(cast) & set(free)
-    for i in cast:
-        pair, tint = both[i], both[i].meta["shared_cast"]["tint"]
-        assert pair.labels == train[i].labels and pair.meta["meta_a"]["tint"] == pair.meta["meta_b"]["tint"] == tint
-        assert "colour cast" in pair.rationale_a and "colour cast" in pair.rationale_b
+    cast = [i for i, p in enumerate(both) if "color_cast" in p.meta.get("shared", {})]
+    moved = [i for i, p in enumerate(both) if "wrong_motion" in p.meta.get("shared", {})]
+    assert 0 < len(cast) < len(train) and 0 < len(moved) < len(train) and set(cast) & set(free)
+    only_cast = read_pairs(write_train_mix(bench["train"], folder / "mix_cast.jsonl", seed=3, shared_cast_fraction=0.5))
+    assert [i for i, p in enumerate(only_cast) if p.meta.get("shared")] == cast  # the cast pick does not depend on the others
+    for i in set(cast) | set(moved):
+        pair = both[i]
+        assert pair.labels == train[i].labels
+        assert pair.meta["meta_a"]["tint"] == pair.meta["meta_b"]["tint"] and pair.meta["meta_a"]["motion"] == pair.meta["meta_b"]["motion"]
+        assert (i in cast) == ("colour cast" in pair.rationale_a) == ("colour cast" in pair.rationale_b)
+        assert (i in moved) == (pair.meta["meta_a"]["motion"] != pair.meta["scene"]["motion"])
         assert pair.video_a.is_file() and pair.video_a not in (train[i].video_a, train[i].video_b)
-    for flag, kwargs in (("path-free-fraction", {"path_free_fraction": 1.5}), ("shared-cast-fraction", {"shared_cast_fraction": -0.1})):
+    for flag, kwargs in (("path-free-fraction", {"path_free_fraction": 1.5}), ("shared-cast-fraction", {"shared_cast_fraction": -0.1}),
+                         ("shared-motion-fraction", {"shared_motion_fraction": 2.0})):
         with pytest.raises(InvalidInputError, match=flag):
             write_train_mix(bench["train"], tmp_path / "x.jsonl", seed=3, **kwargs)
 

@@ -21,7 +21,7 @@ from descore_sdk.training.synth import (
     realise_spec,
     read_checklist,
     render_frames,
-    with_shared_cast,
+    with_shared_faults,
     without_path,
 )
 
@@ -34,6 +34,21 @@ SIZE, FRAMES = 64, 8
 # The tints, written out by hand: warm (+30, +10, -30), cool (-30, 0, +30), green (-15, +30, -15) per
 # severity, as the two numbers a background strip shows: (R - B, G - (R + B) / 2) per severity.
 TINT_SHIFT = {"warm": (60, 10), "cool": (-60, 0), "green": (0, 45), None: (0, 0)}
+
+
+def centroid_direction(frames: np.ndarray) -> str:
+    """Which way the object travels: the centroid of the pixels far from the frame's median colour (the
+    background's, a colour cast included; the checker is ±20, the objects are saturated colours) in the
+    first and the last frame, the larger axis of the displacement named by hand (y grows downwards)."""
+    centres = []
+    for frame in (frames[0], frames[-1]):
+        base = np.median(frame.reshape(-1, 3), axis=0)
+        ys, xs = np.nonzero(np.abs(frame - base).max(axis=-1) > 50)  # the checker: ≤ 40 from either level
+        centres.append((xs.mean(), ys.mean()))
+    dx, dy = centres[1][0] - centres[0][0], centres[1][1] - centres[0][1]
+    if abs(dx) > abs(dy):
+        return "left to right" if dx > 0 else "right to left"
+    return "top to bottom" if dy > 0 else "bottom to top"
 
 
 def strip_tint(frames: np.ndarray, motion: str) -> tuple[float, float]:
@@ -347,39 +362,70 @@ def test_without_path_keeps_the_seen_path_and_drops_the_asked_one(bench):
         without_path(dataclasses.replace(pairs[0], meta={}))
 
 
-def test_shared_cast_puts_one_cast_on_both_clips_and_keeps_the_labels(tmp_path):
-    """`with_shared_cast` on every pair of a small train split: both new clips show the same tint in their
-    decoded pixels (the hand-written offsets, on gray scenes without shake), both records and both
-    rationales name it (hand-written words), the factors are the pair's own plus the cast, and the
-    labels `generate_benchmark` computed for the uncast pair still hold."""
+@pytest.mark.parametrize("faults", [("color_cast",), ("wrong_motion",), ("color_cast", "wrong_motion")])
+def test_shared_faults_show_on_both_clips_and_keep_the_labels(tmp_path, faults):
+    """`with_shared_faults` on every pair of a small train split. A shared cast: both new clips show the
+    same tint in their decoded pixels (the hand-written offsets, on gray scenes without shake). A shared
+    wrong path: both clips' objects move the same way, not the scene's, measured as the direction of the
+    object's centroid in the decoded frames. Both records and both rationales say so (hand-written
+    words), the factors are the pair's own plus the faults, and the labels `generate_benchmark`
+    computed for the original pair still hold."""
     paths = generate_benchmark(tmp_path, n_train=40, n_test=0, n_heldout=0, seed=5, size=(32, 32), num_frames=5)
     rng = np.random.default_rng(0)
     words = {"warm": "an orange tint", "cool": "a blue tint", "green": "a green tint"}
-    checked, tints = 0, set()
+    checked, drawn = {"color_cast": 0, "wrong_motion": 0}, set()
     for index, pair in enumerate(read_pairs(paths["train"])):
-        out = with_shared_cast(pair, rng, tmp_path, f"t{index}", size=(32, 32), num_frames=5, fps=2.0)
-        cast = out.meta["shared_cast"]
-        tints.add(cast["tint"])
+        out = with_shared_faults(pair, faults, rng, tmp_path, f"t{index}", size=(32, 32), num_frames=5, fps=2.0)
+        shared, scene = out.meta["shared"], pair.meta["scene"]
+        assert set(shared) == set(faults)
         assert out.labels == pair.labels and out.prompt == pair.prompt
-        assert "colour cast" not in pair.rationale_a + pair.rationale_b
+        assert "colour cast" not in pair.rationale_a + pair.rationale_b and "mismatch" not in (pair.rationale_a + pair.rationale_b).split("path asked")[-1]
+        extra = {}
+        if "color_cast" in shared:
+            extra["color_cast"] = shared["color_cast"]["severity"]
+            drawn.add(shared["color_cast"]["tint"])
+        if "wrong_motion" in shared:
+            extra["wrong_motion"] = 1
+            assert shared["wrong_motion"]["motion"] != scene["motion"]
+            drawn.add(shared["wrong_motion"]["motion"])
         for side, video, rationale in (("a", out.video_a, out.rationale_a), ("b", out.video_b, out.rationale_b)):
             meta, before = out.meta[f"meta_{side}"], pair.meta[f"meta_{side}"]
-            assert meta["factors"] == {**before["factors"], "color_cast": cast["severity"]} and meta["tint"] == cast["tint"]
-            assert (meta["shape"] != pair.meta["scene"]["shape"]) == ("wrong_shape" in before["factors"])
-            strength = "strong" if cast["severity"] == 2 else "noticeable"
-            assert f"the whole frame has a {strength} colour cast, {words[cast['tint']]}" in rationale
-            assert video.parent == tmp_path / "videos" / "train_cast" and video.is_file()
-            if pair.meta["scene"]["background"] == "gray" and "jitter" not in meta["factors"]:
-                red_blue, green = strip_tint(decode(video), meta["motion"])
-                expected = TINT_SHIFT[cast["tint"]]
-                assert abs(red_blue - expected[0] * cast["severity"]) < 12, (video, red_blue, green)
-                assert abs(green - expected[1] * cast["severity"]) < 12, (video, red_blue, green)
-                checked += 1
-    assert checked >= 4 and tints == {"warm", "cool", "green"}
+            assert meta["factors"] == {**before["factors"], **extra}
+            assert (meta["shape"] != scene["shape"]) == ("wrong_shape" in before["factors"])
+            assert video.parent == tmp_path / "videos" / "train_shared" and video.is_file()
+            frames = decode(video)
+            if "color_cast" in shared:
+                cast = shared["color_cast"]
+                assert meta["tint"] == cast["tint"]
+                strength = "strong" if cast["severity"] == 2 else "noticeable"
+                assert f"the whole frame has a {strength} colour cast, {words[cast['tint']]}" in rationale
+                if scene["background"] == "gray" and "jitter" not in meta["factors"]:
+                    red_blue, green = strip_tint(frames, meta["motion"])
+                    expected = TINT_SHIFT[cast["tint"]]
+                    assert abs(red_blue - expected[0] * cast["severity"]) < 12, (video, red_blue, green)
+                    assert abs(green - expected[1] * cast["severity"]) < 12, (video, red_blue, green)
+                    checked["color_cast"] += 1
+            else:
+                assert meta["tint"] is None
+            if "wrong_motion" in shared:
+                moved = shared["wrong_motion"]["motion"]
+                assert meta["motion"] == moved
+                assert f"path asked {scene['motion']}, seen {moved}, mismatch" in rationale
+                assert f"the prompt asks for movement {scene['motion']} but the object moves {moved}" in rationale
+                if not ({"jitter", "frame_drop"} & set(meta["factors"])):
+                    assert centroid_direction(frames) == moved, video
+                    checked["wrong_motion"] += 1
+            else:
+                assert meta["motion"] == scene["motion"]
+    for fault in faults:
+        assert checked[fault] >= 4
+    assert len(drawn) >= 3  # several tints / paths were drawn
     with pytest.raises(InvalidInputError, match="synthetic"):
-        with_shared_cast(dataclasses.replace(pair, meta={}), rng, tmp_path, "x", size=(32, 32), num_frames=5, fps=2.0)
-    with pytest.raises(InvalidInputError, match="already has a colour cast"):
-        with_shared_cast(out, rng, tmp_path, "y", size=(32, 32), num_frames=5, fps=2.0)
+        with_shared_faults(dataclasses.replace(pair, meta={}), faults, rng, tmp_path, "x", size=(32, 32), num_frames=5, fps=2.0)
+    with pytest.raises(InvalidInputError, match="already has"):
+        with_shared_faults(out, faults, rng, tmp_path, "y", size=(32, 32), num_frames=5, fps=2.0)
+    with pytest.raises(InvalidInputError, match="faults must be"):
+        with_shared_faults(pair, ("blur",), rng, tmp_path, "z", size=(32, 32), num_frames=5, fps=2.0)
 
 
 def test_checklist_fidelity_scores_copying_and_reading_by_hand(bench):

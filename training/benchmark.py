@@ -15,14 +15,15 @@ interrupted benchmark continues where it stopped):
               pre-training a real Qwen-VL comes with. `--path-questions` adds the path questions; measured in session 11
               (BENCHMARK.md), they cost the cold start's TA verdicts (think 0.888 without, 0.794 with),
               so they are off by default.
-4. mix        only with `--path-free-fraction F` > 0 (default 0) or `--shared-cast-fraction C` > 0:
-              `data/train_mixed.jsonl`, the train pairs with seeded shares of them rewritten, which the
-              supervised recipes and RL then train on. `synth.with_shared_cast` (share C) re-renders a
-              pair with one colour cast on both clips, so rationales name casts while no pair prefers a
-              clean clip to a tinted one; `synth.without_path` (share F) gives a prompt that leaves the
-              path out, with rationales that still say which way the object moves. F = 0.5 was measured
-              in session 11 (BENCHMARK.md): the cold start's held-out think accuracy rises, its
-              in-distribution accuracy falls, so it is not the default.
+4. mix        only with `--path-free-fraction F`, `--shared-cast-fraction C` or `--shared-motion-fraction M`
+              > 0: `data/train_mixed.jsonl`, the train pairs with seeded shares of them rewritten, which
+              the supervised recipes and RL then train on. `synth.with_shared_faults` re-renders a pair
+              with one colour cast (share C) and / or one wrong path (share M) on both clips, so
+              rationales name casts and read paths from the video while no pair prefers a clean clip to
+              a faulty one; `synth.without_path` (share F) gives a prompt that leaves the path out, with
+              rationales that still say which way the object moves. F = 0.5 was measured in session 11
+              (BENCHMARK.md): the cold start's held-out think accuracy rises, its in-distribution
+              accuracy falls, so it is not the default.
 5. cold_start DeScore cold start from the pre-trained base: BT, CoT drop 0.5, rationale LM loss.
 6. plain_bt   the same backbone and data, BT on the fast layout only (CoT drop 1, no LM loss).
 7. jrm        JRM from the same backbone and data: BT + rationale LM loss, scored without CoT.
@@ -97,7 +98,8 @@ class BenchmarkSettings:
     rl_temperature: float = 2.0  # rollouts: with rl_min_p 0.1 explores without breaking the template (BENCHMARK.md, S3)
     rl_min_p: float = 0.1
     path_free_fraction: float = 0.0  # of the supervised recipes' train pairs, prompt without the path (`synth.without_path`)
-    shared_cast_fraction: float = 0.0  # of the supervised recipes' train pairs, re-rendered with one cast on both clips (`synth.with_shared_cast`)
+    shared_cast_fraction: float = 0.0  # of the train pairs, re-rendered with one colour cast on both clips (`synth.with_shared_faults`)
+    shared_motion_fraction: float = 0.0  # of the train pairs, re-rendered with one wrong path on both clips
     path_questions: bool = False  # pre-training also asks "Is it moving ...?" (BENCHMARK.md, session 11: costs TA)
     pretrain_clips: int = 2000  # caption-only clips, half with a colour cast, that pre-training also sees (0: none)
     batch_size: int = 16
@@ -150,7 +152,8 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
     settings = settings or BenchmarkSettings()
     if settings.pretrain_clips < 0:
         raise InvalidInputError(f"--pretrain-clips must be 0 or more, got {settings.pretrain_clips}.")
-    for flag, fraction in (("--path-free-fraction", settings.path_free_fraction), ("--shared-cast-fraction", settings.shared_cast_fraction)):
+    for flag, fraction in (("--path-free-fraction", settings.path_free_fraction), ("--shared-cast-fraction", settings.shared_cast_fraction),
+                           ("--shared-motion-fraction", settings.shared_motion_fraction)):
         if not 0.0 <= fraction <= 1.0:
             raise InvalidInputError(f"{flag} must lie in [0, 1], got {fraction}.")
     # Built first: a bad RL setting fails here, not an hour later after the supervised stages.
@@ -187,10 +190,11 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
         path_questions=settings.path_questions, extra_clips=extra_clips))
     backbone = out / "pretrain" / "model"
     mixed = split["train"]
-    if settings.path_free_fraction > 0 or settings.shared_cast_fraction > 0:
+    if settings.path_free_fraction > 0 or settings.shared_cast_fraction > 0 or settings.shared_motion_fraction > 0:
         mixed = data / "train_mixed.jsonl"
-        stages.run("mix", mixed, lambda: write_train_mix(split["train"], mixed, seed=settings.seed, path_free_fraction=settings.path_free_fraction,
-                                                         shared_cast_fraction=settings.shared_cast_fraction))
+        stages.run("mix", mixed, lambda: write_train_mix(
+            split["train"], mixed, seed=settings.seed, path_free_fraction=settings.path_free_fraction,
+            shared_cast_fraction=settings.shared_cast_fraction, shared_motion_fraction=settings.shared_motion_fraction))
     stages.run("cold_start", out / "cold_start" / "model" / "config.json", lambda: train_cold_start(
         backbone, mixed, out / "cold_start", _train_config(settings, settings.cold_steps), cot_drop=0.5, lm_weight=1.0))
     stages.run("plain_bt", out / "plain_bt" / "model" / "config.json", lambda: train_cold_start(
@@ -259,34 +263,42 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
     return report
 
 
-def write_train_mix(train: Path, out: Path, *, seed: int, path_free_fraction: float = 0.0, shared_cast_fraction: float = 0.0) -> Path:
-    """`train`'s pairs with two seeded rewrites, written next to it: a fraction `shared_cast_fraction`
-    re-rendered by `synth.with_shared_cast` (one colour cast on both clips; the new videos under
-    `videos/train_cast/`), then a fraction `path_free_fraction` rewritten by `synth.without_path` (the
-    other videos are shared). Each rewrite has its own seeded draw per pair, so the same pairs are picked
-    every run, and the path-free pick does not depend on the cast fraction."""
+def write_train_mix(train: Path, out: Path, *, seed: int, path_free_fraction: float = 0.0, shared_cast_fraction: float = 0.0,
+                    shared_motion_fraction: float = 0.0) -> Path:
+    """`train`'s pairs with seeded rewrites, written next to it: a share `shared_cast_fraction` of the
+    pairs gets one colour cast on both clips and a share `shared_motion_fraction` one wrong path on both
+    (`synth.with_shared_faults`; a pair may get both; new videos under `videos/train_shared/`), then a
+    share `path_free_fraction` is rewritten by `synth.without_path` (the other videos are shared). Each
+    rewrite has its own seeded draw per pair, so the same pairs are picked every run, whatever the other
+    fractions."""
     import random
 
     import numpy as np
 
     from .data import read_pairs, write_pairs_jsonl
-    from .synth import with_shared_cast, without_path
+    from .synth import with_shared_faults, without_path
 
-    for name, fraction in (("--path-free-fraction", path_free_fraction), ("--shared-cast-fraction", shared_cast_fraction)):
+    for flag, fraction in (("--path-free-fraction", path_free_fraction), ("--shared-cast-fraction", shared_cast_fraction),
+                           ("--shared-motion-fraction", shared_motion_fraction)):
         if not 0.0 <= fraction <= 1.0:
-            raise InvalidInputError(f"{name} must lie in [0, 1], got {fraction}.")
+            raise InvalidInputError(f"{flag} must lie in [0, 1], got {fraction}.")
     info = json.loads((Path(train).parent / "benchmark.json").read_text())
     render = dict(size=tuple(info["size"]), num_frames=info["num_frames"], fps=info["fps"])
-    path_rng, cast_rng = random.Random(seed), np.random.default_rng([seed, 2_000])
+    path_rng = random.Random(seed)
+    cast_rng, motion_rng, render_rng = (np.random.default_rng([seed, 2_000 + i]) for i in range(3))
     pairs = []
     for index, pair in enumerate(read_pairs(train)):
-        if cast_rng.random() < shared_cast_fraction:
-            pair = with_shared_cast(pair, cast_rng, Path(out).parent, f"t{index:05d}", **render)
+        faults = [f for f, pick, fraction in (("color_cast", cast_rng, shared_cast_fraction), ("wrong_motion", motion_rng, shared_motion_fraction))
+                  if pick.random() < fraction]
+        if faults:
+            pair = with_shared_faults(pair, faults, render_rng, Path(out).parent, f"t{index:05d}", **render)
         if path_rng.random() < path_free_fraction:
             pair = without_path(pair)
         pairs.append(pair)
-    logger.info("benchmark: of %d train pairs, %d share a colour cast, %d have no path in the prompt", len(pairs),
-                sum("shared_cast" in p.meta for p in pairs), sum(p.meta.get("path_in_prompt") is False for p in pairs))
+    shared = [p.meta.get("shared", {}) for p in pairs]
+    logger.info("benchmark: of %d train pairs, %d share a colour cast, %d a wrong path, %d have no path in the prompt", len(pairs),
+                sum("color_cast" in s for s in shared), sum("wrong_motion" in s for s in shared),
+                sum(p.meta.get("path_in_prompt") is False for p in pairs))
     return write_pairs_jsonl(pairs, out)
 
 

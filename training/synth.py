@@ -396,45 +396,59 @@ def without_path(pair: PreferencePair) -> PreferencePair:
                                meta={**meta, "path_in_prompt": False})
 
 
-def with_shared_cast(pair: PreferencePair, rng: np.random.Generator, out_dir: str | os.PathLike, name: str, *,
-                     size: tuple[int, int], num_frames: int, fps: float) -> PreferencePair:
-    """The same synthetic pair (scene, factors, labels) re-rendered with ONE colour cast on both clips:
-    the same tint and severity, drawn from `rng`, as are the two fresh render seeds. The videos are
-    written under `out_dir/videos/train_cast/` as `<name>_a_<factors>.mp4` and `<name>_b_...` (`name`
-    must be unique per pair); the rationales (`describe`) now say that each clip has
-    the cast. Labels do not move: a cast on both sides adds the same VQ badness to each.
+SHARED_FAULTS = ("color_cast", "wrong_motion")  # the held-out factors `with_shared_faults` can put on both clips of a pair
 
-    Why: colour cast is a held-out factor, so no training rationale ever names one, and the cold start's
-    CoT says "natural colours" about a tinted clip although its backbone tells them apart (rationale
-    discrimination 0.50, caption discrimination 0.96; BENCHMARK.md, session 15). Pairs whose clips share a
-    cast teach the CoT to state a cast it sees, while nothing in them prefers a clean clip to a tinted
-    one: the held-out judgement stays untrained.
+
+def with_shared_faults(pair: PreferencePair, faults, rng: np.random.Generator, out_dir: str | os.PathLike, name: str, *,
+                       size: tuple[int, int], num_frames: int, fps: float) -> PreferencePair:
+    """The same synthetic pair (scene, factors, labels) re-rendered with each of `faults` (a subset of
+    `SHARED_FAULTS`) drawn ONCE for the pair and shown by both clips: one colour cast (tint and severity)
+    and / or one wrong path (another direction than the scene's). `rng` draws these and the two fresh
+    render seeds. The videos are written under `out_dir/videos/train_shared/` as `<name>_a_<factors>.mp4`
+    and `<name>_b_...` (`name` must be unique per pair); the rationales (`describe`) state what each clip
+    shows: "the whole frame has a ... colour cast", "path asked X, seen Y, mismatch". Labels do not move:
+    a fault on both sides adds the same badness to each. `meta["shared"]` records what was drawn.
+
+    Why: both are held-out factors, so no training rationale ever names one. The cold start's CoT says
+    "natural colours" about a tinted clip and copies the prompt's path into "seen", although its
+    backbone tells both apart (rationale discrimination 0.50 against caption discrimination 0.96 for a
+    cast; "seen" path right on 0 of 453 wrong-motion clips; BENCHMARK.md, session 15). Pairs whose clips
+    share the fault teach the CoT to state what it sees, while no pair prefers a clean clip to a tinted
+    one or the prompt's path to another: the held-out judgement stays untrained.
     """
     meta = pair.meta or {}
     if "scene" not in meta or "meta_a" not in meta or "meta_b" not in meta:
-        raise InvalidInputError("with_shared_cast needs a synthetic pair with scene / meta_a / meta_b records (`generate_benchmark`).")
-    if any("color_cast" in meta[k]["factors"] for k in ("meta_a", "meta_b")):
-        raise InvalidInputError(f"Pair {pair.video_a} / {pair.video_b} already has a colour cast; cast only pairs without one.")
+        raise InvalidInputError("with_shared_faults needs a synthetic pair with scene / meta_a / meta_b records (`generate_benchmark`).")
+    faults = tuple(faults)
+    if not faults or not set(faults) <= set(SHARED_FAULTS):
+        raise InvalidInputError(f"faults must be one or more of {SHARED_FAULTS}, got {faults}.")
+    present = [f for f in SHARED_FAULTS if any(f in meta[k]["factors"] for k in ("meta_a", "meta_b"))]
+    if present:
+        raise InvalidInputError(f"Pair {pair.video_a} / {pair.video_b} already has {present}; share faults only on pairs without them.")
     width, height = _render_size(size, num_frames, fps)
     info = meta["scene"]
     scene = Scene(info["shape"], info["color"], info["motion"], info["background"], path_in_prompt=meta.get("path_in_prompt", True))
-    tint = str(rng.choice(list(TINTS)))
-    severity = int(rng.integers(1, MAX_SEVERITY["color_cast"] + 1))
+    shared: dict[str, dict] = {}
+    if "color_cast" in faults:
+        shared["color_cast"] = {"tint": str(rng.choice(list(TINTS))), "severity": int(rng.integers(1, MAX_SEVERITY["color_cast"] + 1))}
+    if "wrong_motion" in faults:
+        shared["wrong_motion"] = {"motion": str(rng.choice([m for m in MOTIONS if m != scene.motion]))}
     specs, paths = [], []
     for key in ("meta_a", "meta_b"):
-        factors = {**meta[key]["factors"], "color_cast": severity}
-        spec = realise_spec(scene, {f: s for f, s in factors.items() if f != "color_cast"}, int(rng.integers(0, 2**31)), num_frames)
-        spec.factors, spec.tint = factors, tint  # the cast drawn once for the pair, not once per clip
-        path = Path(out_dir) / "videos" / "train_cast" / f"{name}_{key[-1]}_{_clip_name(factors)}.mp4"
+        spec = realise_spec(scene, meta[key]["factors"], int(rng.integers(0, 2**31)), num_frames)
+        if "color_cast" in shared:  # drawn once for the pair, not once per clip as `realise_spec` would
+            spec.factors["color_cast"], spec.tint = shared["color_cast"]["severity"], shared["color_cast"]["tint"]
+        if "wrong_motion" in shared:
+            spec.factors["wrong_motion"], spec.motion = 1, shared["wrong_motion"]["motion"]
+        path = Path(out_dir) / "videos" / "train_shared" / f"{name}_{key[-1]}_{_clip_name(spec.factors)}.mp4"
         encode_mp4(render_frames(spec, width=width, height=height, num_frames=num_frames), path, fps)
         specs.append(spec)
         paths.append(path)
     labels = pair_labels(*specs)
-    if {dim: labels[dim] for dim in pair.labels} != dict(pair.labels):  # cannot happen with equal casts: a guard on the invariant
-        raise InvalidInputError(f"A shared cast changed the labels of {pair.video_a} / {pair.video_b}: {pair.labels} → {labels}.")
+    if {dim: labels[dim] for dim in pair.labels} != dict(pair.labels):  # cannot happen with equal faults: a guard on the invariant
+        raise InvalidInputError(f"Shared faults changed the labels of {pair.video_a} / {pair.video_b}: {pair.labels} → {labels}.")
     return dataclasses.replace(pair, video_a=paths[0], video_b=paths[1], rationale_a=describe(specs[0]), rationale_b=describe(specs[1]),
-                               meta={**meta, "meta_a": specs[0].meta(), "meta_b": specs[1].meta(),
-                                     "shared_cast": {"tint": tint, "severity": severity}})
+                               meta={**meta, "meta_a": specs[0].meta(), "meta_b": specs[1].meta(), "shared": shared})
 
 
 CHECKLIST_ELEMENTS = {"colour": "color", "shape": "shape", "path": "motion"}  # checklist word → scene / clip record key
