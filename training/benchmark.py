@@ -15,15 +15,15 @@ interrupted benchmark continues where it stopped):
               pre-training a real Qwen-VL comes with. `--path-questions` adds the path questions; measured in session 11
               (BENCHMARK.md), they cost the cold start's TA verdicts (think 0.888 without, 0.794 with),
               so they are off by default.
-4. mix        only with `--path-free-fraction F`, `--shared-cast-fraction C` or `--shared-motion-fraction M`
-              > 0: `data/train_mixed.jsonl`, the train pairs with seeded shares of them rewritten, which
-              the supervised recipes and RL then train on. `synth.with_shared_faults` re-renders a pair
-              with one colour cast (share C) and / or one wrong path (share M) on both clips, so
-              rationales name casts and read paths from the video while no pair prefers a clean clip to
-              a faulty one; `synth.without_path` (share F) gives a prompt that leaves the path out, with
-              rationales that still say which way the object moves. F = 0.5 was measured in session 11
-              (BENCHMARK.md): the cold start's held-out think accuracy rises, its in-distribution
-              accuracy falls, so it is not the default.
+4. mix        `data/train_mixed.jsonl`, the train pairs with seeded shares of them rewritten, which the
+              supervised recipes and RL then train on (skipped when every share is 0).
+              `synth.with_shared_faults` re-renders a pair with one colour cast (`--shared-cast-fraction`,
+              default 0.25) and / or one wrong path (`--shared-motion-fraction`, default 0) on both clips,
+              so rationales name what the clips show while no pair prefers a clean clip to a faulty one;
+              `synth.without_path` (`--path-free-fraction`, default 0) gives a prompt that leaves the path
+              out, with rationales that still say which way the object moves. BENCHMARK.md: session 16 for
+              the shared faults (the shared wrong path broke the TA head), session 11 for the path-free
+              prompts (held-out think rises, in-distribution think falls).
 5. cold_start DeScore cold start from the pre-trained base: BT, CoT drop 0.5, rationale LM loss.
 6. plain_bt   the same backbone and data, BT on the fast layout only (CoT drop 1, no LM loss).
 7. jrm        JRM from the same backbone and data: BT + rationale LM loss, scored without CoT.
@@ -98,8 +98,8 @@ class BenchmarkSettings:
     rl_temperature: float = 2.0  # rollouts: with rl_min_p 0.1 explores without breaking the template (BENCHMARK.md, S3)
     rl_min_p: float = 0.1
     path_free_fraction: float = 0.0  # of the supervised recipes' train pairs, prompt without the path (`synth.without_path`)
-    shared_cast_fraction: float = 0.0  # of the train pairs, re-rendered with one colour cast on both clips (`synth.with_shared_faults`)
-    shared_motion_fraction: float = 0.0  # of the train pairs, re-rendered with one wrong path on both clips
+    shared_cast_fraction: float = 0.25  # of the train pairs, one colour cast on both clips (`synth.with_shared_faults`; BENCHMARK.md, S16)
+    shared_motion_fraction: float = 0.0  # of the train pairs, one wrong path on both clips (BENCHMARK.md, S16: breaks TA)
     path_questions: bool = False  # pre-training also asks "Is it moving ...?" (BENCHMARK.md, session 11: costs TA)
     pretrain_clips: int = 2000  # caption-only clips, half with a colour cast, that pre-training also sees (0: none)
     batch_size: int = 16
