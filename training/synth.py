@@ -76,6 +76,10 @@ Caption-only clips for pre-training (`generate_pretrain_clips`, ``descore data s
 truth and caption but no prompt and no label: the world a VLM's pre-training saw, so that the backbone
 has seen a tint before the held-out split shows it one; the held-out judgement is never trained.
 
+Shared faults (`with_shared_faults`, the benchmark's mix stage): a train pair re-rendered with one colour
+cast or one wrong path on BOTH clips, so that rationales describe a held-out fault while no pair is
+decided by it; the train split itself never has one.
+
 Videos go under ``OUT_DIR/videos/<split>/``; ``OUT_DIR/benchmark.json`` records the seed, sizes and
 the factor sets per split. Everything is a pure function of ``seed`` and the arguments: the same call
 writes byte-identical files (see `encode_mp4` for what that takes from x264).
@@ -446,7 +450,7 @@ def with_shared_faults(pair: PreferencePair, faults, rng: np.random.Generator, o
         paths.append(path)
     labels = pair_labels(*specs)
     if {dim: labels[dim] for dim in pair.labels} != dict(pair.labels):  # cannot happen with equal faults: a guard on the invariant
-        raise InvalidInputError(f"Shared faults changed the labels of {pair.video_a} / {pair.video_b}: {pair.labels} → {labels}.")
+        raise AssertionError(f"Shared faults changed the labels of {pair.video_a} / {pair.video_b}: {pair.labels} → {labels}.")
     return dataclasses.replace(pair, video_a=paths[0], video_b=paths[1], rationale_a=describe(specs[0]), rationale_b=describe(specs[1]),
                                meta={**meta, "meta_a": specs[0].meta(), "meta_b": specs[1].meta(), "shared": shared})
 
