@@ -357,6 +357,9 @@ def test_benchmark_refuses_a_bad_rl_setting_before_training_anything(tmp_path, c
     assert benchmark_main([str(out), "--quick", "--pretrain-clips", "-1"]) == 1
     assert "--pretrain-clips must be 0 or more" in capsys.readouterr().err
     assert not out.exists()
+    assert benchmark_main([str(out), "--quick", "--shared-cast-fraction", "1.5"]) == 1
+    assert "--shared-cast-fraction must lie in [0, 1]" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_benchmark_path_questions_flag_reaches_pre_training(tmp_path, capsys):
@@ -412,6 +415,11 @@ def test_path_free_mix_rewrites_a_seeded_share_of_the_prompts(bench, tmp_path):
         assert (i in cast) == ("colour cast" in pair.rationale_a) == ("colour cast" in pair.rationale_b)
         assert (i in moved) == (pair.meta["meta_a"]["motion"] != pair.meta["scene"]["motion"])
         assert pair.video_a.is_file() and pair.video_a not in (train[i].video_a, train[i].video_b)
+    lone = tmp_path / "lone" / "train.jsonl"  # pairs without the benchmark.json (render size) beside them
+    lone.parent.mkdir()
+    lone.write_text(Path(bench["train"]).read_text())
+    with pytest.raises(InvalidInputError, match="benchmark.json is missing"):
+        write_train_mix(lone, lone.parent / "mix.jsonl", seed=3, shared_cast_fraction=0.5)
     for flag, kwargs in (("path-free-fraction", {"path_free_fraction": 1.5}), ("shared-cast-fraction", {"shared_cast_fraction": -0.1}),
                          ("shared-motion-fraction", {"shared_motion_fraction": 2.0})):
         with pytest.raises(InvalidInputError, match=flag):

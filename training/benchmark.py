@@ -282,7 +282,11 @@ def write_train_mix(train: Path, out: Path, *, seed: int, path_free_fraction: fl
                            ("--shared-motion-fraction", shared_motion_fraction)):
         if not 0.0 <= fraction <= 1.0:
             raise InvalidInputError(f"{flag} must lie in [0, 1], got {fraction}.")
-    info = json.loads((Path(train).parent / "benchmark.json").read_text())
+    info_path = Path(train).parent / "benchmark.json"
+    if not info_path.is_file():
+        raise InvalidInputError(f"{info_path} is missing: the mix re-renders clips at the benchmark's size, so {train} must be "
+                                "the train split `synth.generate_benchmark` wrote, next to its benchmark.json.")
+    info = json.loads(info_path.read_text())
     render = dict(size=tuple(info["size"]), num_frames=info["num_frames"], fps=info["fps"])
     path_rng = random.Random(seed)
     cast_rng, motion_rng, render_rng = (np.random.default_rng([seed, 2_000 + i]) for i in range(3))

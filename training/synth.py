@@ -443,7 +443,7 @@ def with_shared_faults(pair: PreferencePair, faults, rng: np.random.Generator, o
         if "color_cast" in shared:  # drawn once for the pair, not once per clip as `realise_spec` would
             spec.factors["color_cast"], spec.tint = shared["color_cast"]["severity"], shared["color_cast"]["tint"]
         if "wrong_motion" in shared:
-            spec.factors["wrong_motion"], spec.motion = 1, shared["wrong_motion"]["motion"]
+            spec.factors["wrong_motion"], spec.motion = MAX_SEVERITY["wrong_motion"], shared["wrong_motion"]["motion"]
         path = Path(out_dir) / "videos" / "train_shared" / f"{name}_{key[-1]}_{_clip_name(spec.factors)}.mp4"
         encode_mp4(render_frames(spec, width=width, height=height, num_frames=num_frames), path, fps)
         specs.append(spec)
