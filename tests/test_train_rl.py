@@ -561,6 +561,51 @@ def test_section_credit_reaches_each_sections_tokens(pairs, monkeypatch):
             np.testing.assert_allclose(got[name], want, atol=1e-5, err_msg=f"{credit} {name}")
 
 
+def test_unjudged_sections_get_the_shared_advantage_or_none(pairs, monkeypatch):
+    """With reward_tied_dimensions=False a pair decided on VQ alone is judged on VQ alone (hand values
+    from the CoTs above): sample 0 orders VQ right, sample 1 wrong, so the judged reward's advantages are
+    (+1, −1). The MQ and TA sections, whose ties are not judged, follow that advantage by default
+    ("shared") and get none with unjudged_sections="zero"; the opening sentence and the stop token keep
+    the shared one either way."""
+    import descore_sdk.training.rl as rl_module
+    from descore_sdk.training.grpo import read_cot, rule_reward
+
+    labels = {"VQ": "A", "MQ": "same", "TA": "same"}
+    model = build_tiny_model("qwen3_vl", seed=7, dimension_names=DIMS)
+    prompts = PromptBuilder(model.tokenizer, model.descore_config)
+    pair = dataclasses.replace(pairs[0], labels=labels)
+    features = video_features(pair.video_a, model.descore_config)
+    prompt_ids = model_inputs(prompts, features, pair.prompt, "think").input_ids
+    stop = model.tokenizer.token_to_id("<|im_end|>")
+    built = {name: _piece_ids(prompts, pieces) for name, pieces in SECTION_COTS.items()}
+    rollouts = {name: Rollout(features, prompt_ids, sum(ids, []), stop) for name, ids in built.items()}
+
+    def rollout(_pair):
+        ra, rb = [rollouts["A_0"], rollouts["A_1"]], [rollouts["B_0"], rollouts["B_1"]]
+        parsed = [read_cot(prompts.decode(r.cot_ids), num_tokens=len(r.cot_ids)) for pair_ in zip(ra, rb) for r in pair_]
+        return ra, rb, [rule_reward(a, b, labels) for a, b in zip(parsed[0::2], parsed[1::2])], parsed
+
+    sample = {"A_0": 1.0, "B_0": 1.0, "A_1": -1.0, "B_1": -1.0}  # the judged (VQ) reward's advantage
+    for unjudged in ("shared", "zero"):
+        trainer = DualObjectiveRL(model, RLConfig(num_samples=2, max_new_tokens=3, pairs_per_step=1, micro_batch=1, credit="section",
+                                                  reward_tied_dimensions=False, unjudged_sections=unjudged,
+                                                  length_min_tokens=1, lr=0.0, head_lr=0.0))
+        trainer.rollout = rollout
+        seen = []
+        real_loss = rl_module.grpo_policy_loss
+        monkeypatch.setattr(rl_module, "grpo_policy_loss", lambda *a, **k: seen.append((a[3].clone(), a[4].clone())) or real_loss(*a, **k))
+        trainer.step([pair])
+        monkeypatch.setattr(rl_module, "grpo_policy_loss", real_loss)
+        for (advantages, mask), names in zip(seen, (("A_0", "B_0"), ("A_1", "B_1"))):
+            for row, name in enumerate(names):
+                a = sample[name]
+                other = a if unjudged == "shared" else 0.0
+                want = [value for value, piece in zip((a, a, other, other), built[name]) for _ in piece] + [a]  # + the stop token
+                np.testing.assert_allclose(advantages[row][mask[row].bool()].tolist(), want, atol=1e-5, err_msg=f"{unjudged} {name}")
+    with pytest.raises(InvalidInputError, match="unjudged_sections"):
+        RLConfig(unjudged_sections="none")
+
+
 def test_policy_loss_takes_per_token_advantages():
     """A per-token advantage equal on every token gives the per-sequence loss; a token's advantage only
     weighs its own log-prob (the gradient, by hand: −A_t · mask / tokens per sequence / sequences)."""

@@ -137,6 +137,7 @@ CONFIG_FILE = "rl_config.json"
 SUMMARY_FILE = "rl_summary.json"
 BT_SCOPES = ("head", "backbone")
 CREDITS = ("pair", "marginal", "section")
+UNJUDGED_SECTIONS = ("shared", "zero")
 
 
 @dataclass
@@ -187,6 +188,9 @@ class RLConfig:
     # "pair": CoT_A_i and CoT_B_i share sample i's advantage; "marginal": one per CoT (`marginal_rewards`);
     # "section": one per CoT section, from the reward of the section's own dimension (`section_rewards`)
     credit: str = "pair"
+    # With credit="section": the advantage of a section whose dimension the pair is not judged on (a tie
+    # left out by reward_tied_dimensions=False): "shared" (the sample's full reward) or "zero".
+    unjudged_sections: str = "shared"
     # The rule reward's accuracy term over every labelled sub-dimension (True, the paper's rule), or
     # (False) only over those where the label prefers one video, unless all are tied (`reward_labels`).
     # The logged `rule_reward` is always the paper's; this changes what the advantages follow.
@@ -223,6 +227,8 @@ class RLConfig:
             raise InvalidInputError(f"bt_ties must be one of {TIE_MODES}, got {self.bt_ties!r}.")
         if self.credit not in CREDITS:
             raise InvalidInputError(f"credit must be one of {CREDITS}, got {self.credit!r}.")
+        if self.unjudged_sections not in UNJUDGED_SECTIONS:
+            raise InvalidInputError(f"unjudged_sections must be one of {UNJUDGED_SECTIONS}, got {self.unjudged_sections!r}.")
         if self.bt_scope not in BT_SCOPES:
             raise InvalidInputError(f"bt_scope must be one of {BT_SCOPES}, got {self.bt_scope!r}.")
         for name in ("lr", "head_lr", "weight_decay", "max_grad_norm", "clip_eps", "kl_coef", "bt_weight"):
@@ -498,12 +504,17 @@ def token_sections(decode: Callable[[Sequence[int]], str], cot_ids: Sequence[int
     return sections
 
 
-def token_advantages(rollout: Rollout, sample: int, by_section: dict, decode: Callable[[Sequence[int]], str]) -> torch.Tensor:
+def token_advantages(rollout: Rollout, sample: int, by_section: dict, decode: Callable[[Sequence[int]], str],
+                     unjudged: str = "shared") -> torch.Tensor:
     """One advantage per scored token of `rollout` (its CoT tokens, then the stop token if it ended on
     one) for `credit="section"`: the advantage of sample `sample` under the token's section's reward,
-    the shared one (key None) outside judged sections and for the stop token."""
+    the shared one (key None) before the first section and for the stop token. A section whose
+    dimension the pair is not judged on (`reward_labels` leaves out its tie) gets the shared one too,
+    or, with `unjudged="zero"`, none: its tokens are then moved only by the KL term."""
     shared = float(by_section[None][sample])
-    values = [float(by_section[sec][sample]) if sec in by_section else shared for sec in token_sections(decode, rollout.cot_ids)]
+    fallback = {"shared": shared, "zero": 0.0}[unjudged]
+    values = [float(by_section[sec][sample]) if sec in by_section else fallback  # None (before any heading) is a key
+              for sec in token_sections(decode, rollout.cot_ids)]
     return torch.tensor(values + [shared] * rollout.finished, dtype=torch.float32)
 
 
@@ -646,7 +657,7 @@ class DualObjectiveRL:
             elif cfg.credit == "section":
                 by_section = {key: group_advantages(values) for key, values in section_rewards(
                     parsed[0::2], parsed[1::2], judged, weights=cfg.reward_weights, length_target=cfg.length_target).items()}
-                advantages = [token_advantages(r, i, by_section, self.prompts.decode)  # 2n per-token vectors: A's, then B's
+                advantages = [token_advantages(r, i, by_section, self.prompts.decode, cfg.unjudged_sections)  # 2n per-token vectors: A's, then B's
                               for r_list in (rollouts_a, rollouts_b) for i, r in enumerate(r_list)]
             else:
                 totals = ([r.total for r in rewards] if judged == pair.labels else
