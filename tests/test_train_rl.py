@@ -896,6 +896,8 @@ def test_draw_weight_flag():
     base = ["train", "rl", "--model", "m", "--data", "d", "--out", "o"]
     assert config_from_args(parser.parse_args(base + ["--draw-weight", "TA=3", "--draw-weight", "MQ=1.5"])).draw_weights == {"TA": 3.0, "MQ": 1.5}
     assert config_from_args(parser.parse_args(base)).draw_weights is None
+    assert config_from_args(parser.parse_args(base)).unjudged_sections == "shared"
+    assert config_from_args(parser.parse_args(base + ["--unjudged-sections", "zero"])).unjudged_sections == "zero"
     for bad in ("TA", "TA=x", "=3"):
         with pytest.raises(InvalidInputError, match="DIM=WEIGHT"):
             config_from_args(parser.parse_args(base + ["--draw-weight", bad]))

@@ -937,6 +937,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--credit", default=d.credit, choices=CREDITS,
                    help="pair: the two CoTs of a sample share its advantage (the paper's); marginal: each CoT its own; "
                         "section: each CoT section the advantage of its own dimension's reward")
+    p.add_argument("--unjudged-sections", default=d.unjudged_sections, choices=UNJUDGED_SECTIONS,
+                   help="with --credit section and --no-reward-tied-dimensions: a section whose (tied) dimension the pair is not "
+                        "judged on gets the sample's full advantage (shared) or none (zero)")
     p.add_argument("--length-min-tokens", type=int, default=d.length_min_tokens)
     p.add_argument("--length-max-tokens", type=int, default=d.length_max_tokens)
     p.add_argument("--train-vision", action="store_true")
@@ -986,6 +989,7 @@ def config_from_args(args: argparse.Namespace) -> RLConfig:
         bt_scope=args.bt_scope,
         bt_ties=args.bt_ties,
         credit=args.credit,
+        unjudged_sections=args.unjudged_sections,
         reward_tied_dimensions=args.reward_tied_dimensions,
         length_min_tokens=args.length_min_tokens,
         length_max_tokens=args.length_max_tokens,
