@@ -517,16 +517,14 @@ def test_section_rewards_hand_values():
                                length_target=LengthTarget())) == {None}
 
 
-def test_section_credit_reaches_each_sections_tokens(pairs, monkeypatch):
-    """The per-token advantages the policy loss gets with credit="section" (hand values above): each
-    section's tokens its own dimension's advantage, the opening sentence and the stop token the
-    shared (here flat: 0) one. With the paper's pair credit the same samples give no gradient at all."""
-    import descore_sdk.training.rl as rl_module
+def _section_rollouts(pairs, labels):
+    """The tiny model, pairs[0] relabelled, the pieces of SECTION_COTS as token ids, and a stand-in for
+    `DualObjectiveRL.rollout` that returns those CoTs (A_0, A_1 and B_0, B_1) with their rule rewards."""
     from descore_sdk.training.grpo import read_cot, rule_reward
 
     model = build_tiny_model("qwen3_vl", seed=7, dimension_names=DIMS)
     prompts = PromptBuilder(model.tokenizer, model.descore_config)
-    pair = dataclasses.replace(pairs[0], labels=SECTION_LABELS)
+    pair = dataclasses.replace(pairs[0], labels=labels)
     features = video_features(pair.video_a, model.descore_config)
     prompt_ids = model_inputs(prompts, features, pair.prompt, "think").input_ids
     stop = model.tokenizer.token_to_id("<|im_end|>")
@@ -536,7 +534,18 @@ def test_section_credit_reaches_each_sections_tokens(pairs, monkeypatch):
     def rollout(_pair):
         ra, rb = [rollouts["A_0"], rollouts["A_1"]], [rollouts["B_0"], rollouts["B_1"]]
         parsed = [read_cot(prompts.decode(r.cot_ids), num_tokens=len(r.cot_ids)) for pair_ in zip(ra, rb) for r in pair_]
-        return ra, rb, [rule_reward(a, b, SECTION_LABELS) for a, b in zip(parsed[0::2], parsed[1::2])], parsed
+        return ra, rb, [rule_reward(a, b, labels) for a, b in zip(parsed[0::2], parsed[1::2])], parsed
+
+    return model, pair, built, rollout
+
+
+def test_section_credit_reaches_each_sections_tokens(pairs, monkeypatch):
+    """The per-token advantages the policy loss gets with credit="section" (hand values above): each
+    section's tokens its own dimension's advantage, the opening sentence and the stop token the
+    shared (here flat: 0) one. With the paper's pair credit the same samples give no gradient at all."""
+    import descore_sdk.training.rl as rl_module
+
+    model, pair, built, rollout = _section_rollouts(pairs, SECTION_LABELS)
 
     for credit in ("section", "pair"):
         trainer = DualObjectiveRL(model, RLConfig(num_samples=2, max_new_tokens=3, pairs_per_step=1, micro_batch=1, credit=credit,
@@ -568,22 +577,8 @@ def test_unjudged_sections_get_the_shared_advantage_or_none(pairs, monkeypatch):
     ("shared") and get none with unjudged_sections="zero"; the opening sentence and the stop token keep
     the shared one either way."""
     import descore_sdk.training.rl as rl_module
-    from descore_sdk.training.grpo import read_cot, rule_reward
 
-    labels = {"VQ": "A", "MQ": "same", "TA": "same"}
-    model = build_tiny_model("qwen3_vl", seed=7, dimension_names=DIMS)
-    prompts = PromptBuilder(model.tokenizer, model.descore_config)
-    pair = dataclasses.replace(pairs[0], labels=labels)
-    features = video_features(pair.video_a, model.descore_config)
-    prompt_ids = model_inputs(prompts, features, pair.prompt, "think").input_ids
-    stop = model.tokenizer.token_to_id("<|im_end|>")
-    built = {name: _piece_ids(prompts, pieces) for name, pieces in SECTION_COTS.items()}
-    rollouts = {name: Rollout(features, prompt_ids, sum(ids, []), stop) for name, ids in built.items()}
-
-    def rollout(_pair):
-        ra, rb = [rollouts["A_0"], rollouts["A_1"]], [rollouts["B_0"], rollouts["B_1"]]
-        parsed = [read_cot(prompts.decode(r.cot_ids), num_tokens=len(r.cot_ids)) for pair_ in zip(ra, rb) for r in pair_]
-        return ra, rb, [rule_reward(a, b, labels) for a, b in zip(parsed[0::2], parsed[1::2])], parsed
+    model, pair, built, rollout = _section_rollouts(pairs, {"VQ": "A", "MQ": "same", "TA": "same"})
 
     sample = {"A_0": 1.0, "B_0": 1.0, "A_1": -1.0, "B_1": -1.0}  # the judged (VQ) reward's advantage
     for unjudged in ("shared", "zero"):

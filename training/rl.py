@@ -15,7 +15,9 @@ One step, for each preference pair (prompt, video A, video B, per-dimension labe
    among the n CoTs of its video, and likewise for CoT_B_j (`marginal_rewards`). With
    `credit="section"` the tokens of each CoT section get the advantage of that section's dimension:
    the rule reward of sample i judged on that dimension alone, normalised within the group
-   (`section_rewards`, `token_sections`); the opening sentence and the stop token keep the shared one.
+   (`section_rewards`, `token_sections`); the opening sentence and the stop token keep the shared one,
+   and so does a section whose tie `reward_tied_dimensions=False` leaves unjudged, unless
+   `unjudged_sections="zero"` gives it none.
 3. One forward of prompt + CoT + `<Reward>` per sequence gives both the log-probabilities of the CoT
    tokens (and of the stop token that ended it) and the head's rewards at `<Reward>`. The
    log-probabilities are those of the sampling distribution, softmax(logits / temperature), for the
