@@ -599,6 +599,9 @@ def test_unjudged_sections_get_the_shared_advantage_or_none(pairs, monkeypatch):
                 np.testing.assert_allclose(advantages[row][mask[row].bool()].tolist(), want, atol=1e-5, err_msg=f"{unjudged} {name}")
     with pytest.raises(InvalidInputError, match="unjudged_sections"):
         RLConfig(unjudged_sections="none")
+    for silent in (dict(credit="pair", reward_tied_dimensions=False), dict(credit="section")):  # zero would change nothing
+        with pytest.raises(InvalidInputError, match="changes nothing unless"):
+            RLConfig(unjudged_sections="zero", **silent)
 
 
 def test_policy_loss_takes_per_token_advantages():
@@ -892,7 +895,8 @@ def test_draw_weight_flag():
     assert config_from_args(parser.parse_args(base + ["--draw-weight", "TA=3", "--draw-weight", "MQ=1.5"])).draw_weights == {"TA": 3.0, "MQ": 1.5}
     assert config_from_args(parser.parse_args(base)).draw_weights is None
     assert config_from_args(parser.parse_args(base)).unjudged_sections == "shared"
-    assert config_from_args(parser.parse_args(base + ["--unjudged-sections", "zero"])).unjudged_sections == "zero"
+    assert config_from_args(parser.parse_args(
+        base + ["--credit", "section", "--no-reward-tied-dimensions", "--unjudged-sections", "zero"])).unjudged_sections == "zero"
     for bad in ("TA", "TA=x", "=3"):
         with pytest.raises(InvalidInputError, match="DIM=WEIGHT"):
             config_from_args(parser.parse_args(base + ["--draw-weight", bad]))

@@ -231,6 +231,10 @@ class RLConfig:
             raise InvalidInputError(f"credit must be one of {CREDITS}, got {self.credit!r}.")
         if self.unjudged_sections not in UNJUDGED_SECTIONS:
             raise InvalidInputError(f"unjudged_sections must be one of {UNJUDGED_SECTIONS}, got {self.unjudged_sections!r}.")
+        if self.unjudged_sections == "zero" and (self.credit != "section" or self.reward_tied_dimensions):
+            raise InvalidInputError(
+                'unjudged_sections="zero" changes nothing unless credit="section" and reward_tied_dimensions=False '
+                "(only then is a section left unjudged); add --credit section --no-reward-tied-dimensions, or drop it.")
         if self.bt_scope not in BT_SCOPES:
             raise InvalidInputError(f"bt_scope must be one of {BT_SCOPES}, got {self.bt_scope!r}.")
         for name in ("lr", "head_lr", "weight_decay", "max_grad_norm", "clip_eps", "kl_coef", "bt_weight"):
