@@ -17,6 +17,7 @@ from descore_sdk.errors import InvalidInputError  # noqa: E402
 from descore_sdk.training.grpo import (  # noqa: E402
     LengthTarget,
     RewardWeights,
+    checklist_verdicts,
     group_advantages,
     grpo_policy_loss,
     k3_kl,
@@ -132,6 +133,21 @@ def test_self_contradictions_are_wrong_answers_not_format_errors(text):
     # Against a clean CoT under labels that the readable sections get right: TA is wrong, format is full.
     r = _reward(CLEAN, text, ALL_LABELS_RIGHT)
     assert (r.accuracy, r.format) == (pytest.approx(2 / 3), 1.0)
+
+
+def test_checklist_verdicts_hand_spans():
+    """Each alignment checklist verdict's span and whether it agrees with its own two words (by hand):
+    colour red/blue "match" contradicts, shape circle/Circle "match" agrees (case is ignored), path
+    asked and seen differently "mismatch" agrees; an item with no verdict, one with nothing asked, and
+    checklist-like words outside the Alignment section are not verdicts."""
+    text = ("Motion: colour asked red, seen blue, match. Alignment: colour asked red, seen blue, match; shape asked circle, "
+            "seen Circle, match; path asked left to right, seen right to left, mismatch; colour asked red, seen red; "
+            "path not asked, seen top to bottom; so the video matches the prompt.")
+    got = [(text[a:b], a, ok) for a, b, ok in checklist_verdicts(text)]
+    alignment = text.index("Alignment:")
+    starts = [text.index(", match", alignment) + 2, text.index("Circle, match") + 8, text.index("mismatch")]
+    assert got == [("match", starts[0], False), ("match", starts[1], True), ("mismatch", starts[2], True)]
+    assert checklist_verdicts(CLEAN) == [] and checklist_verdicts("colour asked red, seen blue, match") == []  # no Alignment section
 
 
 def test_format_error_costs_format_and_the_unreadable_dimension():

@@ -604,6 +604,63 @@ def test_unjudged_sections_get_the_shared_advantage_or_none(pairs, monkeypatch):
             RLConfig(unjudged_sections="zero", **silent)
 
 
+_VERDICT_COT = ("The prompt asks for a red circle.", " Visual quality: sharp, clean and with natural colours.", " Motion: smooth and steady.",
+                " Alignment: colour asked red, seen {colour},", " match", "; shape asked circle, seen circle,", " match",
+                "; so the video matches the prompt.")
+_VERDICT_PIECES = (4, 6)  # the pieces that hold a verdict word
+
+
+@pytest.mark.parametrize("credit", ["pair", "section"])
+def test_verdict_consistency_reaches_the_verdict_tokens(credit, pairs, monkeypatch):
+    """A_0 says "colour asked red, seen blue, match" (a contradiction); A_1, B_0 and B_1 see red. Labels
+    all "same": sample 0 gets TA wrong (reward 0.7 · 2/3 + 0.3), sample 1 all right (1.0), so the
+    shared advantages are (−1, +1), by hand. With verdict_consistency = 0.5 each verdict word's tokens
+    get −0.5 (A_0's colour verdict) or +0.5 (every other verdict) on top; with section credit the
+    verdicts sit on the TA section's own ±1, and VQ / MQ (flat) get 0. Off, the advantages are as before."""
+    import descore_sdk.training.grpo as grpo_module
+    import descore_sdk.training.rl as rl_module
+
+    model = build_tiny_model("qwen3_vl", seed=7, dimension_names=DIMS)
+    prompts = PromptBuilder(model.tokenizer, model.descore_config)
+    labels = {"VQ": "same", "MQ": "same", "TA": "same"}
+    pair = dataclasses.replace(pairs[0], labels=labels)
+    features = video_features(pair.video_a, model.descore_config)
+    prompt_ids = model_inputs(prompts, features, pair.prompt, "think").input_ids
+    stop = model.tokenizer.token_to_id("<|im_end|>")
+    built = {name: _piece_ids(prompts, [piece.format(colour=colour) for piece in _VERDICT_COT])
+             for name, colour in (("A_0", "blue"), ("A_1", "red"), ("B_0", "red"), ("B_1", "red"))}
+    rollouts = {name: Rollout(features, prompt_ids, sum(ids, []), stop) for name, ids in built.items()}
+
+    def rollout(_pair):
+        ra, rb = [rollouts["A_0"], rollouts["A_1"]], [rollouts["B_0"], rollouts["B_1"]]
+        parsed = [grpo_module.read_cot(prompts.decode(r.cot_ids), num_tokens=len(r.cot_ids)) for both in zip(ra, rb) for r in both]
+        return ra, rb, [grpo_module.rule_reward(a, b, labels) for a, b in zip(parsed[0::2], parsed[1::2])], parsed
+
+    sample = {"A_0": -1.0, "B_0": -1.0, "A_1": 1.0, "B_1": 1.0}
+    for weight in (0.5, 0.0):
+        trainer = DualObjectiveRL(model, RLConfig(num_samples=2, max_new_tokens=3, pairs_per_step=1, micro_batch=1, credit=credit,
+                                                  verdict_consistency=weight, length_min_tokens=1, lr=0.0, head_lr=0.0))
+        trainer.rollout = rollout
+        seen = []
+        real_loss = rl_module.grpo_policy_loss
+        monkeypatch.setattr(rl_module, "grpo_policy_loss", lambda *a, **k: seen.append((a[3].clone(), a[4].clone())) or real_loss(*a, **k))
+        metrics = trainer.step([pair])
+        monkeypatch.setattr(rl_module, "grpo_policy_loss", real_loss)
+        assert metrics["verdicts_contradicted"] == pytest.approx(1 / 8)
+        for (advantages, mask), names in zip(seen, (("A_0", "B_0"), ("A_1", "B_1"))):
+            for row, name in enumerate(names):
+                a = sample[name]
+                base = [a] * 8 if credit == "pair" else [a, 0.0, 0.0] + [a] * 5  # preamble, VQ, MQ, then the TA pieces
+                for piece in _VERDICT_PIECES:
+                    base[piece] += -weight if (name, piece) == ("A_0", 4) else weight
+                want = [value for value, ids in zip(base, built[name]) for _ in ids] + [a]  # + the stop token (shared)
+                got = (advantages[row] if advantages.dim() == 2 else advantages[row].expand(mask.shape[1]))[mask[row].bool()]
+                np.testing.assert_allclose(got.tolist(), want, atol=1e-5, err_msg=f"{credit} w={weight} {name}")
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(InvalidInputError, match="verdict_consistency"):
+            RLConfig(verdict_consistency=bad)
+
+
 def test_policy_loss_takes_per_token_advantages():
     """A per-token advantage equal on every token gives the per-sequence loss; a token's advantage only
     weighs its own log-prob (the gradient, by hand: −A_t · mask / tokens per sequence / sequences)."""
@@ -895,6 +952,8 @@ def test_draw_weight_flag():
     assert config_from_args(parser.parse_args(base + ["--draw-weight", "TA=3", "--draw-weight", "MQ=1.5"])).draw_weights == {"TA": 3.0, "MQ": 1.5}
     assert config_from_args(parser.parse_args(base)).draw_weights is None
     assert config_from_args(parser.parse_args(base)).unjudged_sections == "shared"
+    assert config_from_args(parser.parse_args(base)).verdict_consistency == 0.0
+    assert config_from_args(parser.parse_args(base + ["--verdict-consistency", "0.5"])).verdict_consistency == 0.5
     assert config_from_args(parser.parse_args(
         base + ["--credit", "section", "--no-reward-tied-dimensions", "--unjudged-sections", "zero"])).unjudged_sections == "zero"
     for bad in ("TA", "TA=x", "=3"):

@@ -273,6 +273,26 @@ def read_cot(text: str, *, num_tokens: int, finished: bool = True, dimensions: S
                      contradictions=tuple(contradictions))
 
 
+def checklist_verdicts(text: str) -> list[tuple[int, int, bool]]:
+    """The alignment checklist's verdicts in a CoT: one (start, end, consistent) per item of the
+    Alignment section that compares two words and states a verdict ("colour asked red, seen blue,
+    mismatch"), where [start, end) is the verdict word's character span in `text` and `consistent`
+    whether it agrees with the two words ("match" exactly when they are equal, ignoring case). Items
+    with no verdict or nothing asked ("path not asked, seen ...") are left out. This is the rule by
+    which `read_cot` calls a TA section self-contradictory, made local to the word that breaks it."""
+    starts = section_starts(text)
+    if "TA" not in starts:
+        return []
+    later = [c for c in starts.values() if c > starts["TA"]]
+    begin, end = starts["TA"], min(later, default=len(text))
+    verdicts = []
+    for item in CHECKLIST_ITEM.finditer(text, begin, end):
+        asked, seen, verdict = item.group(2), item.group(3), item.group(4)
+        if asked is not None and verdict is not None:
+            verdicts.append((item.start(4), item.end(4), (verdict == "match") == (asked.lower() == seen.lower())))
+    return verdicts
+
+
 def predicted_preference(severity_a: int, severity_b: int) -> str:
     """"A" / "B" / "same": the video with the lower severity is preferred."""
     return "A" if severity_a < severity_b else "B" if severity_b < severity_a else "same"

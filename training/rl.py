@@ -79,6 +79,8 @@ What the log says about the learning signal (one line per step; `descore train p
                              with `credit="section"` such a group can still carry per-section advantages)
   parsed                     fraction of CoTs whose every section states a verdict the parser reads
   contradicted               fraction of CoTs with a section that contradicts itself (a wrong answer)
+  verdicts_contradicted      of the alignment checklist's verdicts, the share that contradicts its own
+                             asked / seen words ("colour asked yellow, seen green, match")
   entropy                    the sampling policy's next-token entropy per CoT token (nats; of softmax(logits / temperature),
                              over the tokens min-p keeps)
   kl, clip_fraction, ratio   k3 KL to the reference per token; clipped share and mean ρ (ρ = 1 and
@@ -121,6 +123,7 @@ from .grpo import (
     SUB_DIMENSIONS,
     LengthTarget,
     RewardWeights,
+    checklist_verdicts,
     group_advantages,
     grpo_policy_loss,
     read_cot,
@@ -197,6 +200,10 @@ class RLConfig:
     # (False) only over those where the label prefers one video, unless all are tied (`reward_labels`).
     # The logged `rule_reward` is always the paper's; this changes what the advantages follow.
     reward_tied_dimensions: bool = True
+    # A label-free, token-level term added to the advantages: +w on the tokens of each alignment checklist
+    # verdict that agrees with its own asked / seen words, −w on those of one that contradicts them
+    # (`verdict_advantages`). 0 = off (the paper's GRPO).
+    verdict_consistency: float = 0.0
     length_min_tokens: int = 32
     length_max_tokens: int = 1024
     reward_weights: RewardWeights = field(default_factory=RewardWeights)
@@ -237,8 +244,8 @@ class RLConfig:
                 "(only then is a section left unjudged); add --credit section --no-reward-tied-dimensions, or drop it.")
         if self.bt_scope not in BT_SCOPES:
             raise InvalidInputError(f"bt_scope must be one of {BT_SCOPES}, got {self.bt_scope!r}.")
-        for name in ("lr", "head_lr", "weight_decay", "max_grad_norm", "clip_eps", "kl_coef", "bt_weight"):
-            if getattr(self, name) < 0:
+        for name in ("lr", "head_lr", "weight_decay", "max_grad_norm", "clip_eps", "kl_coef", "bt_weight", "verdict_consistency"):
+            if not getattr(self, name) >= 0 or not math.isfinite(getattr(self, name)):
                 raise InvalidInputError(f"{name} must be ≥ 0, got {getattr(self, name)}.")
         self.length_target  # validates the range
         if self.max_draws_per_step < 0:
@@ -492,18 +499,23 @@ def section_rewards(reports_a: Sequence, reports_b: Sequence, labels, *, weights
     return out
 
 
+def _token_at(decode: Callable[[Sequence[int]], str], ids: list[int], char: int) -> int:
+    """The index of the token that holds character `char` of decode(ids): the first token whose
+    decoded prefix reaches past it (a binary search: the decoded prefix lengths only grow)."""
+    lo, hi = 0, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if len(decode(ids[: mid + 1])) > char else (mid + 1, hi)
+    return lo
+
+
 def token_sections(decode: Callable[[Sequence[int]], str], cot_ids: Sequence[int]) -> list[str | None]:
     """The CoT section (a sub-dimension, as `grpo.read_cot` splits the text) each sampled token is in;
     None before the first heading. A token belongs to the section its last character is in, found by
     decoding prefixes (a binary search per heading: the decoded prefix lengths only grow)."""
     ids = list(cot_ids)
-    bounds = []
-    for dim, char in sorted(section_starts(decode(ids)).items(), key=lambda item: item[1]):
-        lo, hi = 0, len(ids)  # the first token whose prefix decodes past `char`
-        while lo < hi:
-            mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if len(decode(ids[: mid + 1])) > char else (mid + 1, hi)
-        bounds.append((lo, dim))
+    bounds = [(_token_at(decode, ids, char), dim)
+              for dim, char in sorted(section_starts(decode(ids)).items(), key=lambda item: item[1])]
     sections: list[str | None] = [None] * len(ids)
     for (first, dim), (end, _) in zip(bounds, bounds[1:] + [(len(ids), None)]):
         sections[first:end] = [dim] * (end - first)
@@ -522,6 +534,27 @@ def token_advantages(rollout: Rollout, sample: int, by_section: dict, decode: Ca
     values = [float(by_section[sec][sample]) if sec in by_section else fallback  # None (before any heading) is a key
               for sec in token_sections(decode, rollout.cot_ids)]
     return torch.tensor(values + [shared] * rollout.finished, dtype=torch.float32)
+
+
+def verdict_advantages(decode: Callable[[Sequence[int]], str], cot_ids: Sequence[int], weight: float) -> torch.Tensor:
+    """The `verdict_consistency` term, one value per CoT token: +weight on the tokens of each alignment
+    checklist verdict that agrees with its own two words (`grpo.checklist_verdicts`), −weight on those
+    of a verdict that contradicts them ("colour asked yellow, seen green, match"), 0 elsewhere.
+
+    Why: the rule reward already counts a self-contradicting TA section as wrong, but as one term of a
+    sequence-level advantage that every token of the sample shares, so the verdict word is credited
+    with the luck of everything else in the CoT. On the synthetic benchmark the cold start's greedy
+    CoTs contradict themselves on a fifth of the TA-decided pairs, and RL with the paper's credit
+    turned correct "mismatch" verdicts into "match" ones (training/BENCHMARK.md, session 18). This term
+    needs no label: it is the parser's own consistency rule, applied to the one word it judges. It
+    credits the verdict only, never the "seen" word, so copying the asked word into "seen" (consistent
+    and false, session 13's shortcut) earns nothing from it."""
+    ids = list(cot_ids)
+    values = torch.zeros(len(ids), dtype=torch.float32)
+    for start, end, consistent in checklist_verdicts(decode(ids)):
+        first, last = _token_at(decode, ids, start), _token_at(decode, ids, end - 1)
+        values[first : last + 1] = weight if consistent else -weight
+    return values
 
 
 def draw_probabilities(pairs: Sequence[PreferencePair], draw_weights: dict) -> np.ndarray:
@@ -647,7 +680,7 @@ class DualObjectiveRL:
         cfg, model, n = self.config, self.model, self.config.num_samples
         started = time.perf_counter()
         groups = []  # (pair, rollouts_a, rollouts_b, advantages (2n,: CoT_A_0..n-1, CoT_B_0..n-1), preference (1, K))
-        rule_rewards, cot_tokens, finished, reports = [], [], [], []
+        rule_rewards, cot_tokens, finished, reports, verdicts = [], [], [], [], []
         filtering = cfg.dynamic_sampling and draw is not None
         todo, drawn = list(pairs), 0
         cap = cfg.max_draws_per_step or 3 * cfg.pairs_per_step
@@ -671,6 +704,12 @@ class DualObjectiveRL:
                            for a, b in zip(parsed[0::2], parsed[1::2])])
                 shared = group_advantages(totals)
                 advantages = torch.cat([shared, shared])
+            if cfg.verdict_consistency > 0:
+                advantages = [(adv if adv.ndim else adv.expand(len(r.cot_ids) + r.finished)).clone() for adv, r in zip(
+                    advantages, rollouts_a + rollouts_b)]  # per-token vectors, A's then B's
+                for adv, r in zip(advantages, rollouts_a + rollouts_b):
+                    adv[: len(r.cot_ids)] += verdict_advantages(self.prompts.decode, r.cot_ids, cfg.verdict_consistency)
+            verdicts += [ok for r in rollouts_a + rollouts_b for _, _, ok in checklist_verdicts(self.prompts.decode(r.cot_ids))]
             rule_rewards.append(rewards)
             reports += parsed
             cot_tokens += [len(r.cot_ids) for r in rollouts_a + rollouts_b]
@@ -681,6 +720,8 @@ class DualObjectiveRL:
             groups.append((pair, rollouts_a, rollouts_b, advantages, preference))
         common = {
             **reward_diagnostics(rule_rewards, reports),
+            # Of the sampled CoTs' alignment checklist verdicts, the share that contradicts its own two words.
+            "verdicts_contradicted": float(1 - np.mean(verdicts)) if verdicts else float("nan"),
             "pairs_rolled_out": drawn,
             "groups_trained": len(groups),
             "cot_tokens": float(np.mean(cot_tokens)),
@@ -946,6 +987,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unjudged-sections", default=d.unjudged_sections, choices=UNJUDGED_SECTIONS,
                    help="with --credit section and --no-reward-tied-dimensions: a section whose (tied) dimension the pair is not "
                         "judged on gets the sample's full advantage (shared) or none (zero)")
+    p.add_argument("--verdict-consistency", type=float, default=d.verdict_consistency, metavar="W",
+                   help="add +W / -W to the advantage of each alignment checklist verdict that agrees with / contradicts its "
+                        "own asked and seen words (0 = off)")
     p.add_argument("--length-min-tokens", type=int, default=d.length_min_tokens)
     p.add_argument("--length-max-tokens", type=int, default=d.length_max_tokens)
     p.add_argument("--train-vision", action="store_true")
@@ -997,6 +1041,7 @@ def config_from_args(args: argparse.Namespace) -> RLConfig:
         credit=args.credit,
         unjudged_sections=args.unjudged_sections,
         reward_tied_dimensions=args.reward_tied_dimensions,
+        verdict_consistency=args.verdict_consistency,
         length_min_tokens=args.length_min_tokens,
         length_max_tokens=args.length_max_tokens,
         train_vision=args.train_vision,
