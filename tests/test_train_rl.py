@@ -614,9 +614,9 @@ _VERDICT_PIECES = (4, 6)  # the pieces that hold a verdict word
 def test_verdict_consistency_reaches_the_verdict_tokens(credit, pairs, monkeypatch):
     """A_0 says "colour asked red, seen blue, match" (a contradiction); A_1, B_0 and B_1 see red. Labels
     all "same": sample 0 gets TA wrong (reward 0.7 · 2/3 + 0.3), sample 1 all right (1.0), so the
-    shared advantages are (−1, +1), by hand. With verdict_consistency = 0.5 each verdict word's tokens
-    get −0.5 (A_0's colour verdict) or +0.5 (every other verdict) on top; with section credit the
-    verdicts sit on the TA section's own ±1, and VQ / MQ (flat) get 0. Off, the advantages are as before."""
+    shared advantages are (−1, +1), by hand; with section credit the preamble and TA get them, VQ and MQ
+    (flat) 0. With verdict_consistency = 0.5 the verdict words' tokens get their own advantage instead:
+    −0.5 for A_0's colour verdict, 0 for every other (consistent) one. Off, the advantages are as before."""
     import descore_sdk.training.grpo as grpo_module
     import descore_sdk.training.rl as rl_module
 
@@ -651,8 +651,9 @@ def test_verdict_consistency_reaches_the_verdict_tokens(credit, pairs, monkeypat
             for row, name in enumerate(names):
                 a = sample[name]
                 base = [a] * 8 if credit == "pair" else [a, 0.0, 0.0] + [a] * 5  # preamble, VQ, MQ, then the TA pieces
-                for piece in _VERDICT_PIECES:
-                    base[piece] += -weight if (name, piece) == ("A_0", 4) else weight
+                if weight:
+                    for piece in _VERDICT_PIECES:
+                        base[piece] = -weight if (name, piece) == ("A_0", 4) else 0.0
                 want = [value for value, ids in zip(base, built[name]) for _ in ids] + [a]  # + the stop token (shared)
                 got = (advantages[row] if advantages.dim() == 2 else advantages[row].expand(mask.shape[1]))[mask[row].bool()]
                 np.testing.assert_allclose(got.tolist(), want, atol=1e-5, err_msg=f"{credit} w={weight} {name}")

@@ -18,6 +18,9 @@ One step, for each preference pair (prompt, video A, video B, per-dimension labe
    (`section_rewards`, `token_sections`); the opening sentence and the stop token keep the shared one,
    and so does a section whose tie `reward_tied_dimensions=False` leaves unjudged, unless
    `unjudged_sections="zero"` gives it none.
+   With `verdict_consistency` = w > 0, whatever the credit, the words of the alignment checklist's
+   verdicts ("colour asked red, seen blue, mismatch") get their own advantage instead: −w when the
+   verdict contradicts its two words, 0 when it agrees (`verdict_credit`: label-free, local).
 3. One forward of prompt + CoT + `<Reward>` per sequence gives both the log-probabilities of the CoT
    tokens (and of the stop token that ended it) and the head's rewards at `<Reward>`. The
    log-probabilities are those of the sampling distribution, softmax(logits / temperature), for the
@@ -200,9 +203,9 @@ class RLConfig:
     # (False) only over those where the label prefers one video, unless all are tied (`reward_labels`).
     # The logged `rule_reward` is always the paper's; this changes what the advantages follow.
     reward_tied_dimensions: bool = True
-    # A label-free, token-level term added to the advantages: +w on the tokens of each alignment checklist
-    # verdict that agrees with its own asked / seen words, −w on those of one that contradicts them
-    # (`verdict_advantages`). 0 = off (the paper's GRPO).
+    # w > 0: the alignment checklist's verdict words are credited by the parser's consistency rule alone,
+    # not by the sample's advantage: −w on a verdict that contradicts its own asked / seen words, 0 on one
+    # that agrees (`verdict_credit`; label-free). 0 = off (the paper's GRPO).
     verdict_consistency: float = 0.0
     length_min_tokens: int = 32
     length_max_tokens: int = 1024
@@ -536,24 +539,27 @@ def token_advantages(rollout: Rollout, sample: int, by_section: dict, decode: Ca
     return torch.tensor(values + [shared] * rollout.finished, dtype=torch.float32)
 
 
-def verdict_advantages(decode: Callable[[Sequence[int]], str], cot_ids: Sequence[int], weight: float) -> torch.Tensor:
-    """The `verdict_consistency` term, one value per CoT token: +weight on the tokens of each alignment
-    checklist verdict that agrees with its own two words (`grpo.checklist_verdicts`), −weight on those
-    of a verdict that contradicts them ("colour asked yellow, seen green, match"), 0 elsewhere.
+def verdict_credit(decode: Callable[[Sequence[int]], str], cot_ids: Sequence[int], weight: float) -> torch.Tensor:
+    """The advantages `verdict_consistency` gives the alignment checklist's verdict words, one value per
+    CoT token: −weight on the tokens of a verdict that contradicts its own two words ("colour asked
+    yellow, seen green, match"), 0 on those of a verdict that agrees with them (`grpo.checklist_verdicts`),
+    NaN on every other token (those keep the advantage the credit mode gives them).
 
-    Why: the rule reward already counts a self-contradicting TA section as wrong, but as one term of a
-    sequence-level advantage that every token of the sample shares, so the verdict word is credited
-    with the luck of everything else in the CoT. On the synthetic benchmark the cold start's greedy
-    CoTs contradict themselves on a fifth of the TA-decided pairs, and RL with the paper's credit
-    turned correct "mismatch" verdicts into "match" ones (training/BENCHMARK.md, session 18). This term
-    needs no label: it is the parser's own consistency rule, applied to the one word it judges. It
-    credits the verdict only, never the "seen" word, so copying the asked word into "seen" (consistent
-    and false, session 13's shortcut) earns nothing from it."""
+    Why: measured on the synthetic benchmark (training/BENCHMARK.md, session 18), RL's loss of TA
+    accuracy is boundary verdicts flipping: items whose greedy verdict was a consistent "mismatch" at
+    P ≈ 0.8 turn into a contradicting "match". It happens within 30 steps, with or without BT. Under
+    a sequence-level advantage the verdict word shares the sample's luck, and since nine verdicts in
+    ten are "match", reinforcing well-formed samples reinforces "match" wherever it is uncertain.
+    Crediting the verdict by the parser's own rule alone removes both: the word is judged only on
+    whether it agrees with its words (no label needed), a consistent verdict is not reinforced (so
+    "match" gains nothing from being frequent), and a contradiction is pushed down. The "seen" word
+    gets no credit from this, so copying the asked word into "seen" (consistent and false, session 13's
+    shortcut) earns nothing from it either."""
     ids = list(cot_ids)
-    values = torch.zeros(len(ids), dtype=torch.float32)
+    values = torch.full((len(ids),), float("nan"), dtype=torch.float32)
     for start, end, consistent in checklist_verdicts(decode(ids)):
         first, last = _token_at(decode, ids, start), _token_at(decode, ids, end - 1)
-        values[first : last + 1] = weight if consistent else -weight
+        values[first : last + 1] = 0.0 if consistent else -weight
     return values
 
 
@@ -708,7 +714,8 @@ class DualObjectiveRL:
                 advantages = [(adv if adv.ndim else adv.expand(len(r.cot_ids) + r.finished)).clone() for adv, r in zip(
                     advantages, rollouts_a + rollouts_b)]  # per-token vectors, A's then B's
                 for adv, r in zip(advantages, rollouts_a + rollouts_b):
-                    adv[: len(r.cot_ids)] += verdict_advantages(self.prompts.decode, r.cot_ids, cfg.verdict_consistency)
+                    credit = verdict_credit(self.prompts.decode, r.cot_ids, cfg.verdict_consistency)
+                    adv[: len(r.cot_ids)] = torch.where(credit.isnan(), adv[: len(r.cot_ids)], credit)
             verdicts += [ok for r in rollouts_a + rollouts_b for _, _, ok in checklist_verdicts(self.prompts.decode(r.cot_ids))]
             rule_rewards.append(rewards)
             reports += parsed
@@ -988,8 +995,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --credit section and --no-reward-tied-dimensions: a section whose (tied) dimension the pair is not "
                         "judged on gets the sample's full advantage (shared) or none (zero)")
     p.add_argument("--verdict-consistency", type=float, default=d.verdict_consistency, metavar="W",
-                   help="add +W / -W to the advantage of each alignment checklist verdict that agrees with / contradicts its "
-                        "own asked and seen words (0 = off)")
+                   help="credit each alignment checklist verdict word by its consistency alone: -W when it contradicts its own "
+                        "asked and seen words, 0 when it agrees, instead of the sample's advantage (0 = off)")
     p.add_argument("--length-min-tokens", type=int, default=d.length_min_tokens)
     p.add_argument("--length-max-tokens", type=int, default=d.length_max_tokens)
     p.add_argument("--train-vision", action="store_true")
