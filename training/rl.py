@@ -249,7 +249,7 @@ class RLConfig:
             raise InvalidInputError(f"bt_scope must be one of {BT_SCOPES}, got {self.bt_scope!r}.")
         for name in ("lr", "head_lr", "weight_decay", "max_grad_norm", "clip_eps", "kl_coef", "bt_weight", "verdict_consistency"):
             if not getattr(self, name) >= 0 or not math.isfinite(getattr(self, name)):
-                raise InvalidInputError(f"{name} must be ≥ 0, got {getattr(self, name)}.")
+                raise InvalidInputError(f"{name} must be a finite number ≥ 0, got {getattr(self, name)}.")
         self.length_target  # validates the range
         if self.max_draws_per_step < 0:
             raise InvalidInputError(f"max_draws_per_step must be ≥ 0 (0 = 3 × pairs_per_step), got {self.max_draws_per_step}.")
@@ -547,7 +547,7 @@ def verdict_credit(decode: Callable[[Sequence[int]], str], cot_ids: Sequence[int
 
     Why: measured on the synthetic benchmark (training/BENCHMARK.md, session 18), RL's loss of TA
     accuracy is boundary verdicts flipping: items whose greedy verdict was a consistent "mismatch" at
-    P ≈ 0.8 turn into a contradicting "match". It happens within 30 steps, with or without BT. Under
+    P ≈ 0.8 turn into a contradicting "match"; 30-step runs already show it, with or without BT. Under
     a sequence-level advantage the verdict word shares the sample's luck, and since nine verdicts in
     ten are "match", reinforcing well-formed samples reinforces "match" wherever it is uncertain.
     Crediting the verdict by the parser's own rule alone removes both: the word is judged only on
