@@ -539,11 +539,13 @@ def token_advantages(rollout: Rollout, sample: int, by_section: dict, decode: Ca
     return torch.tensor(values + [shared] * rollout.finished, dtype=torch.float32)
 
 
-def verdict_credit(decode: Callable[[Sequence[int]], str], cot_ids: Sequence[int], weight: float) -> torch.Tensor:
+def verdict_credit(decode: Callable[[Sequence[int]], str], cot_ids: Sequence[int], verdicts: Sequence[tuple[int, int, bool]],
+                   weight: float) -> torch.Tensor:
     """The advantages `verdict_consistency` gives the alignment checklist's verdict words, one value per
     CoT token: −weight on the tokens of a verdict that contradicts its own two words ("colour asked
-    yellow, seen green, match"), 0 on those of a verdict that agrees with them (`grpo.checklist_verdicts`),
-    NaN on every other token (those keep the advantage the credit mode gives them).
+    yellow, seen green, match"), 0 on those of a verdict that agrees with them, NaN on every other token
+    (those keep the advantage the credit mode gives them). `verdicts`: `grpo.checklist_verdicts` of
+    decode(cot_ids).
 
     Why: measured on the synthetic benchmark (training/BENCHMARK.md, session 18), RL's loss of TA
     accuracy is boundary verdicts flipping: items whose greedy verdict was a consistent "mismatch" at
@@ -557,7 +559,7 @@ def verdict_credit(decode: Callable[[Sequence[int]], str], cot_ids: Sequence[int
     shortcut) earns nothing from it either."""
     ids = list(cot_ids)
     values = torch.full((len(ids),), float("nan"), dtype=torch.float32)
-    for start, end, consistent in checklist_verdicts(decode(ids)):
+    for start, end, consistent in verdicts:
         first, last = _token_at(decode, ids, start), _token_at(decode, ids, end - 1)
         values[first : last + 1] = 0.0 if consistent else -weight
     return values
@@ -710,13 +712,14 @@ class DualObjectiveRL:
                            for a, b in zip(parsed[0::2], parsed[1::2])])
                 shared = group_advantages(totals)
                 advantages = torch.cat([shared, shared])
+            found = [checklist_verdicts(self.prompts.decode(r.cot_ids)) for r in rollouts_a + rollouts_b]  # A's, then B's
+            verdicts += [ok for items in found for _, _, ok in items]
             if cfg.verdict_consistency > 0:
                 advantages = [(adv if adv.ndim else adv.expand(len(r.cot_ids) + r.finished)).clone() for adv, r in zip(
                     advantages, rollouts_a + rollouts_b)]  # per-token vectors, A's then B's
-                for adv, r in zip(advantages, rollouts_a + rollouts_b):
-                    credit = verdict_credit(self.prompts.decode, r.cot_ids, cfg.verdict_consistency)
+                for adv, r, items in zip(advantages, rollouts_a + rollouts_b, found):
+                    credit = verdict_credit(self.prompts.decode, r.cot_ids, items, cfg.verdict_consistency)
                     adv[: len(r.cot_ids)] = torch.where(credit.isnan(), adv[: len(r.cot_ids)], credit)
-            verdicts += [ok for r in rollouts_a + rollouts_b for _, _, ok in checklist_verdicts(self.prompts.decode(r.cot_ids))]
             rule_rewards.append(rewards)
             reports += parsed
             cot_tokens += [len(r.cot_ids) for r in rollouts_a + rollouts_b]
