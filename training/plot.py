@@ -8,11 +8,11 @@ RL run (`training/rl.py`), one panel each:
   1. rule reward of the sampled CoTs per step and its parts (accuracy, format, length), with the
      block means ± 2 SE of `metrics.block_trend` and the trend it reads;
   2. learning signal: within-group reward std, fraction of zero-variance groups (no advantage),
-     fraction of CoTs the verdict parser reads;
+     fraction of CoTs the verdict parser reads, of CoTs and of checklist verdicts that contradict themselves;
   3. KL to the reference policy per token (log scale) and the clip fraction;
   4. policy entropy per CoT token;
   5. BT loss of the head;
-  6. the evaluations (think-mode, fast-mode and CoT-verdict accuracy) against the step.
+  6. the evaluations (think-mode, fast-mode and CoT-verdict accuracy, `rl.VerdictProbe`) against the step.
 Supervised run (`training/trainer.py`): the loss and its parts, the training pair accuracy, the
 learning rate and the evaluations' mean accuracy without ties.
 
@@ -135,7 +135,7 @@ def plot_run(run: str | os.PathLike, out: str | os.PathLike | None = None) -> Pa
         _lines(ax, steps, ["rule_reward", "rule_accuracy", "rule_format", "rule_length"], alpha=0.45, lw=1)
         ax.set_title("rule reward of sampled CoTs — " + _block_means(ax, steps, "rule_reward"), fontsize=9)
         ax.set_ylim(-0.02, 1.02)
-        if not _lines(axes[1], steps, ["reward_std", "accuracy_std", "zero_variance_groups", "parsed", "contradicted"]):
+        if not _lines(axes[1], steps, ["reward_std", "accuracy_std", "zero_variance_groups", "parsed", "contradicted", "verdicts_contradicted"]):
             axes[1].text(0.5, 0.5, "not logged by this run", ha="center", transform=axes[1].transAxes)
         axes[1].set_title("learning signal: group std, flat groups, parsed / self-contradicting CoTs", fontsize=9)
         if not _lines(axes[2], steps, ["kl"], log=True):
@@ -149,7 +149,7 @@ def plot_run(run: str | os.PathLike, out: str | os.PathLike | None = None) -> Pa
         axes[3].set_title("policy entropy per CoT token (nats)", fontsize=9)
         _lines(axes[4], steps, ["bt_loss"])
         axes[4].set_title("BT loss of the head", fontsize=9)
-        eval_keys = ["think_accuracy", "fast_accuracy", "cot_accuracy"]
+        eval_keys = ["think_accuracy", "fast_accuracy", "cot_accuracy", "verdict_probe"]
     else:
         _lines(axes[0], steps, ["loss", "pref_loss", "lm_loss"])
         axes[0].set_title("loss", fontsize=9)
@@ -165,7 +165,7 @@ def plot_run(run: str | os.PathLike, out: str | os.PathLike | None = None) -> Pa
         eval_keys = ["accuracy"]
     if not _lines(axes[5], evals, eval_keys, marker="o"):
         axes[5].text(0.5, 0.5, "no evaluations in this run", ha="center", transform=axes[5].transAxes)
-    axes[5].set_title("evaluation accuracy (without ties)", fontsize=9)
+    axes[5].set_title("evaluations: accuracy without ties" + (", verdict probe (P of uncertain verdicts)" if is_rl else ""), fontsize=9)
     for ax in axes:
         ax.set_xlabel("step")
         if ax.get_legend_handles_labels()[0]:

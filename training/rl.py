@@ -90,7 +90,9 @@ What the log says about the learning signal (one line per step; `descore train p
                              no clipping with one update per batch)
   bt_loss, grpo_loss, *_grad_norm, pairs_rolled_out, groups_trained, cot_tokens, finished, seconds
 With eval data (`--eval-data`), `evaluate_policy` runs before the first step, every `eval_every` steps
-and at the end (think-mode, fast-mode and CoT-verdict accuracy; `{"step", "eval"}` lines), and
+and at the end (think-mode, fast-mode and CoT-verdict accuracy, the greedy CoTs' contradicted checklist
+verdicts and `VerdictProbe`, which warns of RL flipping uncertain verdicts before greedy text shows it;
+`{"step", "eval"}` lines), and
 `rl_summary.json` (`metrics.rl_run_summary`, printed as one line) says whether the run improved on its
 starting checkpoint: the rule reward's trend over 5 blocks of steps (beyond 2 standard errors?) and
 the accuracies before vs after.
@@ -807,8 +809,58 @@ class DualObjectiveRL:
 # Evaluation during the run
 
 
+@dataclass
+class VerdictProbe:
+    """Do the policy's uncertain checklist verdicts hold? Built from the first evaluation's greedy
+    CoTs (the starting policy's): every alignment checklist verdict that agrees with its own two words
+    (`grpo.checklist_verdicts`) and whose first token the starting policy gave a probability below
+    `threshold`. Each later evaluation reads, teacher-forced on the same CoTs, the probability the
+    current policy gives those tokens; `evaluate_policy` reports their mean as `verdict_probe`.
+
+    Why: on the synthetic benchmark (training/BENCHMARK.md, session 18) RL lowered TA accuracy by
+    flipping exactly such verdicts ("shape asked circle, seen triangle, mismatch" at P ≈ 0.8 becoming
+    "match"); over 15 runs this probe, read on 80 such items, tracked the run's TA change at r = 0.96,
+    while the sampled CoTs' own contradiction rate (temperature 2) fell in every run. Greedy decoding
+    hides a verdict's drift until it flips; the probe sees it before."""
+
+    threshold: float = 0.95
+    rollouts: list[Rollout] | None = None  # None until built
+    positions: list[list[int]] = field(default_factory=list)  # per rollout: CoT token index of each probed verdict's first token
+    start: list[float] = field(default_factory=list)  # the starting policy's probabilities, in order
+
+    @property
+    def built(self) -> bool:
+        return self.rollouts is not None
+
+    def build(self, decode: Callable[[Sequence[int]], str], cots: Sequence[tuple[Rollout, np.ndarray]]) -> None:
+        """cots: (greedy rollout, probability of each of its CoT tokens under the policy) pairs."""
+        self.rollouts, self.positions, self.start = [], [], []
+        for rollout, probs in cots:
+            ids = list(rollout.cot_ids)
+            keep = [k for k in (_token_at(decode, ids, a) for a, _, ok in checklist_verdicts(decode(ids)) if ok)
+                    if probs[k] < self.threshold]
+            if keep:
+                self.rollouts.append(rollout)
+                self.positions.append(keep)
+                self.start += [float(probs[k]) for k in keep]
+
+    def read(self, model: DeScoreModel, pad_id: int) -> list[float]:
+        """The current policy's probability of each probed token (teacher-forced), in `start`'s order."""
+        out = []
+        for rollout, keep in zip(self.rollouts or [], self.positions):
+            probs = token_probabilities(score_rollouts(model, [rollout], pad_id))[0]
+            out += [float(probs[k]) for k in keep]
+        return out
+
+
+def token_probabilities(scored: ScoredBatch) -> list[np.ndarray]:
+    """Per rollout, the probability (temperature 1) of each scored token in order: its CoT tokens,
+    then the stop token if it ended on one."""
+    return [row[mask.bool()].exp().cpu().numpy() for row, mask in zip(scored.logp.float(), scored.mask)]
+
+
 @torch.no_grad()
-def evaluate_policy(trainer: DualObjectiveRL, pairs: Sequence[PreferencePair]) -> dict:
+def evaluate_policy(trainer: DualObjectiveRL, pairs: Sequence[PreferencePair], probe: VerdictProbe | None = None) -> dict:
     """What the run is meant to improve, measured on `pairs` (normally a held-back slice):
 
     think_accuracy  the head's accuracy without ties (`metrics.evaluate`, macro mean over VQ/MQ/TA)
@@ -816,7 +868,12 @@ def evaluate_policy(trainer: DualObjectiveRL, pairs: Sequence[PreferencePair]) -
     fast_accuracy   the same on prompt + `<Reward>` (fast mode);
     cot_accuracy    the rule reward's accuracy term of the pair's two greedy CoTs (does the text
                     itself judge the pair right?), averaged over pairs;
-    parsed          fraction of greedy CoTs whose every section the verdict parser reads.
+    parsed          fraction of greedy CoTs whose every section the verdict parser reads;
+    verdicts_contradicted  of the greedy CoTs' alignment checklist verdicts, the share that contradicts
+                    its own two words (NaN: no verdict);
+    verdict_probe   with `probe`: the mean probability the policy gives the starting policy's uncertain,
+                    consistent checklist verdicts (`VerdictProbe`; built from these greedy CoTs when
+                    `probe` is not built yet), and verdict_probe_items how many (NaN mean when none).
 
     Greedy CoTs are written with the run's `max_new_tokens`.
     """
@@ -826,6 +883,8 @@ def evaluate_policy(trainer: DualObjectiveRL, pairs: Sequence[PreferencePair]) -
 
     model, cfg = trainer.model, trainer.config
     greedy: dict[tuple[str, str], tuple] = {}  # (video, prompt) → (report, rewards (K,))
+    cots: list[tuple[Rollout, np.ndarray]] = []  # (greedy rollout, its tokens' probabilities)
+    verdicts: list[bool] = []
     for pair in pairs:
         for video in (pair.video_a, pair.video_b):
             key = (str(video), pair.prompt)
@@ -834,9 +893,20 @@ def evaluate_policy(trainer: DualObjectiveRL, pairs: Sequence[PreferencePair]) -
             features = trainer.cache(video)
             prompt_ids = model_inputs(trainer.prompts, features, pair.prompt, "think").input_ids
             rollout = sample_cots(model, features, prompt_ids, 1, cfg, trainer.stop_ids, trainer.pad_id, greedy=True)[0]
-            report = read_cot(trainer.prompts.decode(rollout.cot_ids), num_tokens=len(rollout.cot_ids),
-                              finished=rollout.finished, dimensions=SUB_DIMENSIONS)
-            greedy[key] = (report, score_rollouts(model, [rollout], trainer.pad_id).rewards[0].float().cpu().numpy())
+            text = trainer.prompts.decode(rollout.cot_ids)
+            report = read_cot(text, num_tokens=len(rollout.cot_ids), finished=rollout.finished, dimensions=SUB_DIMENSIONS)
+            scored = score_rollouts(model, [rollout], trainer.pad_id)
+            greedy[key] = (report, scored.rewards[0].float().cpu().numpy())
+            cots.append((rollout, token_probabilities(scored)[0]))
+            verdicts += [ok for _, _, ok in checklist_verdicts(text)]
+    probed = {}
+    if probe is not None:
+        if not probe.built:
+            probe.build(trainer.prompts.decode, cots)
+            now = probe.start
+        else:
+            now = probe.read(model, trainer.pad_id)
+        probed = {"verdict_probe": float(np.mean(now)) if now else float("nan"), "verdict_probe_items": len(now)}
     dims = [d for d in model.dimension_names if d in SUB_DIMENSIONS and any(d in p.labels for p in pairs)]
     index = {d: model.dimension_names.index(d) for d in dims}
     pred_a = {d: [float(greedy[(str(p.video_a), p.prompt)][1][index[d]]) for p in pairs if d in p.labels] for d in dims}
@@ -861,6 +931,8 @@ def evaluate_policy(trainer: DualObjectiveRL, pairs: Sequence[PreferencePair]) -
         "fast_accuracy": float(fast),
         "cot_accuracy": float(np.mean(cot)),
         "parsed": float(np.mean([all(v is not None for v in r.severities.values()) for r in reports])),
+        "verdicts_contradicted": float(1 - np.mean(verdicts)) if verdicts else float("nan"),
+        **probed,
         "think_dims": per_dimension(think_report),  # accuracy without ties per dimension (NaN: no decided pair)
         "fast_dims": per_dimension(fast_report),
         "n_pairs": len(pairs),
@@ -927,13 +999,17 @@ def run_rl(
 
     with open(out / LOG_FILE, "w", encoding="utf-8") as log:
 
+        probe = VerdictProbe()  # built from the first evaluation's greedy CoTs
+
         def evaluate(step: int) -> None:
-            record = {"step": step, **evaluate_policy(trainer, eval_pairs)}
+            record = {"step": step, **evaluate_policy(trainer, eval_pairs, probe)}
             evals.append(record)
             log.write(json.dumps(without_nan({"step": step, "eval": record})) + "\n")
             log.flush()
-            logger.info("rl eval at step %d: think %.3f, fast %.3f, CoT verdicts %.3f, parsed %.2f", step,
-                        record["think_accuracy"], record["fast_accuracy"], record["cot_accuracy"], record["parsed"])
+            logger.info("rl eval at step %d: think %.3f, fast %.3f, CoT verdicts %.3f, parsed %.2f, "
+                        "verdicts contradicted %.3f, verdict probe %.3f (%d items)", step, record["think_accuracy"],
+                        record["fast_accuracy"], record["cot_accuracy"], record["parsed"], record["verdicts_contradicted"],
+                        record["verdict_probe"], record["verdict_probe_items"])
 
         if eval_pairs:
             evaluate(0)
