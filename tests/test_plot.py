@@ -91,6 +91,20 @@ def test_rl_summary_verdicts():
     assert rl_run_summary(_history([0.5, 0.9]))["verdict"] == "no measurable change"  # too short to tell
     json.dumps(summary)  # the summary is written as JSON
 
+    # The verdict probe: reported when both evaluations have it; a fall beyond 0.1 is a warning.
+    assert "verdict_probe" not in summary["eval"] and "warnings" not in summary
+    probed = [dict(good_eval[0], verdict_probe=0.79, verdict_probe_items=80), dict(good_eval[1], verdict_probe=0.70, verdict_probe_items=80)]
+    held = rl_run_summary(rising, probed)
+    assert held["eval"]["verdict_probe"] == {"before": 0.79, "after": 0.70, "items": 80} and "warnings" not in held
+    assert "verdict probe 0.790 → 0.700" in format_rl_summary(held) and "WARNING" not in format_rl_summary(held)
+    probed[1]["verdict_probe"] = 0.47
+    flipped = rl_run_summary(rising, probed)
+    assert len(flipped["warnings"]) == 1 and "0.79 → 0.47 on 80 items" in flipped["warnings"][0]
+    assert "WARNING: the starting policy's uncertain checklist verdicts" in format_rl_summary(flipped)
+    assert flipped["verdict"] == "improved"  # a warning, not a verdict: think mode is what was measured
+    probed[1]["verdict_probe"] = None  # no items: NaN, written as null
+    assert "verdict_probe" not in rl_run_summary(rising, probed)["eval"]
+
 
 # -- the plot -----------------------------------------------------------------------------------------
 def _png(path):

@@ -29,6 +29,7 @@ A pair has model rewards r_A, r_B and a human label: "A" (A preferred), "B" or "
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -262,6 +263,12 @@ def paired_accuracy_change(before: Mapping[str, Sequence[int]], after: Mapping[s
     return {"before": before_mean, "after": after_mean, "delta": delta, "se": se, "change": change, "paired": True}
 
 
+# A fall of `rl.VerdictProbe`'s mean beyond this is reported as a warning. On the synthetic benchmark
+# (training/BENCHMARK.md, session 18: cold start 0.79) runs that ended at 0.47–0.57 lost 0.03–0.05 TA
+# accuracy in think mode and runs at 0.82–0.95 did not; a threshold read off one benchmark, not a law.
+VERDICT_PROBE_DROP = 0.1
+
+
 def rl_run_summary(history: Sequence[Mapping], evals: Sequence[Mapping] = (), blocks: int = 5) -> dict:
     """Did an RL run improve on its starting checkpoint?
 
@@ -277,6 +284,8 @@ def rl_run_summary(history: Sequence[Mapping], evals: Sequence[Mapping] = (), bl
       "reward up, not evaluated"  the trend is up and the run had no evaluations to tell more;
       "worse"     the rule reward's trend is down, or think or fast accuracy went down beyond 2 SE;
       "no measurable change" otherwise (including a run too short to tell).
+    With `verdict_probe` in both evaluations, eval.verdict_probe holds its before / after, and a fall
+    beyond `VERDICT_PROBE_DROP` adds a line to "warnings".
     """
     reward = block_trend([h.get("rule_reward", np.nan) for h in history], blocks)
     out = {"steps": len(history), "rule_reward": reward,
@@ -291,6 +300,14 @@ def rl_run_summary(history: Sequence[Mapping], evals: Sequence[Mapping] = (), bl
             if key in first and key in last:
                 changes[key] = accuracy_change(float(first[key]), float(last[key]), n)
         out["eval"] = {"before_step": first.get("step"), "after_step": last.get("step"), **changes}
+        probe = [e.get("verdict_probe") for e in (first, last)]
+        if all(isinstance(v, (int, float)) and math.isfinite(v) for v in probe):
+            out["eval"]["verdict_probe"] = {"before": float(probe[0]), "after": float(probe[1]), "items": int(first.get("verdict_probe_items", 0))}
+            if probe[1] < probe[0] - VERDICT_PROBE_DROP:
+                out["warnings"] = [
+                    f"the starting policy's uncertain checklist verdicts lost probability ({probe[0]:.2f} → {probe[1]:.2f} on "
+                    f"{out['eval']['verdict_probe']['items']} items): RL is flipping them, which cost TA accuracy in think mode "
+                    "on the synthetic benchmark (training/BENCHMARK.md, session 18); see --verdict-consistency"]
     down = any(changes.get(k, {}).get("change") == "down" for k in ("think_accuracy", "fast_accuracy"))
     think = changes.get("think_accuracy")
     if reward["trend"] == "down" or down:
@@ -320,4 +337,7 @@ def format_rl_summary(summary: Mapping) -> str:
         change = summary.get("eval", {}).get(key)
         if change:
             parts.append(f"{name} {change['before']:.3f} → {change['after']:.3f}")
-    return "; ".join(parts)
+    probe = summary.get("eval", {}).get("verdict_probe")
+    if probe:
+        parts.append(f"verdict probe {probe['before']:.3f} → {probe['after']:.3f}")
+    return "; ".join(parts + [f"WARNING: {w}" for w in summary.get("warnings", [])])
