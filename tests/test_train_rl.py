@@ -714,6 +714,7 @@ def test_verdict_probe_reads_the_starting_verdicts(pairs, monkeypatch):
     assert not np.allclose(moved, kept, rtol=1e-2)  # the weights really moved the verdicts
     second = evaluate_policy(trainer, [pair], probe)
     assert second["verdict_probe_items"] == 2 and second["verdict_probe"] == pytest.approx(np.mean(moved), rel=1e-4)
+    assert probe.read(model, trainer.pad_id) == pytest.approx(moved, rel=1e-4)  # read on its own, with autograd on
     assert "verdict_probe" not in evaluate_policy(trainer, [pair])  # no probe, no probe keys
 
 

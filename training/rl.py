@@ -844,6 +844,7 @@ class VerdictProbe:
                 self.positions.append(keep)
                 self.start += [float(probs[k]) for k in keep]
 
+    @torch.no_grad()
     def read(self, model: DeScoreModel, pad_id: int) -> list[float]:
         """The current policy's probability of each probed token (teacher-forced), in `start`'s order."""
         out = []
@@ -856,7 +857,7 @@ class VerdictProbe:
 def token_probabilities(scored: ScoredBatch) -> list[np.ndarray]:
     """Per rollout, the probability (temperature 1) of each scored token in order: its CoT tokens,
     then the stop token if it ended on one."""
-    return [row[mask.bool()].exp().cpu().numpy() for row, mask in zip(scored.logp.float(), scored.mask)]
+    return [row[mask.bool()].exp().cpu().numpy() for row, mask in zip(scored.logp.detach().float(), scored.mask)]
 
 
 @torch.no_grad()
