@@ -91,19 +91,21 @@ def test_rl_summary_verdicts():
     assert rl_run_summary(_history([0.5, 0.9]))["verdict"] == "no measurable change"  # too short to tell
     json.dumps(summary)  # the summary is written as JSON
 
-    # The verdict probe: reported when both evaluations have it; a fall beyond 0.1 is a warning.
+    # The verdict probe: reported per word when both evaluations have it; a fall beyond 0.1 is a warning.
     assert "verdict_probe" not in summary["eval"] and "warnings" not in summary
-    probed = [dict(good_eval[0], verdict_probe=0.79, verdict_probe_items=80), dict(good_eval[1], verdict_probe=0.70, verdict_probe_items=80)]
+    probed = [dict(good_eval[0], verdict_probe_mismatch=0.70, verdict_probe_mismatch_items=15, verdict_probe_match=0.90, verdict_probe_match_items=150),
+              dict(good_eval[1], verdict_probe_mismatch=0.62, verdict_probe_mismatch_items=15, verdict_probe_match=0.97, verdict_probe_match_items=150)]
     held = rl_run_summary(rising, probed)
-    assert held["eval"]["verdict_probe"] == {"before": 0.79, "after": 0.70, "items": 80} and "warnings" not in held
-    assert "verdict probe 0.790 → 0.700" in format_rl_summary(held) and "WARNING" not in format_rl_summary(held)
-    probed[1]["verdict_probe"] = 0.47
+    assert held["eval"]["verdict_probe"] == {"mismatch": {"before": 0.70, "after": 0.62, "items": 15},
+                                             "match": {"before": 0.90, "after": 0.97, "items": 150}} and "warnings" not in held
+    assert "mismatch verdict probe 0.700 → 0.620" in format_rl_summary(held) and "WARNING" not in format_rl_summary(held)
+    probed[1]["verdict_probe_mismatch"] = 0.30
     flipped = rl_run_summary(rising, probed)
-    assert len(flipped["warnings"]) == 1 and "0.79 → 0.47 on 80 items" in flipped["warnings"][0]
-    assert "WARNING: the starting policy's uncertain checklist verdicts" in format_rl_summary(flipped)
+    assert len(flipped["warnings"]) == 1 and "uncertain 'mismatch' checklist verdicts lost probability (0.70 → 0.30 on 15 items)" in flipped["warnings"][0]
+    assert "WARNING: the starting policy's uncertain 'mismatch'" in format_rl_summary(flipped)
     assert flipped["verdict"] == "improved"  # a warning, not a verdict: think mode is what was measured
-    probed[1]["verdict_probe"] = None  # no items: NaN, written as null
-    assert "verdict_probe" not in rl_run_summary(rising, probed)["eval"]
+    probed[1]["verdict_probe_mismatch"] = None  # no items: NaN, written as null
+    assert set(rl_run_summary(rising, probed)["eval"]["verdict_probe"]) == {"match"}
 
 
 # -- the plot -----------------------------------------------------------------------------------------

@@ -664,11 +664,12 @@ def test_verdict_consistency_reaches_the_verdict_tokens(credit, pairs, monkeypat
 
 def test_verdict_probe_reads_the_starting_verdicts(pairs, monkeypatch):
     """evaluate_policy on one pair whose greedy CoTs are hand-made: A's says "colour asked red, seen
-    blue, match" (a contradiction) and "shape asked circle, seen circle, match"; B's sees red, so both
-    of its verdicts agree: 1 of 4 verdicts contradicts. The probe keeps only consistent verdicts, those whose
-    first token the starting weights give less than the threshold (set between the three, so two are
-    kept), with the probabilities of transformers' own unpadded forward; after the weights move, it
-    reads the same two tokens under the new weights."""
+    blue, match" (a contradiction) and "shape asked circle, seen circle, match"; B's says "colour asked
+    red, seen blue, mismatch" and the same shape item: 1 of 4 verdicts contradicts. The probe keeps only
+    consistent verdicts, those whose first token the starting weights give less than the threshold
+    (set between the three, so two are kept), with the probabilities of transformers' own unpadded
+    forward, and reports their mean per word; after the weights move, it reads the same tokens under
+    the new weights."""
     import descore_sdk.training.rl as rl_module
     from descore_sdk.training.rl import VerdictProbe, evaluate_policy
 
@@ -677,7 +678,9 @@ def test_verdict_probe_reads_the_starting_verdicts(pairs, monkeypatch):
     prompts = trainer.prompts
     pair = dataclasses.replace(pairs[0], labels={"VQ": "A", "MQ": "same", "TA": "B"})
     stop = model.tokenizer.token_to_id("<|im_end|>")
-    built = {name: _piece_ids(prompts, [piece.format(colour=colour) for piece in _VERDICT_COT]) for name, colour in (("A", "blue"), ("B", "red"))}
+    texts = {name: [piece.format(colour="blue") for piece in _VERDICT_COT] for name in "AB"}
+    texts["B"][4] = " mismatch"
+    built = {name: _piece_ids(prompts, pieces) for name, pieces in texts.items()}
     video_a = trainer.cache(pair.video_a)
 
     def greedy_cot(model_, features, prompt_ids, n, config, stop_ids, pad_id, *, greedy=False):
@@ -690,32 +693,42 @@ def test_verdict_probe_reads_the_starting_verdicts(pairs, monkeypatch):
                                  1, None, None, None, greedy=True)[0] for name, video in (("A", pair.video_a), ("B", pair.video_b))}
     # The consistent verdicts' first tokens, by hand: A's shape verdict (piece 6), B's colour and shape ones (pieces 4, 6).
     items = [(name, sum(len(ids) for ids in built[name][:piece])) for name, piece in (("A", 6), ("B", 4), ("B", 6))]
+    words = ["match", "mismatch", "match"]
 
     def reference():
         with torch.no_grad():
             logp = {name: _reference_forward(model, r)[0] for name, r in rollouts.items()}
         return [float(logp[name][k].exp()) for name, k in items]
 
+    def by_word(probabilities, keep):
+        return {word: [p for p, w, k in zip(probabilities, words, keep) if w == word and k] for word in ("match", "mismatch")}
+
     start = reference()
     everything = VerdictProbe(threshold=1.0)  # every consistent verdict, never the contradicted one
-    assert evaluate_policy(trainer, [pair], everything)["verdict_probe_items"] == 3 and everything.start == pytest.approx(start, rel=1e-4)
+    record = evaluate_policy(trainer, [pair], everything)
+    assert record["verdict_probe_match_items"] == 2 and record["verdict_probe_mismatch_items"] == 1
+    assert everything.start == pytest.approx(start, rel=1e-4) and everything.words == words
     threshold = sorted(start)[2]  # keeps the two lower ones
-    kept = [p for p in start if p < threshold]
+    keep = [p < threshold for p in start]
     probe = VerdictProbe(threshold=threshold)
     first = evaluate_policy(trainer, [pair], probe)
     assert first["verdicts_contradicted"] == pytest.approx(1 / 4)
-    assert first["verdict_probe_items"] == 2 and probe.start == pytest.approx(kept, rel=1e-4)
-    assert first["verdict_probe"] == pytest.approx(np.mean(kept), rel=1e-4)
+    for word, kept in by_word(start, keep).items():
+        assert first[f"verdict_probe_{word}_items"] == len(kept)
+        assert first[f"verdict_probe_{word}"] == (pytest.approx(np.mean(kept), rel=1e-4) if kept else pytest.approx(float("nan"), nan_ok=True))
 
     with torch.no_grad():
         for param in model.backbone.model.language_model.layers[0].parameters():
             param.add_(0.05 * torch.randn_like(param))
-    moved = [p for p, p0 in zip(reference(), start) if p0 < threshold]
-    assert not np.allclose(moved, kept, rtol=1e-2)  # the weights really moved the verdicts
+    moved = reference()
+    assert not np.allclose(moved, start, rtol=1e-2)  # the weights really moved the verdicts
     second = evaluate_policy(trainer, [pair], probe)
-    assert second["verdict_probe_items"] == 2 and second["verdict_probe"] == pytest.approx(np.mean(moved), rel=1e-4)
-    assert probe.read(model, trainer.pad_id) == pytest.approx(moved, rel=1e-4)  # read on its own, with autograd on
-    assert "verdict_probe" not in evaluate_policy(trainer, [pair])  # no probe, no probe keys
+    for word, kept in by_word(moved, keep).items():
+        assert second[f"verdict_probe_{word}_items"] == len(kept)
+        if kept:
+            assert second[f"verdict_probe_{word}"] == pytest.approx(np.mean(kept), rel=1e-4)
+    assert probe.read(model, trainer.pad_id) == pytest.approx([p for p, k in zip(moved, keep) if k], rel=1e-4)  # with autograd on
+    assert not any(k.startswith("verdict_probe") for k in evaluate_policy(trainer, [pair]))  # no probe, no probe keys
 
 
 def test_policy_loss_takes_per_token_advantages():
@@ -897,7 +910,8 @@ def test_short_rl_run_from_cold_start(cold_start, tmp_path):
     assert evals[0]["fast_accuracy"] == pytest.approx(fast_before, abs=1e-9)
     assert 0.0 <= evals[0]["cot_accuracy"] <= 1.0 and 0.0 <= evals[0]["parsed"] <= 1.0
     # The verdict probe is built once, at the first evaluation, and read again on the same items.
-    assert {"verdicts_contradicted", "verdict_probe"} <= set(evals[0]) and evals[1]["verdict_probe_items"] == evals[0]["verdict_probe_items"]
+    assert "verdicts_contradicted" in evals[0]
+    assert [evals[1][f"verdict_probe_{w}_items"] for w in ("match", "mismatch")] == [evals[0][f"verdict_probe_{w}_items"] for w in ("match", "mismatch")]
     assert json.loads((tmp_path / "rl" / "rl_config.json").read_text())["bt_weight"] == 5e-3
     assert all(0.0 <= h["rule_reward"] <= 1.0 and np.isfinite(h["bt_loss"]) for h in log)
 

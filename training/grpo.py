@@ -114,7 +114,8 @@ def _other_path(match: re.Match) -> int:
 
 # One item of the alignment checklist: "colour asked red, seen blue, mismatch" ("path not asked, seen
 # left to right" when the prompt leaves the path out). `synth.read_checklist` reads it with this too.
-CHECKLIST_ITEM = re.compile(r"\b(colour|shape|path) (?:asked (.+?)|not asked), seen (.+?)(?:, (match|mismatch))?(?=;|\.|$)")
+VERDICT_WORDS = ("match", "mismatch")  # an alignment checklist item's verdict
+CHECKLIST_ITEM = re.compile(r"\b(colour|shape|path) (?:asked (.+?)|not asked), seen (.+?)(?:, (" + "|".join(VERDICT_WORDS) + r"))?(?=;|\.|$)")
 
 
 # (pattern, severity of a match) per section; see the module docstring for where they come from.

@@ -263,9 +263,10 @@ def paired_accuracy_change(before: Mapping[str, Sequence[int]], after: Mapping[s
     return {"before": before_mean, "after": after_mean, "delta": delta, "se": se, "change": change, "paired": True}
 
 
-# A fall of `rl.VerdictProbe`'s mean beyond this is reported as a warning. On the synthetic benchmark
-# (training/BENCHMARK.md, session 18: cold start 0.79) runs that ended at 0.47–0.57 lost 0.03–0.05 TA
-# accuracy in think mode and runs at 0.82–0.95 did not; a threshold read off one benchmark, not a law.
+# A fall of a word's `rl.VerdictProbe` mean beyond this is reported as a warning. On the synthetic
+# benchmark (training/BENCHMARK.md, session 19) the "mismatch" mean fell from 0.70 at the cold start to
+# 0.30–0.55 in runs that lost 0.03–0.075 TA accuracy in think mode, and stayed at 0.79–0.97 in runs
+# that did not lose any; a threshold read off one benchmark, not a law.
 VERDICT_PROBE_DROP = 0.1
 
 
@@ -284,8 +285,8 @@ def rl_run_summary(history: Sequence[Mapping], evals: Sequence[Mapping] = (), bl
       "reward up, not evaluated"  the trend is up and the run had no evaluations to tell more;
       "worse"     the rule reward's trend is down, or think or fast accuracy went down beyond 2 SE;
       "no measurable change" otherwise (including a run too short to tell).
-    With `verdict_probe` in both evaluations, eval.verdict_probe holds its before / after, and a fall
-    beyond `VERDICT_PROBE_DROP` adds a line to "warnings".
+    With `verdict_probe_<word>` means in both evaluations, eval.verdict_probe[word] holds before /
+    after / items, and a fall beyond `VERDICT_PROBE_DROP` adds a line to "warnings".
     """
     reward = block_trend([h.get("rule_reward", np.nan) for h in history], blocks)
     out = {"steps": len(history), "rule_reward": reward,
@@ -300,14 +301,18 @@ def rl_run_summary(history: Sequence[Mapping], evals: Sequence[Mapping] = (), bl
             if key in first and key in last:
                 changes[key] = accuracy_change(float(first[key]), float(last[key]), n)
         out["eval"] = {"before_step": first.get("step"), "after_step": last.get("step"), **changes}
-        probe = [e.get("verdict_probe") for e in (first, last)]
-        if all(isinstance(v, (int, float)) and math.isfinite(v) for v in probe):
-            out["eval"]["verdict_probe"] = {"before": float(probe[0]), "after": float(probe[1]), "items": int(first.get("verdict_probe_items", 0))}
+        words = [k[len("verdict_probe_"):] for k in first if k.startswith("verdict_probe_") and not k.endswith("_items")]
+        for word in words:
+            probe = [e.get(f"verdict_probe_{word}") for e in (first, last)]
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in probe):
+                continue
+            items = int(first.get(f"verdict_probe_{word}_items", 0))
+            out["eval"].setdefault("verdict_probe", {})[word] = {"before": float(probe[0]), "after": float(probe[1]), "items": items}
             if probe[1] < probe[0] - VERDICT_PROBE_DROP:
-                out["warnings"] = [
-                    f"the starting policy's uncertain checklist verdicts lost probability ({probe[0]:.2f} → {probe[1]:.2f} on "
-                    f"{out['eval']['verdict_probe']['items']} items): RL is flipping them, which cost TA accuracy in think mode "
-                    "on the synthetic benchmark (training/BENCHMARK.md, session 18); see --verdict-consistency"]
+                out.setdefault("warnings", []).append(
+                    f"the starting policy's uncertain {word!r} checklist verdicts lost probability ({probe[0]:.2f} → {probe[1]:.2f} "
+                    f"on {items} items): RL is flipping them, which cost TA accuracy in think mode on the synthetic "
+                    "benchmark (training/BENCHMARK.md, sessions 18 and 19); see --verdict-consistency")
     down = any(changes.get(k, {}).get("change") == "down" for k in ("think_accuracy", "fast_accuracy"))
     think = changes.get("think_accuracy")
     if reward["trend"] == "down" or down:
@@ -337,7 +342,6 @@ def format_rl_summary(summary: Mapping) -> str:
         change = summary.get("eval", {}).get(key)
         if change:
             parts.append(f"{name} {change['before']:.3f} → {change['after']:.3f}")
-    probe = summary.get("eval", {}).get("verdict_probe")
-    if probe:
-        parts.append(f"verdict probe {probe['before']:.3f} → {probe['after']:.3f}")
+    for word, probe in summary.get("eval", {}).get("verdict_probe", {}).items():
+        parts.append(f"{word} verdict probe {probe['before']:.3f} → {probe['after']:.3f}")
     return "; ".join(parts + [f"WARNING: {w}" for w in summary.get("warnings", [])])

@@ -149,7 +149,7 @@ def plot_run(run: str | os.PathLike, out: str | os.PathLike | None = None) -> Pa
         axes[3].set_title("policy entropy per CoT token (nats)", fontsize=9)
         _lines(axes[4], steps, ["bt_loss"])
         axes[4].set_title("BT loss of the head", fontsize=9)
-        eval_keys = ["think_accuracy", "fast_accuracy", "cot_accuracy", "verdict_probe"]
+        eval_keys = ["think_accuracy", "fast_accuracy", "cot_accuracy", "verdict_probe_mismatch", "verdict_probe_match"]
     else:
         _lines(axes[0], steps, ["loss", "pref_loss", "lm_loss"])
         axes[0].set_title("loss", fontsize=9)

@@ -126,6 +126,7 @@ from .checkpoint import export_model
 from .data import PreferencePair, read_pairs
 from .grpo import (
     SUB_DIMENSIONS,
+    VERDICT_WORDS,
     LengthTarget,
     RewardWeights,
     checklist_verdicts,
@@ -815,17 +816,21 @@ class VerdictProbe:
     CoTs (the starting policy's): every alignment checklist verdict that agrees with its own two words
     (`grpo.checklist_verdicts`) and whose first token the starting policy gave a probability below
     `threshold`. Each later evaluation reads, teacher-forced on the same CoTs, the probability the
-    current policy gives those tokens; `evaluate_policy` reports their mean as `verdict_probe`.
+    current policy gives those tokens; `evaluate_policy` reports the mean per verdict word
+    (`verdict_probe_match`, `verdict_probe_mismatch`).
 
-    Why: on the synthetic benchmark (training/BENCHMARK.md, session 18) RL lowered TA accuracy by
-    flipping exactly such verdicts ("shape asked circle, seen triangle, mismatch" at P ≈ 0.8 becoming
-    "match"); over 15 runs this probe, read on 80 such items, tracked the run's TA change at r = 0.96,
+    Why per word: on the synthetic benchmark (training/BENCHMARK.md, sessions 18 and 19) RL lowered TA
+    accuracy by flipping uncertain "mismatch" verdicts ("shape asked circle, seen triangle, mismatch"
+    at P ≈ 0.8 becoming "match") while its uncertain "match" verdicts grew surer. Over 23 runs the
+    "mismatch" mean tracked the run's TA change at r = 0.92 (the mean over both words at r = 0.44),
     while the sampled CoTs' own contradiction rate (temperature 2) fell in every run. Greedy decoding
-    hides a verdict's drift until it flips; the probe sees it before."""
+    hides a verdict's drift until it flips; the probe sees it before. Uncertain "mismatch" verdicts
+    are rare (15 in the greedy CoTs of 300 pairs there): evaluate on a few hundred pairs for it."""
 
     threshold: float = 0.95
     rollouts: list[Rollout] | None = None  # None until built
     positions: list[list[int]] = field(default_factory=list)  # per rollout: CoT token index of each probed verdict's first token
+    words: list[str] = field(default_factory=list)  # each probed verdict's word ("match" / "mismatch"), in order
     start: list[float] = field(default_factory=list)  # the starting policy's probabilities, in order
 
     @property
@@ -834,15 +839,16 @@ class VerdictProbe:
 
     def build(self, decode: Callable[[Sequence[int]], str], cots: Sequence[tuple[Rollout, np.ndarray]]) -> None:
         """cots: (greedy rollout, probability of each of its CoT tokens under the policy) pairs."""
-        self.rollouts, self.positions, self.start = [], [], []
+        self.rollouts, self.positions, self.words, self.start = [], [], [], []
         for rollout, probs in cots:
-            ids = list(rollout.cot_ids)
-            keep = [k for k in (_token_at(decode, ids, a) for a, _, ok in checklist_verdicts(decode(ids)) if ok)
-                    if probs[k] < self.threshold]
+            ids, text = list(rollout.cot_ids), decode(rollout.cot_ids)
+            found = [(_token_at(decode, ids, a), text[a:b]) for a, b, ok in checklist_verdicts(text) if ok]
+            keep = [(k, word) for k, word in found if probs[k] < self.threshold]
             if keep:
                 self.rollouts.append(rollout)
-                self.positions.append(keep)
-                self.start += [float(probs[k]) for k in keep]
+                self.positions.append([k for k, _ in keep])
+                self.words += [word for _, word in keep]
+                self.start += [float(probs[k]) for k, _ in keep]
 
     @torch.no_grad()
     def read(self, model: DeScoreModel, pad_id: int) -> list[float]:
@@ -851,6 +857,16 @@ class VerdictProbe:
         for rollout, keep in zip(self.rollouts or [], self.positions):
             probs = token_probabilities(score_rollouts(model, [rollout], pad_id))[0]
             out += [float(probs[k]) for k in keep]
+        return out
+
+    def report(self, probabilities: Sequence[float]) -> dict:
+        """{verdict_probe_W: mean probability, verdict_probe_W_items: count} for W in match, mismatch
+        (NaN mean when no item has that word)."""
+        out = {}
+        for word in VERDICT_WORDS:
+            mine = [p for p, w in zip(probabilities, self.words) if w == word]
+            out[f"verdict_probe_{word}"] = float(np.mean(mine)) if mine else float("nan")
+            out[f"verdict_probe_{word}_items"] = len(mine)
         return out
 
 
@@ -872,9 +888,10 @@ def evaluate_policy(trainer: DualObjectiveRL, pairs: Sequence[PreferencePair], p
     parsed          fraction of greedy CoTs whose every section the verdict parser reads;
     verdicts_contradicted  of the greedy CoTs' alignment checklist verdicts, the share that contradicts
                     its own two words (NaN: no verdict);
-    verdict_probe   with `probe`: the mean probability the policy gives the starting policy's uncertain,
-                    consistent checklist verdicts (`VerdictProbe`; built from these greedy CoTs when
-                    `probe` is not built yet), and verdict_probe_items how many (NaN mean when none).
+    verdict_probe_match, verdict_probe_mismatch  with `probe`: the mean probability the policy gives
+                    the starting policy's uncertain, consistent checklist verdicts of that word
+                    (`VerdictProbe`; built from these greedy CoTs when `probe` is not built yet), and
+                    verdict_probe_match_items / _mismatch_items how many (NaN mean when none).
 
     Greedy CoTs are written with the run's `max_new_tokens`.
     """
@@ -902,12 +919,11 @@ def evaluate_policy(trainer: DualObjectiveRL, pairs: Sequence[PreferencePair], p
             verdicts += [ok for _, _, ok in checklist_verdicts(text)]
     probed = {}
     if probe is not None:
-        if not probe.built:
+        if probe.built:
+            probed = probe.report(probe.read(model, trainer.pad_id))
+        else:  # the starting policy: its probabilities are the ones just computed
             probe.build(trainer.prompts.decode, cots)
-            now = probe.start
-        else:
-            now = probe.read(model, trainer.pad_id)
-        probed = {"verdict_probe": float(np.mean(now)) if now else float("nan"), "verdict_probe_items": len(now)}
+            probed = probe.report(probe.start)
     dims = [d for d in model.dimension_names if d in SUB_DIMENSIONS and any(d in p.labels for p in pairs)]
     index = {d: model.dimension_names.index(d) for d in dims}
     pred_a = {d: [float(greedy[(str(p.video_a), p.prompt)][1][index[d]]) for p in pairs if d in p.labels] for d in dims}
@@ -1007,10 +1023,11 @@ def run_rl(
             evals.append(record)
             log.write(json.dumps(without_nan({"step": step, "eval": record})) + "\n")
             log.flush()
-            logger.info("rl eval at step %d: think %.3f, fast %.3f, CoT verdicts %.3f, parsed %.2f, "
-                        "verdicts contradicted %.3f, verdict probe %.3f (%d items)", step, record["think_accuracy"],
+            logger.info("rl eval at step %d: think %.3f, fast %.3f, CoT verdicts %.3f, parsed %.2f, verdicts contradicted %.3f, "
+                        "verdict probe: mismatch %.3f (%d items), match %.3f (%d)", step, record["think_accuracy"],
                         record["fast_accuracy"], record["cot_accuracy"], record["parsed"], record["verdicts_contradicted"],
-                        record["verdict_probe"], record["verdict_probe_items"])
+                        record["verdict_probe_mismatch"], record["verdict_probe_mismatch_items"],
+                        record["verdict_probe_match"], record["verdict_probe_match_items"])
 
         if eval_pairs:
             evaluate(0)
