@@ -662,6 +662,67 @@ def test_verdict_consistency_reaches_the_verdict_tokens(credit, pairs, monkeypat
             RLConfig(verdict_consistency=bad)
 
 
+def test_verdict_anchor_holds_the_consistent_verdicts(pairs):
+    """Rollouts as in the verdict-consistency test (A_0's colour verdict contradicts its words; every
+    other verdict agrees: 7 anchored positions). With the policy moved away from its frozen reference,
+    the logged anchor_kl is the mean over those 7 positions of KL(π_ref ‖ π), computed by hand from
+    transformers' own unpadded forwards of both models at temperature 1; the policy loss carries
+    verdict_anchor × that, and nothing with the anchor off."""
+    model = build_tiny_model("qwen3_vl", seed=7, dimension_names=DIMS)
+    prompts = PromptBuilder(model.tokenizer, model.descore_config)
+    labels = {"VQ": "same", "MQ": "same", "TA": "same"}
+    pair = dataclasses.replace(pairs[0], labels=labels)
+    features = video_features(pair.video_a, model.descore_config)
+    prompt_ids = model_inputs(prompts, features, pair.prompt, "think").input_ids
+    stop = model.tokenizer.token_to_id("<|im_end|>")
+    built = {name: _piece_ids(prompts, [piece.format(colour=colour) for piece in _VERDICT_COT])
+             for name, colour in (("A_0", "blue"), ("A_1", "red"), ("B_0", "red"), ("B_1", "red"))}
+    rollouts = {name: Rollout(features, prompt_ids, sum(ids, []), stop) for name, ids in built.items()}
+    anchored = {name: [sum(len(ids) for ids in built[name][:piece]) for piece in _VERDICT_PIECES if (name, piece) != ("A_0", 4)]
+                for name in built}
+
+    def rollout(_pair):
+        ra, rb = [rollouts["A_0"], rollouts["A_1"]], [rollouts["B_0"], rollouts["B_1"]]
+        parsed = [read_cot_for(prompts, r) for both in zip(ra, rb) for r in both]
+        from descore_sdk.training.grpo import rule_reward
+
+        return ra, rb, [rule_reward(a, b, labels) for a, b in zip(parsed[0::2], parsed[1::2])], parsed
+
+    results = {}
+    for weight in (0.5, 0.0):
+        model = build_tiny_model("qwen3_vl", seed=7, dimension_names=DIMS)
+        trainer = DualObjectiveRL(model, RLConfig(num_samples=2, max_new_tokens=3, pairs_per_step=1, micro_batch=1, verdict_anchor=weight,
+                                                  length_min_tokens=1, lr=0.0, head_lr=0.0))
+        with torch.no_grad():  # the policy moves; its reference (a copy made above) does not
+            torch.manual_seed(3)
+            for param in model.backbone.model.language_model.layers[0].parameters():
+                param.add_(0.05 * torch.randn_like(param))
+        trainer.rollout = rollout
+        results[weight] = trainer.step([pair])
+
+    metrics = results[0.5]
+    with torch.no_grad():
+        kls = []
+        for name, r in rollouts.items():
+            policy = _reference_distributions(trainer.model, r)  # (T, V) log-probs at temperature 1
+            reference = _reference_distributions(trainer.reference, r)
+            kls += [float((reference[k].exp() * (reference[k] - policy[k])).sum()) for k in anchored[name]]
+    assert len(kls) == 7 and min(kls) > 0
+    assert metrics["anchor_kl"] == pytest.approx(np.mean(kls), rel=1e-3)
+    off = results[0.0]  # the same weights, anchor off (lr 0: trainer.model is still the moved policy)
+    assert off["anchor_kl"] == 0.0
+    assert metrics["grpo_loss"] - off["grpo_loss"] == pytest.approx(0.5 * np.mean(kls), rel=1e-3)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(InvalidInputError, match="verdict_anchor"):
+            RLConfig(verdict_anchor=bad)
+
+
+def read_cot_for(prompts, rollout):
+    from descore_sdk.training.grpo import read_cot
+
+    return read_cot(prompts.decode(rollout.cot_ids), num_tokens=len(rollout.cot_ids))
+
+
 def test_verdict_probe_reads_the_starting_verdicts(pairs, monkeypatch):
     """evaluate_policy on one pair whose greedy CoTs are hand-made: A's says "colour asked red, seen
     blue, match" (a contradiction) and "shape asked circle, seen circle, match"; B's says "colour asked
@@ -1027,6 +1088,8 @@ def test_draw_weight_flag():
     assert config_from_args(parser.parse_args(base)).unjudged_sections == "shared"
     assert config_from_args(parser.parse_args(base)).verdict_consistency == 0.0
     assert config_from_args(parser.parse_args(base + ["--verdict-consistency", "0.5"])).verdict_consistency == 0.5
+    assert config_from_args(parser.parse_args(base)).verdict_anchor == 0.0
+    assert config_from_args(parser.parse_args(base + ["--verdict-anchor", "2"])).verdict_anchor == 2.0
     assert config_from_args(parser.parse_args(
         base + ["--credit", "section", "--no-reward-tied-dimensions", "--unjudged-sections", "zero"])).unjudged_sections == "zero"
     for bad in ("TA", "TA=x", "=3"):

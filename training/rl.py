@@ -88,6 +88,7 @@ What the log says about the learning signal (one line per step; `descore train p
                              over the tokens min-p keeps)
   kl, clip_fraction, ratio   k3 KL to the reference per token; clipped share and mean ρ (ρ = 1 and
                              no clipping with one update per batch)
+  anchor_kl                  with `verdict_anchor`: exact KL(π_ref ‖ π) per anchored verdict position
   bt_loss, grpo_loss, *_grad_norm, pairs_rolled_out, groups_trained, cot_tokens, finished, seconds
 With eval data (`--eval-data`), `evaluate_policy` runs before the first step, every `eval_every` steps
 and at the end (think-mode, fast-mode and CoT-verdict accuracy, the greedy CoTs' contradicted checklist
@@ -210,6 +211,11 @@ class RLConfig:
     # not by the sample's advantage: −w on a verdict that contradicts its own asked / seen words, 0 on one
     # that agrees (`verdict_credit`; label-free). 0 = off (the paper's GRPO).
     verdict_consistency: float = 0.0
+    # a > 0: at the first token of every sampled checklist verdict that agrees with its own words, the
+    # loss adds a · KL(π_ref ‖ π) over the whole next-token distribution (temperature 1), averaged over
+    # those positions: a label-free anchor for the verdicts the policy already gets right, which RL's
+    # updates elsewhere otherwise drag toward the frequent "match" (`verdict_anchor_loss`). 0 = off.
+    verdict_anchor: float = 0.0
     length_min_tokens: int = 32
     length_max_tokens: int = 1024
     reward_weights: RewardWeights = field(default_factory=RewardWeights)
@@ -250,7 +256,8 @@ class RLConfig:
                 "(only then is a section left unjudged); add --credit section --no-reward-tied-dimensions, or drop it.")
         if self.bt_scope not in BT_SCOPES:
             raise InvalidInputError(f"bt_scope must be one of {BT_SCOPES}, got {self.bt_scope!r}.")
-        for name in ("lr", "head_lr", "weight_decay", "max_grad_norm", "clip_eps", "kl_coef", "bt_weight", "verdict_consistency"):
+        for name in ("lr", "head_lr", "weight_decay", "max_grad_norm", "clip_eps", "kl_coef", "bt_weight", "verdict_consistency",
+                     "verdict_anchor"):
             if not getattr(self, name) >= 0 or not math.isfinite(getattr(self, name)):
                 raise InvalidInputError(f"{name} must be a finite number ≥ 0, got {getattr(self, name)}.")
         self.length_target  # validates the range
@@ -385,26 +392,35 @@ class ScoredBatch:
     rewards: (B, K) the head's rewards for prompt + CoT + `<Reward>`.
     entropy: (B, L−1) entropy (nats) of the policy's next-token distribution at each scored position,
              no graph; 0 elsewhere.
+    at:      (N, V) with `at=`: the full next-token log-probs (temperature 1) that predict the asked
+             CoT tokens, rows in the order asked; None otherwise.
     """
 
     logp: torch.Tensor
     mask: torch.Tensor
     rewards: torch.Tensor
     entropy: torch.Tensor | None = None
+    at: torch.Tensor | None = None
 
 
 def score_rollouts(model: DeScoreModel, rollouts: Sequence[Rollout], pad_id: int, temperature: float = 1.0,
-                   min_p: float = 0.0) -> ScoredBatch:
+                   min_p: float = 0.0, at: Sequence[Sequence[int]] | None = None) -> ScoredBatch:
     """One forward over prompt + CoT + `<Reward>` for each rollout (a right-padded batch). The log-probs
     and the entropy are those of the distribution the CoTs were sampled from: softmax(logits /
     `temperature`), and with `min_p` > 0 restricted to the tokens min-p sampling keeps (probability ≥
     min_p × the top one's, as transformers' `MinPLogitsWarper`) and renormalised; the scored token is
-    always kept, so its log-prob stays finite after the policy has moved. The rewards depend on neither."""
+    always kept, so its log-prob stays finite after the policy has moved. The rewards depend on neither.
+    at: per rollout, CoT token indices whose full predicting distribution (temperature 1) to return."""
     batch = _to_model(collate_rows([r.row(model.reward_token_id) for r in rollouts], pad_id), model)
     labels = batch.pop("labels")
     out = model(**batch, return_logits=True)
     targets = labels[:, 1:]  # position j predicts token j + 1
     mask = targets != IGNORE_INDEX
+    rows = None
+    if at is not None:  # CoT token k of row b is predicted at position len(prompt_b) + k − 1
+        where = [(b, len(r.prompt_ids) + k - 1) for b, (r, ks) in enumerate(zip(rollouts, at)) for k in ks]
+        rows = (torch.log_softmax(out.logits[[b for b, _ in where], [j for _, j in where]].float(), dim=-1) if where
+                else out.logits.new_zeros((0, out.logits.shape[-1]), dtype=torch.float32))
     logits = out.logits[:, :-1].float() / temperature
     index = targets.clamp(min=0).unsqueeze(-1)
     if min_p > 0:  # p ≥ min_p · p_max  ⇔  logit ≥ max logit + log(min_p), at the same temperature
@@ -416,7 +432,7 @@ def score_rollouts(model: DeScoreModel, rollouts: Sequence[Rollout], pad_id: int
     logp = log_probs.gather(-1, index).squeeze(-1) * mask
     with torch.no_grad():
         entropy = -(log_probs.exp() * log_probs.clamp(min=torch.finfo(log_probs.dtype).min)).sum(dim=-1) * mask
-    return ScoredBatch(logp=logp, mask=mask.to(logp.dtype), rewards=out.rewards, entropy=entropy)
+    return ScoredBatch(logp=logp, mask=mask.to(logp.dtype), rewards=out.rewards, entropy=entropy, at=rows)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -568,6 +584,23 @@ def verdict_credit(decode: Callable[[Sequence[int]], str], cot_ids: Sequence[int
     return values
 
 
+def anchor_positions(decode: Callable[[Sequence[int]], str], cot_ids: Sequence[int], verdicts: Sequence[tuple[int, int, bool]]) -> list[int]:
+    """The CoT token index of the first token of each consistent checklist verdict (`verdicts`:
+    `grpo.checklist_verdicts` of decode(cot_ids)), where `verdict_anchor` holds the distribution."""
+    ids = list(cot_ids)
+    return [_token_at(decode, ids, start) for start, _, consistent in verdicts if consistent]
+
+
+def verdict_anchor_loss(policy_rows: torch.Tensor, reference_rows: torch.Tensor) -> torch.Tensor:
+    """Σ over rows of KL(π_ref ‖ π) = Σ_v p_ref(v) · (log p_ref(v) − log π(v)), from (N, V) log-prob
+    rows; the caller divides by the step's number of anchored positions. Forward KL from the
+    reference: the policy is held to keep the mass the reference gave each verdict word."""
+    if policy_rows.shape[0] == 0:
+        return policy_rows.sum() * 0.0
+    reference = reference_rows.detach()
+    return (reference.exp() * (reference - policy_rows)).sum()
+
+
 def draw_probabilities(pairs: Sequence[PreferencePair], draw_weights: dict) -> np.ndarray:
     """The probability of drawing each pair under `RLConfig.draw_weights`: a pair decided ("A" / "B") on
     listed dimensions weighs the largest of their weights, any other pair 1; normalised to sum to 1."""
@@ -692,6 +725,7 @@ class DualObjectiveRL:
         started = time.perf_counter()
         groups = []  # (pair, rollouts_a, rollouts_b, advantages (2n,: CoT_A_0..n-1, CoT_B_0..n-1), preference (1, K))
         rule_rewards, cot_tokens, finished, reports, verdicts = [], [], [], [], []
+        anchors: dict[int, list[int]] = {}  # id(rollout) → CoT token indices `verdict_anchor` holds
         filtering = cfg.dynamic_sampling and draw is not None
         todo, drawn = list(pairs), 0
         cap = cfg.max_draws_per_step or 3 * cfg.pairs_per_step
@@ -717,6 +751,9 @@ class DualObjectiveRL:
                 advantages = torch.cat([shared, shared])
             found = [checklist_verdicts(self.prompts.decode(r.cot_ids)) for r in rollouts_a + rollouts_b]  # A's, then B's
             verdicts += [ok for items in found for _, _, ok in items]
+            if cfg.verdict_anchor > 0:
+                for r, items in zip(rollouts_a + rollouts_b, found):
+                    anchors[id(r)] = anchor_positions(self.prompts.decode, r.cot_ids, items)
             if cfg.verdict_consistency > 0:
                 advantages = [(adv if adv.ndim else adv.expand(len(r.cot_ids) + r.finished)).clone() for adv, r in zip(
                     advantages, rollouts_a + rollouts_b)]  # per-token vectors, A's then B's
@@ -743,7 +780,7 @@ class DualObjectiveRL:
         if not groups:
             nan = float("nan")
             return {**common, **dict.fromkeys(("grpo_loss", "bt_loss", "policy_grad_norm", "head_grad_norm", "kl", "clip_fraction",
-                                              "ratio", "entropy"), nan), "seconds": time.perf_counter() - started}
+                                              "ratio", "entropy", "anchor_kl"), nan), "seconds": time.perf_counter() - started}
 
         # Micro-batches of samples; sample i contributes rows A_i and B_i, which share its advantage.
         micro = []
@@ -758,8 +795,12 @@ class DualObjectiveRL:
         grpo_count = sum(len(r.cot_ids) + r.finished > 0 for rows, _, _ in micro for r in rows)
         bt_count = sum(preference_item_count(pref, cfg.bt_ties) for _, _, pref in micro)
 
+        anchored = (lambda rows: [anchors.get(id(r), []) for r in rows]) if cfg.verdict_anchor > 0 else (lambda rows: None)
+        anchor_count = sum(len(k) for rows, _, _ in micro for k in (anchored(rows) or []))
         with torch.no_grad():
-            reference = [score_rollouts(self.reference, rows, self.pad_id, cfg.temperature, cfg.min_p).logp for rows, _, _ in micro]
+            reference_scored = [score_rollouts(self.reference, rows, self.pad_id, cfg.temperature, cfg.min_p, at=anchored(rows))
+                                for rows, _, _ in micro]
+            reference = [r.logp for r in reference_scored]
             behaviour = ([score_rollouts(model, rows, self.pad_id, cfg.temperature, cfg.min_p).logp for rows, _, _ in micro]
                          if cfg.updates_per_batch > 1 else None)
 
@@ -767,9 +808,9 @@ class DualObjectiveRL:
         token_count = sum(float(len(r.cot_ids) + r.finished) for rows, _, _ in micro for r in rows)
         entropy_sum = 0.0
         for update in range(cfg.updates_per_batch):
-            totals = {"grpo_loss": 0.0, "bt_loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "ratio": 0.0}
+            totals = {"grpo_loss": 0.0, "bt_loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "ratio": 0.0, "anchor_kl": 0.0}
             for index, (rows, advantages, pref) in enumerate(micro):
-                scored = score_rollouts(model, rows, self.pad_id, cfg.temperature, cfg.min_p)
+                scored = score_rollouts(model, rows, self.pad_id, cfg.temperature, cfg.min_p, at=anchored(rows))
                 if update == 0:  # the entropy of the policy that sampled
                     entropy_sum += float(scored.entropy.sum())
                 logp_old = scored.logp.detach() if behaviour is None else behaviour[index]
@@ -783,6 +824,10 @@ class DualObjectiveRL:
                 m = len(rows) // 2
                 with_tokens = int((scored.mask.sum(dim=1) > 0).sum())
                 grpo_part = policy.loss * (with_tokens / max(grpo_count, 1))
+                if scored.at is not None and anchor_count:
+                    anchor = verdict_anchor_loss(scored.at, reference_scored[index].at) / anchor_count
+                    grpo_part = grpo_part + cfg.verdict_anchor * anchor
+                    totals["anchor_kl"] += anchor.item()
                 bt = preference_loss(scored.rewards[:m], scored.rewards[m:], pref.to(scored.rewards.device), ties=cfg.bt_ties)
                 bt_part = bt.total / max(bt_count, 1)
                 self.accumulate_gradients(grpo_part, bt_part)
@@ -799,6 +844,8 @@ class DualObjectiveRL:
             # reference); clip fraction and ratio averaged over the updates (the first has ρ = 1 exactly).
             **{k: updates[-1][k] for k in ("grpo_loss", "bt_loss", "policy_grad_norm", "head_grad_norm")},
             "kl": updates[0]["kl"],
+            # KL(π_ref ‖ π) per anchored verdict position, of the policy that sampled (0 with verdict_anchor off)
+            "anchor_kl": updates[0]["anchor_kl"],
             "clip_fraction": float(np.mean([u["clip_fraction"] for u in updates])),
             "ratio": float(np.mean([u["ratio"] for u in updates])),
             "entropy": entropy_sum / max(token_count, 1.0),
@@ -1094,6 +1141,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verdict-consistency", type=float, default=d.verdict_consistency, metavar="W",
                    help="credit each alignment checklist verdict word by its consistency alone: -W when it contradicts its own "
                         "asked and seen words, 0 when it agrees, instead of the sample's advantage (0 = off)")
+    p.add_argument("--verdict-anchor", type=float, default=d.verdict_anchor, metavar="A",
+                   help="add A x KL(reference || policy) over the next-token distribution at each sampled checklist verdict that "
+                        "agrees with its own words (0 = off)")
     p.add_argument("--length-min-tokens", type=int, default=d.length_min_tokens)
     p.add_argument("--length-max-tokens", type=int, default=d.length_max_tokens)
     p.add_argument("--train-vision", action="store_true")
@@ -1146,6 +1196,7 @@ def config_from_args(args: argparse.Namespace) -> RLConfig:
         unjudged_sections=args.unjudged_sections,
         reward_tied_dimensions=args.reward_tied_dimensions,
         verdict_consistency=args.verdict_consistency,
+        verdict_anchor=args.verdict_anchor,
         length_min_tokens=args.length_min_tokens,
         length_max_tokens=args.length_max_tokens,
         train_vision=args.train_vision,
