@@ -338,9 +338,9 @@ def test_step_scores_at_the_rollout_temperature(pairs, monkeypatch):
 
     calls, real = [], rl.score_rollouts
 
-    def spy(model, rollouts, pad_id, temperature=1.0, min_p=0.0):
+    def spy(model, rollouts, pad_id, temperature=1.0, min_p=0.0, **kw):
         calls.append((model, (temperature, min_p)))
-        return real(model, rollouts, pad_id, temperature, min_p)
+        return real(model, rollouts, pad_id, temperature, min_p, **kw)
 
     monkeypatch.setattr(rl, "score_rollouts", spy)
     model = build_tiny_model("qwen3_vl", seed=6, dimension_names=DIMS)
