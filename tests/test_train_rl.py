@@ -610,17 +610,12 @@ _VERDICT_COT = ("The prompt asks for a red circle.", " Visual quality: sharp, cl
 _VERDICT_PIECES = (4, 6)  # the pieces that hold a verdict word
 
 
-@pytest.mark.parametrize("credit", ["pair", "section"])
-def test_verdict_consistency_reaches_the_verdict_tokens(credit, pairs, monkeypatch):
-    """A_0 says "colour asked red, seen blue, match" (a contradiction); A_1, B_0 and B_1 see red. Labels
-    all "same": sample 0 gets TA wrong (reward 0.7 · 2/3 + 0.3), sample 1 all right (1.0), so the
-    shared advantages are (−1, +1), by hand; with section credit the preamble and TA get them, VQ and MQ
-    (flat) 0. With verdict_consistency = 0.5 the verdict words' tokens get their own advantage instead:
-    −0.5 for A_0's colour verdict, 0 for every other (consistent) one. Off, the advantages are as before."""
+def _verdict_group(model, pairs):
+    """The hand-made group of the verdict tests: A_0 says "colour asked red, seen blue, match" (a
+    contradiction); A_1, B_0 and B_1 see red. Labels all "same". Returns (prompts, pair, piece ids per
+    rollout name, rollouts by name, a `DualObjectiveRL.rollout` replacement that returns them)."""
     import descore_sdk.training.grpo as grpo_module
-    import descore_sdk.training.rl as rl_module
 
-    model = build_tiny_model("qwen3_vl", seed=7, dimension_names=DIMS)
     prompts = PromptBuilder(model.tokenizer, model.descore_config)
     labels = {"VQ": "same", "MQ": "same", "TA": "same"}
     pair = dataclasses.replace(pairs[0], labels=labels)
@@ -635,6 +630,21 @@ def test_verdict_consistency_reaches_the_verdict_tokens(credit, pairs, monkeypat
         ra, rb = [rollouts["A_0"], rollouts["A_1"]], [rollouts["B_0"], rollouts["B_1"]]
         parsed = [grpo_module.read_cot(prompts.decode(r.cot_ids), num_tokens=len(r.cot_ids)) for both in zip(ra, rb) for r in both]
         return ra, rb, [grpo_module.rule_reward(a, b, labels) for a, b in zip(parsed[0::2], parsed[1::2])], parsed
+
+    return prompts, pair, built, rollouts, rollout
+
+
+@pytest.mark.parametrize("credit", ["pair", "section"])
+def test_verdict_consistency_reaches_the_verdict_tokens(credit, pairs, monkeypatch):
+    """A_0 says "colour asked red, seen blue, match" (a contradiction); A_1, B_0 and B_1 see red. Labels
+    all "same": sample 0 gets TA wrong (reward 0.7 · 2/3 + 0.3), sample 1 all right (1.0), so the
+    shared advantages are (−1, +1), by hand; with section credit the preamble and TA get them, VQ and MQ
+    (flat) 0. With verdict_consistency = 0.5 the verdict words' tokens get their own advantage instead:
+    −0.5 for A_0's colour verdict, 0 for every other (consistent) one. Off, the advantages are as before."""
+    import descore_sdk.training.rl as rl_module
+
+    model = build_tiny_model("qwen3_vl", seed=7, dimension_names=DIMS)
+    prompts, pair, built, rollouts, rollout = _verdict_group(model, pairs)
 
     sample = {"A_0": -1.0, "B_0": -1.0, "A_1": 1.0, "B_1": 1.0}
     for weight in (0.5, 0.0):
@@ -668,25 +678,9 @@ def test_verdict_anchor_holds_the_consistent_verdicts(pairs):
     the logged anchor_kl is the mean over those 7 positions of KL(π_ref ‖ π), computed by hand from
     transformers' own unpadded forwards of both models at temperature 1; the policy loss carries
     verdict_anchor × that, and nothing with the anchor off."""
-    model = build_tiny_model("qwen3_vl", seed=7, dimension_names=DIMS)
-    prompts = PromptBuilder(model.tokenizer, model.descore_config)
-    labels = {"VQ": "same", "MQ": "same", "TA": "same"}
-    pair = dataclasses.replace(pairs[0], labels=labels)
-    features = video_features(pair.video_a, model.descore_config)
-    prompt_ids = model_inputs(prompts, features, pair.prompt, "think").input_ids
-    stop = model.tokenizer.token_to_id("<|im_end|>")
-    built = {name: _piece_ids(prompts, [piece.format(colour=colour) for piece in _VERDICT_COT])
-             for name, colour in (("A_0", "blue"), ("A_1", "red"), ("B_0", "red"), ("B_1", "red"))}
-    rollouts = {name: Rollout(features, prompt_ids, sum(ids, []), stop) for name, ids in built.items()}
+    _, pair, built, rollouts, rollout = _verdict_group(build_tiny_model("qwen3_vl", seed=7, dimension_names=DIMS), pairs)
     anchored = {name: [sum(len(ids) for ids in built[name][:piece]) for piece in _VERDICT_PIECES if (name, piece) != ("A_0", 4)]
                 for name in built}
-
-    def rollout(_pair):
-        ra, rb = [rollouts["A_0"], rollouts["A_1"]], [rollouts["B_0"], rollouts["B_1"]]
-        parsed = [read_cot_for(prompts, r) for both in zip(ra, rb) for r in both]
-        from descore_sdk.training.grpo import rule_reward
-
-        return ra, rb, [rule_reward(a, b, labels) for a, b in zip(parsed[0::2], parsed[1::2])], parsed
 
     results = {}
     for weight in (0.5, 0.0):
@@ -715,12 +709,6 @@ def test_verdict_anchor_holds_the_consistent_verdicts(pairs):
     for bad in (-1.0, float("nan")):
         with pytest.raises(InvalidInputError, match="verdict_anchor"):
             RLConfig(verdict_anchor=bad)
-
-
-def read_cot_for(prompts, rollout):
-    from descore_sdk.training.grpo import read_cot
-
-    return read_cot(prompts.decode(rollout.cot_ids), num_tokens=len(rollout.cot_ids))
 
 
 def test_verdict_probe_reads_the_starting_verdicts(pairs, monkeypatch):
