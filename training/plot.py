@@ -9,7 +9,7 @@ RL run (`training/rl.py`), one panel each:
      block means ± 2 SE of `metrics.block_trend` and the trend it reads;
   2. learning signal: within-group reward std, fraction of zero-variance groups (no advantage),
      fraction of CoTs the verdict parser reads, of CoTs and of checklist verdicts that contradict themselves;
-  3. KL to the reference policy per token (log scale) and the clip fraction;
+  3. KL to the reference policy per token (log scale), the verdict anchor's KL, and the clip fraction;
   4. policy entropy per CoT token;
   5. BT loss of the head;
   6. the evaluations (think-mode, fast-mode and CoT-verdict accuracy, `rl.VerdictProbe`) against the step.
@@ -138,7 +138,7 @@ def plot_run(run: str | os.PathLike, out: str | os.PathLike | None = None) -> Pa
         if not _lines(axes[1], steps, ["reward_std", "accuracy_std", "zero_variance_groups", "parsed", "contradicted", "verdicts_contradicted"]):
             axes[1].text(0.5, 0.5, "not logged by this run", ha="center", transform=axes[1].transAxes)
         axes[1].set_title("learning signal: group std, flat groups, parsed / self-contradicting CoTs", fontsize=9)
-        if not _lines(axes[2], steps, ["kl"], log=True):
+        if not _lines(axes[2], steps, ["kl", "anchor_kl"], log=True):  # anchor_kl: 0 (not drawn) unless --verdict-anchor
             axes[2].text(0.5, 0.5, "KL 0 throughout (the policy did not move)", ha="center", transform=axes[2].transAxes)
         twin = axes[2].twinx()
         _lines(twin, steps, ["clip_fraction"], color="tab:red", alpha=0.6)
