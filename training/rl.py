@@ -215,6 +215,8 @@ class RLConfig:
     # loss adds a · KL(π_ref ‖ π) over the whole next-token distribution (temperature 1), averaged over
     # those positions: a label-free anchor for the verdicts the policy already gets right, which RL's
     # updates elsewhere otherwise drag toward the frequent "match" (`verdict_anchor_loss`). 0 = off.
+    # Measured (training/BENCHMARK.md, session 19): it slowed the flips of uncertain "mismatch" verdicts
+    # but did not stop them (they are rarely sampled, so rarely anchored); A = 5 lowered think mode.
     verdict_anchor: float = 0.0
     length_min_tokens: int = 32
     length_max_tokens: int = 1024
