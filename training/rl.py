@@ -421,8 +421,7 @@ def score_rollouts(model: DeScoreModel, rollouts: Sequence[Rollout], pad_id: int
     rows = None
     if at is not None:  # CoT token k of row b is predicted at position len(prompt_b) + k − 1
         where = [(b, len(r.prompt_ids) + k - 1) for b, (r, ks) in enumerate(zip(rollouts, at)) for k in ks]
-        rows = (torch.log_softmax(out.logits[[b for b, _ in where], [j for _, j in where]].float(), dim=-1) if where
-                else out.logits.new_zeros((0, out.logits.shape[-1]), dtype=torch.float32))
+        rows = torch.log_softmax(out.logits[[b for b, _ in where], [j for _, j in where]].float(), dim=-1)  # (0, V) if none
     logits = out.logits[:, :-1].float() / temperature
     index = targets.clamp(min=0).unsqueeze(-1)
     if min_p > 0:  # p ≥ min_p · p_max  ⇔  logit ≥ max logit + log(min_p), at the same temperature
@@ -586,9 +585,11 @@ def verdict_credit(decode: Callable[[Sequence[int]], str], cot_ids: Sequence[int
     return values
 
 
-def anchor_positions(decode: Callable[[Sequence[int]], str], cot_ids: Sequence[int], verdicts: Sequence[tuple[int, int, bool]]) -> list[int]:
+def consistent_verdict_starts(decode: Callable[[Sequence[int]], str], cot_ids: Sequence[int],
+                              verdicts: Sequence[tuple[int, int, bool]]) -> list[int]:
     """The CoT token index of the first token of each consistent checklist verdict (`verdicts`:
-    `grpo.checklist_verdicts` of decode(cot_ids)), where `verdict_anchor` holds the distribution."""
+    `grpo.checklist_verdicts` of decode(cot_ids)): where `verdict_anchor` holds the distribution and
+    `VerdictProbe` reads it."""
     ids = list(cot_ids)
     return [_token_at(decode, ids, start) for start, _, consistent in verdicts if consistent]
 
@@ -597,9 +598,7 @@ def verdict_anchor_loss(policy_rows: torch.Tensor, reference_rows: torch.Tensor)
     """Σ over rows of KL(π_ref ‖ π) = Σ_v p_ref(v) · (log p_ref(v) − log π(v)), from (N, V) log-prob
     rows; the caller divides by the step's number of anchored positions. Forward KL from the
     reference: the policy is held to keep the mass the reference gave each verdict word."""
-    if policy_rows.shape[0] == 0:
-        return policy_rows.sum() * 0.0
-    reference = reference_rows.detach()
+    reference = reference_rows.detach()  # no rows: 0
     return (reference.exp() * (reference - policy_rows)).sum()
 
 
@@ -755,7 +754,7 @@ class DualObjectiveRL:
             verdicts += [ok for items in found for _, _, ok in items]
             if cfg.verdict_anchor > 0:
                 for r, items in zip(rollouts_a + rollouts_b, found):
-                    anchors[id(r)] = anchor_positions(self.prompts.decode, r.cot_ids, items)
+                    anchors[id(r)] = consistent_verdict_starts(self.prompts.decode, r.cot_ids, items)
             if cfg.verdict_consistency > 0:
                 advantages = [(adv if adv.ndim else adv.expand(len(r.cot_ids) + r.finished)).clone() for adv, r in zip(
                     advantages, rollouts_a + rollouts_b)]  # per-token vectors, A's then B's
@@ -890,8 +889,9 @@ class VerdictProbe:
         """cots: (greedy rollout, probability of each of its CoT tokens under the policy) pairs."""
         self.rollouts, self.positions, self.words, self.start = [], [], [], []
         for rollout, probs in cots:
-            ids, text = list(rollout.cot_ids), decode(rollout.cot_ids)
-            found = [(_token_at(decode, ids, a), text[a:b]) for a, b, ok in checklist_verdicts(text) if ok]
+            text = decode(rollout.cot_ids)
+            verdicts = checklist_verdicts(text)
+            found = zip(consistent_verdict_starts(decode, rollout.cot_ids, verdicts), [text[a:b] for a, b, ok in verdicts if ok])
             keep = [(k, word) for k, word in found if probs[k] < self.threshold]
             if keep:
                 self.rollouts.append(rollout)
