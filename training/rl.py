@@ -92,7 +92,7 @@ What the log says about the learning signal (one line per step; `descore train p
   bt_loss, grpo_loss, *_grad_norm, pairs_rolled_out, groups_trained, cot_tokens, finished, seconds
 With eval data (`--eval-data`), `evaluate_policy` runs before the first step, every `eval_every` steps
 and at the end (think-mode, fast-mode and CoT-verdict accuracy, the greedy CoTs' contradicted checklist
-verdicts and `VerdictProbe`, which warns of RL flipping uncertain verdicts before greedy text shows it;
+verdicts and `VerdictProbe`, whose "mismatch" mean tracked RL's flips of uncertain verdicts;
 `{"step", "eval"}` lines), and
 `rl_summary.json` (`metrics.rl_run_summary`, printed as one line) says whether the run improved on its
 starting checkpoint: the rule reward's trend over 5 blocks of steps (beyond 2 standard errors?) and
