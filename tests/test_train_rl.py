@@ -711,6 +711,58 @@ def test_verdict_anchor_holds_the_consistent_verdicts(pairs):
             RLConfig(verdict_anchor=bad)
 
 
+@pytest.mark.parametrize("scope", ["head", "backbone"])
+def test_bt_rows_greedy_and_fast(scope, pairs):
+    """bt_rows=("greedy", "fast"): BT is computed on the pair's greedy CoTs + <Reward> and on its
+    fast-layout rows (prompt + <Reward>), not on the sampled CoTs. The head's gradient at the optimizer
+    step and the logged bt_loss equal a hand BT (−log σ(r_win − r_lose), a mean over the pair's decided
+    dimensions per kind, the kinds summed, × bt_weight) on rewards from transformers' own unpadded
+    forwards of those rows; with "sampled" added the loss grows by the sampled rows' share."""
+    pair = dataclasses.replace(pairs[0], labels={"VQ": "A", "MQ": "B", "TA": "same"})
+    results = {}
+    for rows in (("greedy", "fast"), ("sampled", "greedy", "fast")):
+        model = build_tiny_model("qwen3_vl", seed=8, dimension_names=DIMS)
+        config = RLConfig(num_samples=2, max_new_tokens=6, length_min_tokens=6, max_grad_norm=0.0, bt_weight=0.5, bt_scope=scope,
+                          bt_rows=rows)
+        trainer = DualObjectiveRL(model, config)
+        prompts = PromptBuilder(model.tokenizer, model.descore_config)
+        with torch.no_grad():  # the rows the starting policy gives: greedy CoTs, fast layout
+            expected = {"greedy": [], "fast": []}
+            for video in (pair.video_a, pair.video_b):
+                features = video_features(video, model.descore_config)
+                think = model_inputs(prompts, features, pair.prompt, "think").input_ids
+                expected["greedy"] += sample_cots(model, features, think, 1, config, trainer.stop_ids, trainer.pad_id, greedy=True)
+                fast = model_inputs(prompts, features, pair.prompt, "fast").input_ids
+                assert fast[-1] == model.reward_token_id
+                expected["fast"].append(Rollout(features, fast[:-1], [], None))  # _hf_hidden appends <Reward>
+            hidden = {kind: [_hf_hidden(model, r)[-1] for r in found] for kind, found in expected.items()}
+        assert any(r.cot_ids for r in expected["greedy"])
+        head = model.reward_head.weight.detach().clone().requires_grad_(True)
+        hand = 0.0
+        for kind, (h_a, h_b) in hidden.items():
+            r_a, r_b = head @ h_a, head @ h_b
+            hand = hand + (-torch.nn.functional.logsigmoid(r_a[0] - r_b[0]) - torch.nn.functional.logsigmoid(r_b[1] - r_a[1])) / 2
+        (0.5 * hand).backward()
+        recorded, step = [], trainer.optimizer.step
+
+        def record_then_step(*args, **kwargs):
+            recorded.append(model.reward_head.weight.grad.clone())
+            return step(*args, **kwargs)
+
+        trainer.optimizer.step = record_then_step
+        torch.manual_seed(0)
+        metrics = trainer.step([pair])
+        results[rows] = (metrics, recorded, head.grad, float(hand.detach()))
+    metrics, recorded, hand_grad, hand = results[("greedy", "fast")]
+    assert metrics["bt_loss"] == pytest.approx(hand, rel=1e-4)
+    torch.testing.assert_close(recorded[0], hand_grad, atol=1e-6, rtol=1e-4)
+    with_sampled = results[("sampled", "greedy", "fast")][0]["bt_loss"]
+    assert with_sampled > hand + 0.1  # the sampled rows' BT (about log 2) is added, not averaged in
+    for bad in ((), ("greedy", "greedy"), ("beam",), "greedy"):
+        with pytest.raises(InvalidInputError, match="bt_rows"):
+            RLConfig(bt_rows=bad)
+
+
 def test_verdict_probe_reads_the_starting_verdicts(pairs, monkeypatch):
     """evaluate_policy on one pair whose greedy CoTs are hand-made: A's says "colour asked red, seen
     blue, match" (a contradiction) and "shape asked circle, seen circle, match"; B's says "colour asked
@@ -1078,6 +1130,8 @@ def test_draw_weight_flag():
     assert config_from_args(parser.parse_args(base + ["--verdict-consistency", "0.5"])).verdict_consistency == 0.5
     assert config_from_args(parser.parse_args(base)).verdict_anchor == 0.0
     assert config_from_args(parser.parse_args(base + ["--verdict-anchor", "2"])).verdict_anchor == 2.0
+    assert config_from_args(parser.parse_args(base)).bt_rows == ("sampled",)
+    assert config_from_args(parser.parse_args(base + ["--bt-rows", "sampled", "greedy"])).bt_rows == ("sampled", "greedy")
     assert config_from_args(parser.parse_args(
         base + ["--credit", "section", "--no-reward-tied-dimensions", "--unjudged-sections", "zero"])).unjudged_sections == "zero"
     for bad in ("TA", "TA=x", "=3"):

@@ -32,7 +32,9 @@ One step, for each preference pair (prompt, video A, video B, per-dimension labe
            reference policy (a copy of the starting model);
      BT    −log σ(r_win − r_lose) per labelled dimension of the head (human ties dropped, or
            Rao–Kupper with `bt_ties`), on the rewards the head gives the same sampled CoTs +
-           `<Reward>`, averaged over samples and dimensions, weighted by `bt_weight` (5e-3).
+           `<Reward>`, averaged over samples and dimensions, weighted by `bt_weight` (5e-3). With
+           `bt_rows` BT can also (or instead) be computed on the pair's greedy CoTs, the ones think mode
+           scores, or on its fast-layout rows, each in a forward of its own after the rollouts.
 
 What trains is set up as in cold start (`trainer.prepare_model`): all backbone weights or LoRA
 adapters, the vision tower only with `train_vision`, the LM head frozen, and of the input embeddings
@@ -148,6 +150,7 @@ LOG_FILE = "rl_log.jsonl"
 CONFIG_FILE = "rl_config.json"
 SUMMARY_FILE = "rl_summary.json"
 BT_SCOPES = ("head", "backbone")
+BT_ROWS = ("sampled", "greedy", "fast")
 CREDITS = ("pair", "marginal", "section")
 UNJUDGED_SECTIONS = ("shared", "zero")
 
@@ -197,6 +200,11 @@ class RLConfig:
     bt_weight: float = 5e-3
     bt_scope: str = "backbone"  # "backbone": BT through the model too (the authors'); "head": BT → head + <Reward> row only
     bt_ties: str = "drop"  # "drop": plain BT, human ties skipped; "rao_kupper": BT with ties (losses.py)
+    # Which rows of each step's pairs BT is computed on; each kind's BT is a mean over its own decided
+    # (row pair, dimension) entries, and the kinds add. "sampled": the n sampled CoTs + `<Reward>` (the
+    # authors'); "greedy": the pair's greedy CoTs + `<Reward>`, written by the current policy (what think
+    # mode scores); "fast": prompt + `<Reward>` (fast mode). See `DualObjectiveRL.bt_rollouts`.
+    bt_rows: tuple = ("sampled",)
     # "pair": CoT_A_i and CoT_B_i share sample i's advantage; "marginal": one per CoT (`marginal_rewards`);
     # "section": one per CoT section, from the reward of the section's own dimension (`section_rewards`)
     credit: str = "pair"
@@ -258,6 +266,10 @@ class RLConfig:
                 "(only then is a section left unjudged); add --credit section --no-reward-tied-dimensions, or drop it.")
         if self.bt_scope not in BT_SCOPES:
             raise InvalidInputError(f"bt_scope must be one of {BT_SCOPES}, got {self.bt_scope!r}.")
+        if (not isinstance(self.bt_rows, (list, tuple)) or not self.bt_rows or any(k not in BT_ROWS for k in self.bt_rows)
+                or len(set(self.bt_rows)) != len(self.bt_rows)):
+            raise InvalidInputError(f"bt_rows must name one or more distinct kinds of {BT_ROWS}, got {self.bt_rows!r}.")
+        self.bt_rows = tuple(self.bt_rows)
         for name in ("lr", "head_lr", "weight_decay", "max_grad_norm", "clip_eps", "kl_coef", "bt_weight", "verdict_consistency",
                      "verdict_anchor"):
             if not getattr(self, name) >= 0 or not math.isfinite(getattr(self, name)):
@@ -434,6 +446,13 @@ def score_rollouts(model: DeScoreModel, rollouts: Sequence[Rollout], pad_id: int
     with torch.no_grad():
         entropy = -(log_probs.exp() * log_probs.clamp(min=torch.finfo(log_probs.dtype).min)).sum(dim=-1) * mask
     return ScoredBatch(logp=logp, mask=mask.to(logp.dtype), rewards=out.rewards, entropy=entropy, at=rows)
+
+
+def reward_rows(model: DeScoreModel, rollouts: Sequence[Rollout], pad_id: int) -> torch.Tensor:
+    """(B, K) the head's rewards for each rollout's prompt + CoT + `<Reward>` (one forward, no LM logits)."""
+    batch = _to_model(collate_rows([r.row(model.reward_token_id) for r in rollouts], pad_id), model)
+    batch.pop("labels")
+    return model(**batch).rewards
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -657,17 +676,22 @@ class DualObjectiveRL:
         self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
 
     # -- gradients ------------------------------------------------------------------------------------
-    def accumulate_gradients(self, grpo_loss: torch.Tensor, bt_loss: torch.Tensor) -> None:
+    def accumulate_gradients(self, grpo_loss: torch.Tensor | None, bt_loss: torch.Tensor | None) -> None:
         """Add one micro-batch's gradients to `.grad`, routed as the module docstring says.
 
-        bt_loss is the unweighted BT term; `config.bt_weight` is applied here.
+        bt_loss is the unweighted BT term; `config.bt_weight` is applied here. None: that loss is not
+        computed on this forward (BT off for sampled rows, or a BT-only forward of `bt_rows`).
         """
-        weighted_bt = self.config.bt_weight * bt_loss
+        weighted_bt = None if bt_loss is None else self.config.bt_weight * bt_loss
         params = self.policy_params + self.head_params
         if self.config.bt_scope == "backbone":
-            grads = list(torch.autograd.grad(grpo_loss + weighted_bt, params, allow_unused=True))
+            total = sum(loss for loss in (grpo_loss, weighted_bt) if loss is not None)
+            grads = list(torch.autograd.grad(total, params, allow_unused=True))
+        elif weighted_bt is None:
+            grads = list(torch.autograd.grad(grpo_loss, params, allow_unused=True))  # the head is not in GRPO's graph: None
         else:
-            grads = list(torch.autograd.grad(grpo_loss, self.policy_params, retain_graph=True, allow_unused=True))
+            grads = ([None] * len(self.policy_params) if grpo_loss is None else
+                     list(torch.autograd.grad(grpo_loss, self.policy_params, retain_graph=True, allow_unused=True)))
             row_trains = self.embeddings.requires_grad
             bt_grads = torch.autograd.grad(weighted_bt, self.head_params + ([self.embeddings] if row_trains else []), allow_unused=True)
             if row_trains and bt_grads[-1] is not None:
@@ -711,6 +735,21 @@ class DualObjectiveRL:
             rewards.append(rule_reward(*reports, pair.labels, weights=cfg.reward_weights, length_target=cfg.length_target))
             parsed += reports
         return sampled[0], sampled[1], rewards, parsed
+
+    def bt_rollouts(self, pair: PreferencePair, kind: str) -> list[Rollout]:
+        """The two rows (A, B) of `pair` that BT of `kind` (`RLConfig.bt_rows`, not "sampled") is computed
+        on, as rollouts: "greedy" the current policy's greedy CoT of each video (think mode's, at the
+        run's `max_new_tokens`), "fast" no CoT at all (the fast layout, prompt + `<Reward>`)."""
+        rollouts = []
+        for video in (pair.video_a, pair.video_b):
+            features = self.cache(video)
+            if kind == "greedy":
+                prompt_ids = model_inputs(self.prompts, features, pair.prompt, "think").input_ids
+                rollouts += sample_cots(self.model, features, prompt_ids, 1, self.config, self.stop_ids, self.pad_id, greedy=True)
+            else:  # the fast layout ends with <Reward>, which Rollout.row appends
+                ids = model_inputs(self.prompts, features, pair.prompt, "fast").input_ids
+                rollouts.append(Rollout(features, ids[:-1], [], None))
+        return rollouts
 
     def step(self, pairs: Sequence[PreferencePair], draw: Callable[[], PreferencePair] | None = None) -> dict:
         """One optimizer step (or `updates_per_batch` of them) on `pairs`: rollout → rule reward →
@@ -795,6 +834,10 @@ class DualObjectiveRL:
         # over sequences with at least one scored token, BT a mean over decided (sample, dimension) entries.
         grpo_count = sum(len(r.cot_ids) + r.finished > 0 for rows, _, _ in micro for r in rows)
         bt_count = sum(preference_item_count(pref, cfg.bt_ties) for _, _, pref in micro)
+        # BT-only rows (`bt_rows` other than "sampled"), one (kind, [row A, row B], preference) per group
+        # and kind, written by the policy that sampled; each kind normalised over its own entries.
+        bt_only = [(kind, self.bt_rollouts(pair, kind), pref) for pair, _, _, _, pref in groups for kind in cfg.bt_rows if kind != "sampled"]
+        bt_only_count = {kind: sum(preference_item_count(pref, cfg.bt_ties) for k, _, pref in bt_only if k == kind) for kind in cfg.bt_rows}
 
         anchored = (lambda rows: [anchors.get(id(r), []) for r in rows]) if cfg.verdict_anchor > 0 else (lambda rows: None)
         anchor_count = sum(len(k) for rows, _, _ in micro for k in (anchored(rows) or []))
@@ -829,15 +872,23 @@ class DualObjectiveRL:
                     anchor = verdict_anchor_loss(scored.at, reference_scored[index].at) / anchor_count
                     grpo_part = grpo_part + cfg.verdict_anchor * anchor
                     totals["anchor_kl"] += anchor.item()
-                bt = preference_loss(scored.rewards[:m], scored.rewards[m:], pref.to(scored.rewards.device), ties=cfg.bt_ties)
-                bt_part = bt.total / max(bt_count, 1)
+                bt_part = None
+                if "sampled" in cfg.bt_rows:
+                    bt = preference_loss(scored.rewards[:m], scored.rewards[m:], pref.to(scored.rewards.device), ties=cfg.bt_ties)
+                    bt_part = bt.total / max(bt_count, 1)
+                    totals["bt_loss"] += bt_part.item()
                 self.accumulate_gradients(grpo_part, bt_part)
                 share = len(rows) / (2 * n * len(groups))
                 totals["grpo_loss"] += grpo_part.item()
-                totals["bt_loss"] += bt_part.item()
                 totals["kl"] += policy.kl * share
                 totals["clip_fraction"] += policy.clip_fraction * share
                 totals["ratio"] += policy.mean_ratio * share
+            for kind, rows, pref in bt_only:
+                rewards = reward_rows(model, rows, self.pad_id)
+                bt_part = preference_loss(rewards[:1], rewards[1:], pref.to(rewards.device), ties=cfg.bt_ties).total / max(
+                    bt_only_count[kind], 1)
+                self.accumulate_gradients(None, bt_part)
+                totals["bt_loss"] += bt_part.item()
             updates.append({**totals, **self._clip_and_step()})
         return {
             **common,
@@ -1132,6 +1183,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bt-scope", default=d.bt_scope, choices=BT_SCOPES,
                    help="backbone: BT trains the whole model with GRPO (the authors'); head: BT trains only the head and <Reward>")
     p.add_argument("--bt-ties", default=d.bt_ties, choices=TIE_MODES)
+    p.add_argument("--bt-rows", nargs="+", default=list(d.bt_rows), choices=BT_ROWS,
+                   help="rows BT is computed on (each a mean over its own entries, summed): sampled CoTs (the authors'), "
+                        "the pair's greedy CoTs (what think mode scores), fast-layout rows")
     p.add_argument("--reward-tied-dimensions", action=argparse.BooleanOptionalAction, default=d.reward_tied_dimensions,
                    help="the training reward's accuracy term also judges the pair's tied dimensions (the paper's rule)")
     p.add_argument("--credit", default=d.credit, choices=CREDITS,
@@ -1194,6 +1248,7 @@ def config_from_args(args: argparse.Namespace) -> RLConfig:
         bt_weight=args.bt_weight,
         bt_scope=args.bt_scope,
         bt_ties=args.bt_ties,
+        bt_rows=tuple(args.bt_rows),
         credit=args.credit,
         unjudged_sections=args.unjudged_sections,
         reward_tied_dimensions=args.reward_tied_dimensions,
