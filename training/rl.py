@@ -206,8 +206,8 @@ class RLConfig:
     # mode scores); "fast": prompt + `<Reward>` (fast mode). See `DualObjectiveRL.bt_rollouts`. Measured
     # (training/BENCHMARK.md, session 20): BT on the sampled CoTs teaches the head to read the CoT (within a
     # group only the CoT varies); ("greedy", "fast") at bt_weight 0.1, with section credit, decided dimensions,
-    # TA draws and verdict_consistency 1, raised think mode beyond 2 SE in four seeds of four, by the head
-    # overriding wrong CoTs more often.
+    # TA draws and verdict_consistency 1, raised think mode beyond 2 SE in six seeds of six, by the head
+    # overriding wrong CoTs more often (on a held-out factor only the CoT sees, that can cost think mode).
     bt_rows: tuple = ("sampled",)
     # "pair": CoT_A_i and CoT_B_i share sample i's advantage; "marginal": one per CoT (`marginal_rewards`);
     # "section": one per CoT section, from the reward of the section's own dimension (`section_rewards`)
