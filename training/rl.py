@@ -429,8 +429,7 @@ def score_rollouts(model: DeScoreModel, rollouts: Sequence[Rollout], pad_id: int
     min_p × the top one's, as transformers' `MinPLogitsWarper`) and renormalised; the scored token is
     always kept, so its log-prob stays finite after the policy has moved. The rewards depend on neither.
     at: per rollout, CoT token indices whose full predicting distribution (temperature 1) to return."""
-    batch = _to_model(collate_rows([r.row(model.reward_token_id) for r in rollouts], pad_id), model)
-    labels = batch.pop("labels")
+    batch, labels = _rollout_batch(model, rollouts, pad_id)
     out = model(**batch, return_logits=True)
     targets = labels[:, 1:]  # position j predicts token j + 1
     mask = targets != IGNORE_INDEX
@@ -452,11 +451,15 @@ def score_rollouts(model: DeScoreModel, rollouts: Sequence[Rollout], pad_id: int
     return ScoredBatch(logp=logp, mask=mask.to(logp.dtype), rewards=out.rewards, entropy=entropy, at=rows)
 
 
+def _rollout_batch(model: DeScoreModel, rollouts: Sequence[Rollout], pad_id: int) -> tuple[dict, torch.Tensor]:
+    """The model's inputs for prompt + CoT + `<Reward>` of each rollout (a right-padded batch), and the labels."""
+    batch = _to_model(collate_rows([r.row(model.reward_token_id) for r in rollouts], pad_id), model)
+    return batch, batch.pop("labels")
+
+
 def reward_rows(model: DeScoreModel, rollouts: Sequence[Rollout], pad_id: int) -> torch.Tensor:
     """(B, K) the head's rewards for each rollout's prompt + CoT + `<Reward>` (one forward, no LM logits)."""
-    batch = _to_model(collate_rows([r.row(model.reward_token_id) for r in rollouts], pad_id), model)
-    batch.pop("labels")
-    return model(**batch).rewards
+    return model(**_rollout_batch(model, rollouts, pad_id)[0]).rewards
 
 
 # ----------------------------------------------------------------------------------------------------
