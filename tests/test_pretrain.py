@@ -313,6 +313,10 @@ def test_benchmark_quick_run_reports_every_model_and_reuses_stages(tmp_path, cap
     rl_config = json.loads((out / "rl" / "rl_config.json").read_text())
     quick = BenchmarkSettings.quick()
     assert (rl_config["bt_scope"], rl_config["bt_weight"], rl_config["lr"]) == (quick.rl_bt_scope, quick.rl_bt_weight, quick.rl_lr)
+    # The benchmark's RL recipe (BENCHMARK.md, session 20): BT on the greedy CoTs and the fast layout, section
+    # credit, human ties unrewarded, TA drawn 3x, verdict consistency 1.
+    assert (rl_config["bt_rows"], rl_config["credit"], rl_config["reward_tied_dimensions"], rl_config["draw_weights"],
+            rl_config["verdict_consistency"]) == (["greedy", "fast"], "section", False, {"TA": 3.0}, 1.0)
     # Pre-training asks no path questions by default (BENCHMARK.md, session 11), so there is no path diagnostic.
     pretrain_run = json.loads((out / "pretrain" / "run_config.json").read_text())
     assert pretrain_run["recipe"]["questions"] and pretrain_run["recipe"]["path_questions"] is None
@@ -354,6 +358,11 @@ def test_benchmark_refuses_a_bad_rl_setting_before_training_anything(tmp_path, c
     assert benchmark_main([str(out), "--quick", "--rl-bt-scope", "everything"]) == 1
     assert "bt_scope must be one of ('head', 'backbone')" in capsys.readouterr().err
     assert not out.exists()
+    assert benchmark_main([str(out), "--quick", "--rl-draw-weights", "TA"]) == 1
+    assert "--rl-draw-weights takes DIM=WEIGHT" in capsys.readouterr().err
+    assert benchmark_main([str(out), "--quick", "--rl-bt-rows", "greedy,beam"]) == 1
+    assert "bt_rows must name one or more distinct kinds" in capsys.readouterr().err
+    assert not out.exists()
     assert benchmark_main([str(out), "--quick", "--pretrain-clips", "-1"]) == 1
     assert "--pretrain-clips must be 0 or more" in capsys.readouterr().err
     assert not out.exists()
@@ -365,12 +374,16 @@ def test_benchmark_refuses_a_bad_rl_setting_before_training_anything(tmp_path, c
 def test_benchmark_path_questions_flag_reaches_pre_training(tmp_path, capsys):
     out = tmp_path / "bench"
     assert benchmark_main([str(out), "--quick", "--json", "--path-questions", "--cold-steps", "1",
-                           "--rl-bt-scope", "head", "--rl-bt-weight", "0.25", "--pretrain-clips", "0"]) == 0
+                           "--rl-bt-scope", "head", "--rl-bt-weight", "0.25", "--pretrain-clips", "0", "--rl-bt-rows", "sampled, fast",
+                           "--rl-credit", "marginal", "--rl-reward-tied-dimensions", "--rl-draw-weights", "MQ=2,VQ=0.5",
+                           "--rl-verdict-consistency", "0.5"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["settings"]["path_questions"] is True
-    # The RL flags reach the RL run (values unlike RLConfig's defaults, so a dropped setting shows).
+    # The RL flags reach the RL run (values unlike RLConfig's and the benchmark's defaults, so a dropped setting shows).
     rl_config = json.loads((out / "rl" / "rl_config.json").read_text())
     assert (rl_config["bt_scope"], rl_config["bt_weight"]) == ("head", 0.25)
+    assert (rl_config["bt_rows"], rl_config["credit"], rl_config["reward_tied_dimensions"], rl_config["draw_weights"],
+            rl_config["verdict_consistency"]) == (["sampled", "fast"], "marginal", True, {"MQ": 2.0, "VQ": 0.5}, 0.5)
     pretrain_run = json.loads((out / "pretrain" / "run_config.json").read_text())
     assert pretrain_run["recipe"]["path_questions"] == PATH_QUESTION
     # --pretrain-clips 0: no caption-only clips are written or trained on.

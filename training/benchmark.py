@@ -94,7 +94,14 @@ class BenchmarkSettings:
     rl_pairs_per_step: int = 8
     rl_head_lr: float = 1e-4
     rl_bt_scope: str = "backbone"  # RLConfig.bt_scope (the authors')
-    rl_bt_weight: float = 0.02  # RLConfig.bt_weight (the authors' 5e-3 is for real models; BENCHMARK.md, session 14)
+    rl_bt_weight: float = 0.1  # RLConfig.bt_weight (the authors' 5e-3 is for real models; BENCHMARK.md, sessions 14 and 20)
+    # Which rows BT is computed on (RLConfig.bt_rows, comma-separated): the greedy CoTs think mode scores and the
+    # fast layout, not the sampled CoTs (the authors'); raised think mode in six seeds of six (BENCHMARK.md, session 20).
+    rl_bt_rows: str = "greedy,fast"
+    rl_credit: str = "section"  # RLConfig.credit: each checklist section gets its own dimension's advantage (BENCHMARK.md, S18)
+    rl_reward_tied_dimensions: bool = False  # RLConfig.reward_tied_dimensions: a human tie is not rewarded either way
+    rl_draw_weights: str = "TA=3"  # RLConfig.draw_weights as DIM=WEIGHT[,DIM=WEIGHT]; "" draws every pair alike
+    rl_verdict_consistency: float = 1.0  # RLConfig.verdict_consistency (BENCHMARK.md, session 18)
     rl_temperature: float = 2.0  # rollouts: with rl_min_p 0.1 explores without breaking the template (BENCHMARK.md, S3)
     rl_min_p: float = 0.1
     path_free_fraction: float = 0.0  # of the supervised recipes' train pairs, prompt without the path (`synth.without_path`)
@@ -110,6 +117,20 @@ class BenchmarkSettings:
     def quick(cls) -> "BenchmarkSettings":
         return cls(n_train=32, n_test=12, n_heldout=12, n_calib=8, size=32, pretrain_steps=2, cold_steps=2, pretrain_clips=6,
                    bt_steps=2, jrm_steps=2, rl_steps=1, rl_pairs_per_step=2, batch_size=4, max_new_tokens=24)
+
+
+def _list_setting(value: str) -> tuple[str, ...]:
+    """A comma-separated setting ("greedy,fast", "TA=3,MQ=2") as its items; "" is none."""
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _draw_weights(value: str) -> dict | None:
+    from .rl import parse_draw_weights
+
+    try:
+        return parse_draw_weights(_list_setting(value))
+    except InvalidInputError:
+        raise InvalidInputError(f"--rl-draw-weights takes DIM=WEIGHT[,DIM=WEIGHT] (e.g. TA=3), or \"\" for none; got {value!r}.") from None
 
 
 def _train_config(settings: BenchmarkSettings, steps: int, schedule: str = "cosine"):
@@ -162,7 +183,10 @@ def run_benchmark(out_dir, settings: BenchmarkSettings | None = None) -> dict:
                          length_min_tokens=min(32, settings.max_new_tokens), length_max_tokens=max(settings.max_new_tokens, 32),
                          lr=settings.rl_lr, head_lr=settings.rl_head_lr, temperature=settings.rl_temperature,
                          min_p=settings.rl_min_p, bt_scope=settings.rl_bt_scope, bt_weight=settings.rl_bt_weight,
-                         seed=settings.seed)
+                         bt_rows=_list_setting(settings.rl_bt_rows), credit=settings.rl_credit,
+                         reward_tied_dimensions=settings.rl_reward_tied_dimensions,
+                         draw_weights=_draw_weights(settings.rl_draw_weights),
+                         verdict_consistency=settings.rl_verdict_consistency, seed=settings.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stages = _Stages(out)
