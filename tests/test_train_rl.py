@@ -1143,3 +1143,12 @@ def test_empty_data_is_an_error(tmp_path):
     model = build_tiny_model("qwen2_vl", seed=0, dimension_names=DIMS)
     with pytest.raises(InvalidInputError, match="No preference pairs"):
         run_rl(model, [], tmp_path)
+
+
+@pytest.mark.parametrize("cot_position", ["user", "none"])
+def test_a_model_that_reads_its_reward_outside_the_assistant_turn_is_refused(cot_position, pairs, tmp_path):
+    model = build_tiny_model("qwen2_vl", seed=0, dimension_names=DIMS)
+    model.descore_config.layout.cot_position = cot_position
+    with pytest.raises(InvalidInputError, match=f"cot_position 'assistant'\\); this one's is '{cot_position}'"):
+        run_rl(model, pairs, tmp_path / "run", RLConfig(steps=1, pairs_per_step=1, num_samples=2, max_new_tokens=4))
+    assert not (tmp_path / "run").exists()

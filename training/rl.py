@@ -1091,6 +1091,18 @@ def run_rl(
     config = config or RLConfig()
     if not isinstance(model, DeScoreModel):
         model = DeScoreModel.from_pretrained(model)
+    cot_position = model.descore_config.layout.cot_position
+    if cot_position != "assistant":
+        # The rollouts are scored as prompt + CoT + <Reward> in the assistant turn (Rollout.row); a model that
+        # reads its reward elsewhere would be trained on rewards think mode never reads.
+        raise InvalidInputError(
+            f"RL needs a model that writes its CoT and reads its reward in the assistant turn (layout cot_position "
+            f"'assistant'); this one's is {cot_position!r} "
+            + ("(the authors' layout, which re-scores the CoT inside the user turn; RL of that layout is not supported). "
+               "The authors' released checkpoints have had their RL stage; score them with the Scorer, or run RL from a "
+               "cold start trained from a backbone in the SDK's layout (`descore train cold-start`)."
+               if cot_position == "user" else "(it scores without a CoT, so there is no CoT to refine).")
+        )
     pairs = list(data) if not isinstance(data, (str, os.PathLike)) else read_pairs(data)
     if not pairs:
         raise InvalidInputError("No preference pairs to train on; check the data file.")
