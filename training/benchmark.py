@@ -27,13 +27,15 @@ interrupted benchmark continues where it stopped):
 5. cold_start DeScore cold start from the pre-trained base: BT, CoT drop 0.5, rationale LM loss.
 6. plain_bt   the same backbone and data, BT on the fast layout only (CoT drop 1, no LM loss).
 7. jrm        JRM from the same backbone and data: BT + rationale LM loss, scored without CoT.
-8. rl         dual-objective RL (GRPO n=8 + BT through the backbone, weight 0.02) from the cold-start
-              checkpoint on the supervised recipes' train pairs (the mix, if any): 100 steps of 8 pairs
-              each at a policy lr of 3e-4 (KL coefficient 1e-2, as the authors' config), rollouts at
-              temperature 2 with min-p 0.1; see
-              BENCHMARK.md, "The RL stage", for what smaller settings (1 pair, lr 1e-5, temperature 1)
-              did not do, session 14 for BT's scope and weight, and session 15 for the log-probs of
-              the sampling distribution (temperature and min-p), which keep these settings stable.
+8. rl         dual-objective RL from the cold-start checkpoint on the supervised recipes' train pairs
+              (the mix, if any): 200 steps of 8 pairs each, GRPO n=8 at a policy lr of 3e-4 (KL
+              coefficient 1e-2, as the authors' config), rollouts at temperature 2 with min-p 0.1;
+              section credit, human ties unrewarded, TA-decided pairs drawn 3x, verdict consistency 1;
+              BT (weight 0.1, through the backbone) on the pair's greedy CoTs and fast-layout rows
+              instead of the sampled CoTs. Each is a `--rl-*` flag. See BENCHMARK.md: "The RL stage" for
+              what smaller settings (1 pair, lr 1e-5, temperature 1) did not do, session 14 for BT's
+              scope, session 15 for the log-probs of the sampling distribution (temperature and min-p),
+              session 18 for the credit and draws, session 20 for BT's rows and session 21 for the steps.
 9. export     cold_start and rl exported as ONNX bundles.
 
 Evaluation: `descore eval`'s code (`training.evaluation.evaluate_with_scorer`): accuracy without ties per
